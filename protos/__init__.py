@@ -1,0 +1,1 @@
+"""Wire protocol: generated gRPC stubs, the tensor codec and error mapping."""
