@@ -1,0 +1,101 @@
+"""Incremental detokenization: turn a stream of token ids into a stream of text deltas.
+
+Byte-level BPE (GPT-2, Llama 3, Qwen) splits one character over several tokens: "中" is three
+bytes, an emoji four, and a token can end in the middle of one. Decoding each token alone would
+emit U+FFFD for the incomplete bytes. As in vLLM, we decode a short window of recent tokens
+twice, with and without the new ones, and emit the difference only when the window's text does
+not end in U+FFFD; otherwise the new tokens wait for the bytes that complete the character.
+
+NOTE: offsets index `self._ids`, which starts with a few prompt tokens (context for decoders
+that drop a word's leading space at the start of a text) followed by every output token.
+`read_offset` is always a token boundary where the text decoded so far ended cleanly, so the
+deltas concatenate to `tokenizer.decode(output_ids)` for byte-level tokenizers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+REPLACEMENT_CHAR = "\ufffd"
+# How many prompt tokens to keep as context, as vLLM's INITIAL_INCREMENTAL_DETOKENIZATION_OFFSET.
+NUM_PROMPT_CONTEXT_TOKENS = 5
+
+
+class IncrementalDetokenizer:
+    """Decodes output token ids incrementally, never emitting half a character.
+
+    Args:
+        tokenizer: a transformers tokenizer (fast or slow) or a `tokenizers.Tokenizer`.
+        prompt_token_ids: the prompt; its last few tokens give the first output token context.
+        skip_special_tokens: drop special tokens from the text, as `decode` does.
+        spaces_between_special_tokens: passed to slow transformers tokenizers (others ignore it).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        prompt_token_ids: list[int] | None = None,
+        skip_special_tokens: bool = True,
+        spaces_between_special_tokens: bool = True,
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._decode_kwargs = _decode_kwargs(
+            tokenizer, skip_special_tokens, spaces_between_special_tokens
+        )
+        self._ids: list[int] = self._prompt_context(prompt_token_ids or [])
+        self.prefix_offset = 0
+        self.read_offset = len(self._ids)
+        self.num_output_tokens = 0
+
+    def push(self, token_ids: list[int]) -> str:
+        """Add output tokens; return the text that is now final (maybe "")."""
+        return "".join(self._push_one(token_id) for token_id in token_ids)
+
+    def finish(self) -> str:
+        """Flush the held-back tail (an incomplete character decodes as U+FFFD, as decode does)."""
+        prefix_text, new_text = self._decode_window()
+        self.prefix_offset = self.read_offset = len(self._ids)
+        return new_text[len(prefix_text) :]
+
+    def _push_one(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        self.num_output_tokens += 1
+        prefix_text, new_text = self._decode_window()
+        if len(new_text) <= len(prefix_text) or new_text.endswith(REPLACEMENT_CHAR):
+            return ""  # nothing new yet, or a character still incomplete
+        self.prefix_offset, self.read_offset = self.read_offset, len(self._ids)
+        return new_text[len(prefix_text) :]
+
+    def _decode_window(self) -> tuple[str, str]:
+        """Text of [prefix_offset, read_offset) and of [prefix_offset, end)."""
+        prefix_text = self._decode(self._ids[self.prefix_offset : self.read_offset])
+        new_text = self._decode(self._ids[self.prefix_offset :])
+        return prefix_text, new_text
+
+    def _decode(self, token_ids: list[int]) -> str:
+        if not token_ids:
+            return ""
+        return self._tokenizer.decode(token_ids, **self._decode_kwargs)
+
+    def _prompt_context(self, prompt_token_ids: list[int]) -> list[int]:
+        """The last prompt tokens, unless they end inside a character: the first output token
+        must start on a character boundary for the deltas to add up to the decoded output."""
+        context = list(prompt_token_ids[-NUM_PROMPT_CONTEXT_TOKENS:])
+        return [] if self._decode(context).endswith(REPLACEMENT_CHAR) else context
+
+
+def _decode_kwargs(
+    tokenizer: Any, skip_special_tokens: bool, spaces_between_special_tokens: bool
+) -> dict[str, bool]:
+    kwargs = {"skip_special_tokens": skip_special_tokens}
+    if _is_transformers_tokenizer(tokenizer):
+        kwargs["spaces_between_special_tokens"] = spaces_between_special_tokens
+    return kwargs
+
+
+def _is_transformers_tokenizer(tokenizer: Any) -> bool:
+    try:
+        from transformers import PreTrainedTokenizerBase
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(tokenizer, PreTrainedTokenizerBase)

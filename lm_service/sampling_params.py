@@ -1,0 +1,144 @@
+"""Per-request sampling parameters, with vLLM's names, defaults and validation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from protos.errors import InvalidRequest
+
+_GREEDY_EPSILON = 1e-5
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise InvalidRequest(message)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How to pick the next tokens of one request, and when to stop.
+
+    Args:
+        max_tokens: most tokens to generate; None = until the context is full.
+        min_tokens: tokens to generate before EOS or a stop token id may end the request.
+        temperature: 0 means greedy.
+        top_k: keep the k most likely tokens; 0 or -1 = off.
+        top_p: keep the smallest set of tokens whose probability reaches p; 1 = off.
+        min_p: drop tokens less likely than min_p times the most likely one; 0 = off.
+        seed: makes this request's random sampling reproducible, whatever its batch-mates.
+        repetition_penalty: > 1 discourages tokens seen in the prompt or the output.
+        presence_penalty: subtracted once from tokens present in the output.
+        frequency_penalty: subtracted per occurrence of a token in the output.
+        logprobs: top-n logprobs to return per sampled token (plus the sampled token's own).
+        stop_token_ids: token ids that end the request (the token is kept in the output).
+        ignore_eos: keep generating past the EOS token.
+        stop: stop strings; matched by the gateway's detokenizer, carried here untouched.
+    """
+
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Accept lists (and a lone stop string) from callers; store tuples so params stay hashable.
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        object.__setattr__(self, "stop", stop)
+        self._validate_lengths()
+        self._validate_sampling()
+        self._validate_penalties()
+        self._validate_outputs()
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature < _GREEDY_EPSILON or self.top_k == 1
+
+    @property
+    def has_penalties(self) -> bool:
+        return (
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )
+
+    def _validate_lengths(self) -> None:
+        if self.max_tokens is not None:
+            _check(
+                _is_int(self.max_tokens), f"max_tokens must be an integer, got {self.max_tokens!r}"
+            )
+            _check(self.max_tokens >= 1, f"max_tokens must be at least 1, got {self.max_tokens}")
+        _check(_is_int(self.min_tokens), f"min_tokens must be an integer, got {self.min_tokens!r}")
+        _check(self.min_tokens >= 0, f"min_tokens must be >= 0, got {self.min_tokens}")
+        if self.max_tokens is not None:
+            _check(
+                self.min_tokens <= self.max_tokens,
+                f"min_tokens must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}",
+            )
+
+    def _validate_sampling(self) -> None:
+        _check(
+            _is_number(self.temperature), f"temperature must be a number, got {self.temperature!r}"
+        )
+        _check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
+        _check(_is_int(self.top_k), f"top_k must be an integer, got {self.top_k!r}")
+        _check(
+            self.top_k >= -1,
+            f"top_k must be -1 or 0 (disabled) or at least 1, got {self.top_k}",
+        )
+        _check(
+            _is_number(self.top_p) and 0 < self.top_p <= 1,
+            f"top_p must be in (0, 1], got {self.top_p}",
+        )
+        _check(
+            _is_number(self.min_p) and 0 <= self.min_p <= 1,
+            f"min_p must be in [0, 1], got {self.min_p}",
+        )
+        if self.seed is not None:
+            _check(_is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
+
+    def _validate_penalties(self) -> None:
+        _check(
+            _is_number(self.repetition_penalty) and self.repetition_penalty > 0,
+            f"repetition_penalty must be > 0, got {self.repetition_penalty}",
+        )
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _check(
+                _is_number(value) and -2 <= value <= 2,
+                f"{name} must be in [-2, 2], got {value}",
+            )
+
+    def _validate_outputs(self) -> None:
+        if self.logprobs is not None:
+            _check(
+                _is_int(self.logprobs) and self.logprobs >= 0,
+                f"logprobs must be a non-negative integer, got {self.logprobs!r}",
+            )
+        _check(
+            all(_is_int(token_id) and token_id >= 0 for token_id in self.stop_token_ids),
+            f"stop_token_ids must be non-negative integers, got {list(self.stop_token_ids)}",
+        )
+        _check(
+            all(isinstance(text, str) and text for text in self.stop),
+            f"stop must be non-empty strings, got {list(self.stop)}",
+        )
