@@ -1,0 +1,81 @@
+"""CUDA fast path: flash-attn's varlen kernel reading the paged KV cache through `block_table`.
+
+`flash_attn` is imported lazily (CI and CPU hosts do not have it). Upstream flash-attn 2 reads a
+paged KV cache only when the block size is a multiple of 256 ("Paged KV cache block size must be
+divisible by 256"), so the runner should pick `block_size=256` on CUDA to get this path; other
+block sizes fall back to the torch reference.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from kernels.attention import AttentionMetadata
+
+
+PAGED_BLOCK_MULTIPLE = 256  # flash-attn 2's constraint on the paged KV block size
+
+
+@functools.cache
+def _load_varlen_func() -> Callable[..., torch.Tensor] | None:
+    try:
+        from flash_attn import flash_attn_varlen_func  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
+
+
+def is_supported(device: torch.device, dtype: torch.dtype, head_dim: int, block_size: int) -> bool:
+    """Whether the flash kernel can serve a layer with this geometry on this device."""
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if head_dim > 256 or head_dim % 8:
+        return False
+    return block_size % PAGED_BLOCK_MULTIPLE == 0 and _load_varlen_func() is not None
+
+
+def paged_attention(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    *,
+    scale: float,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
+) -> torch.Tensor:
+    """Same contract as `kernels.attention.paged_attention`, on flash-attn.
+
+    Args:
+        query: `[T, num_heads, head_dim]` (fp16/bf16, CUDA).
+        k_cache, v_cache: `[num_blocks, block_size, num_kv_heads, head_dim]`.
+
+    Returns:
+        `[T, num_heads, head_dim]`.
+    """
+    varlen_func = _load_varlen_func()
+    if varlen_func is None:
+        raise RuntimeError("flash-attn is not installed")
+    seq_lens = meta.seq_lens.to(torch.int32)
+    # flash-attn's window is inclusive: HF's `p - k < w` is `p - k <= w - 1`
+    window = (-1, -1) if sliding_window is None else (sliding_window - 1, 0)
+    return varlen_func(
+        query,
+        k_cache,
+        v_cache,
+        cu_seqlens_q=meta.query_start_loc.to(torch.int32),
+        cu_seqlens_k=F.pad(torch.cumsum(seq_lens, 0, dtype=torch.int32), (1, 0)),
+        max_seqlen_q=meta.max_query_len,
+        max_seqlen_k=meta.max_seq_len,
+        softmax_scale=scale,
+        causal=True,
+        window_size=window,
+        softcap=0.0 if logits_soft_cap is None else logits_soft_cap,
+        block_table=meta.block_table.to(torch.int32),
+    )

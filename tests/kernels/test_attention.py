@@ -1,0 +1,347 @@
+"""Paged attention vs a naive dense attention built on HF's own mask functions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from transformers.masking_utils import causal_mask_function, sliding_window_causal_mask_function
+
+from kernels.attention import (
+    AttentionBackend,
+    AttentionMetadata,
+    PagedAttention,
+    paged_attention,
+    write_kv_cache,
+)
+from kernels.forward_context import ForwardContext, forward_context
+
+HEAD_DIM = 16
+
+
+def naive_attention(
+    query: torch.Tensor,  # [L, H, D]
+    keys: torch.Tensor,  # [S, Hkv, D] the whole sequence
+    values: torch.Tensor,  # [S, Hkv, D]
+    scale: float,
+    window: int | None = None,
+    soft_cap: float | None = None,
+) -> torch.Tensor:
+    """Dense float64 attention of the LAST L positions of an S-token sequence."""
+    q_len, num_heads, _ = query.shape
+    seq_len, num_kv_heads, _ = keys.shape
+    group = num_heads // num_kv_heads
+    k = keys.double().repeat_interleave(group, dim=1)  # [S, H, D]
+    v = values.double().repeat_interleave(group, dim=1)
+    scores = torch.einsum("lhd,shd->hls", query.double(), k) * scale  # [H, L, S]
+    if soft_cap is not None:
+        scores = soft_cap * torch.tanh(scores / soft_cap)
+    q_pos = torch.arange(seq_len - q_len, seq_len)[:, None]
+    k_pos = torch.arange(seq_len)[None, :]
+    mask_fn = (
+        causal_mask_function if window is None else sliding_window_causal_mask_function(window)
+    )
+    mask = mask_fn(0, 0, q_pos, k_pos)  # [L, S] HF semantics
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.einsum("hls,shd->lhd", scores.softmax(-1), v)  # [L, H, D]
+
+
+@dataclass
+class Batch:
+    meta: AttentionMetadata
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    keys: list[torch.Tensor]  # per request [S, Hkv, D]
+    values: list[torch.Tensor]
+    query: torch.Tensor  # [T, H, D]
+    query_lens: list[int]
+
+
+def allocate_tables(
+    seq_lens: list[int], block_size: int, gen: torch.Generator, spare: int = 3
+) -> tuple[list[list[int]], int]:
+    """Shuffled, non-contiguous block ids; block 0 is never used (padding reads land there)."""
+    needed = [math.ceil(s / block_size) for s in seq_lens]
+    num_blocks = sum(needed) + spare + 1
+    ids = (torch.randperm(num_blocks - 1, generator=gen) + 1).tolist()
+    tables, start = [], 0
+    for n in needed:
+        tables.append(ids[start : start + n])
+        start += n
+    return tables, num_blocks
+
+
+def make_batch(
+    query_lens: list[int],
+    seq_lens: list[int],
+    block_size: int,
+    num_heads: int,
+    num_kv_heads: int,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+    tables, num_blocks = allocate_tables(seq_lens, block_size, gen)
+    shape = (num_blocks, block_size, num_kv_heads, HEAD_DIM)
+    # garbage everywhere (finite): whatever is not a request's token must be masked out
+    k_cache = (torch.randn(shape, generator=gen) * 50).to(dtype)
+    v_cache = (torch.randn(shape, generator=gen) * 50).to(dtype)
+    keys = [torch.randn(s, num_kv_heads, HEAD_DIM, generator=gen).to(dtype) for s in seq_lens]
+    values = [torch.randn(s, num_kv_heads, HEAD_DIM, generator=gen).to(dtype) for s in seq_lens]
+    everything = AttentionMetadata.build(seq_lens, seq_lens, tables, block_size)
+    write_kv_cache(torch.cat(keys), torch.cat(values), k_cache, v_cache, everything.slot_mapping)
+    query = torch.randn(sum(query_lens), num_heads, HEAD_DIM, generator=gen).to(dtype)
+    meta = AttentionMetadata.build(query_lens, seq_lens, tables, block_size)
+    return Batch(meta, k_cache, v_cache, keys, values, query, list(query_lens))
+
+
+def expected(batch: Batch, scale: float, window: int | None, soft_cap: float | None):
+    outs, start = [], 0
+    for q_len, k, v in zip(batch.query_lens, batch.keys, batch.values, strict=True):
+        q = batch.query[start : start + q_len]
+        outs.append(naive_attention(q, k, v, scale, window, soft_cap))
+        start += q_len
+    return torch.cat(outs)
+
+
+# decodes (q_len 1) scattered among prefill chunks with and without a prefix
+MIXED = ([1, 13, 1, 6, 1, 9, 1], [37, 13, 5, 20, 1, 30, 64])
+HEADS = [(4, 4), (4, 2), (8, 2), (4, 1)]  # MHA, GQA 2, GQA 4, MQA
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 16])
+@pytest.mark.parametrize(("num_heads", "num_kv_heads"), HEADS)
+@pytest.mark.parametrize("window", [None, 1, 4, 12, 1000])
+def test_mixed_batch_matches_dense(block_size, num_heads, num_kv_heads, window):
+    batch = make_batch(*MIXED, block_size, num_heads, num_kv_heads, seed=block_size)
+    scale = HEAD_DIM**-0.5
+    out = paged_attention(
+        batch.query, batch.k_cache, batch.v_cache, batch.meta, scale=scale, sliding_window=window
+    )
+    torch.testing.assert_close(
+        out.double(), expected(batch, scale, window, None), atol=1e-5, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 16])
+@pytest.mark.parametrize(("num_heads", "num_kv_heads"), HEADS)
+@pytest.mark.parametrize("window", [None, 5])
+def test_soft_cap_matches_dense(block_size, num_heads, num_kv_heads, window):
+    batch = make_batch(*MIXED, block_size, num_heads, num_kv_heads, seed=7)
+    batch.query.mul_(4.0)  # large scores so that the cap bites
+    scale = HEAD_DIM**-0.5
+    out = paged_attention(
+        batch.query,
+        batch.k_cache,
+        batch.v_cache,
+        batch.meta,
+        scale=scale,
+        sliding_window=window,
+        logits_soft_cap=2.0,
+    )
+    want = expected(batch, scale, window, 2.0)
+    torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+    uncapped = expected(batch, scale, window, None)
+    assert (want - uncapped).abs().max() > 1e-2, "the cap should change the result"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_shapes(seed):
+    gen = torch.Generator().manual_seed(100 + seed)
+    num_reqs = int(torch.randint(1, 9, (1,), generator=gen))
+    seq_lens = torch.randint(1, 80, (num_reqs,), generator=gen).tolist()
+    kinds = torch.randint(0, 3, (num_reqs,), generator=gen).tolist()  # decode, chunk, whole
+    query_lens = [
+        1 if kind == 0 else s if kind == 2 else int(torch.randint(1, s + 1, (1,), generator=gen))
+        for kind, s in zip(kinds, seq_lens, strict=True)
+    ]
+    num_kv_heads = [1, 2, 3][seed % 3]
+    num_heads = num_kv_heads * [1, 2, 4][seed // 2 % 3]
+    block_size = [1, 4, 16, 5][seed % 4]
+    window = [None, 7, 33][seed % 3]
+    batch = make_batch(query_lens, seq_lens, block_size, num_heads, num_kv_heads, seed=seed)
+    scale = 0.3
+    out = paged_attention(
+        batch.query, batch.k_cache, batch.v_cache, batch.meta, scale=scale, sliding_window=window
+    )
+    torch.testing.assert_close(
+        out.double(), expected(batch, scale, window, None), atol=1e-5, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("order", ["decodes_first", "prefills_first", "all_decodes"])
+def test_decode_span_and_gather_paths_agree(order):
+    """Consecutive decodes are sliced, scattered ones gathered: both must be right."""
+    lens = {
+        "decodes_first": ([1, 1, 1, 5, 8], [9, 40, 17, 5, 30]),
+        "prefills_first": ([5, 8, 1, 1, 1], [5, 30, 9, 40, 17]),
+        "all_decodes": ([1] * 6, [3, 50, 17, 1, 64, 65]),
+    }[order]
+    batch = make_batch(*lens, block_size=16, num_heads=8, num_kv_heads=2, seed=3)
+    out = paged_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, scale=0.25)
+    torch.testing.assert_close(
+        out.double(), expected(batch, 0.25, None, None), atol=1e-5, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("soft_cap", [None, 20.0])
+def test_bfloat16_close_to_dense(soft_cap):
+    batch = make_batch(*MIXED, 16, 8, 2, dtype=torch.bfloat16, seed=11)
+    scale = HEAD_DIM**-0.5
+    out = paged_attention(
+        batch.query,
+        batch.k_cache,
+        batch.v_cache,
+        batch.meta,
+        scale=scale,
+        sliding_window=9,
+        logits_soft_cap=soft_cap,
+    )
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(
+        out.double(), expected(batch, scale, 9, soft_cap), atol=3e-2, rtol=3e-2
+    )
+
+
+def test_requests_do_not_see_each_other():
+    """Changing one request's cached K/V changes only that request's output rows."""
+    batch = make_batch(*MIXED, 4, 4, 2, seed=5)
+    before = paged_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, scale=0.5)
+    table = batch.meta.block_table[3, : math.ceil(20 / 4)]
+    batch.v_cache[table.long()] += 1.0
+    after = paged_attention(batch.query, batch.k_cache, batch.v_cache, batch.meta, scale=0.5)
+    rows = torch.zeros(batch.query.shape[0], dtype=torch.bool)
+    start = batch.meta.query_start_loc_cpu
+    rows[start[3] : start[4]] = True
+    assert torch.equal(before[~rows], after[~rows])
+    assert not torch.allclose(before[rows], after[rows])
+
+
+# ---------------------------------------------------------------- metadata and KV writes
+
+
+def test_build_metadata_slot_mapping_by_hand():
+    meta = AttentionMetadata.build(
+        query_lens=[2, 1, 3], seq_lens=[5, 4, 3], block_tables=[[7, 2], [4], [9]], block_size=4
+    )
+    # request 0: positions 3, 4 -> block 7 offset 3, block 2 offset 0
+    # request 1: position 3 -> block 4 offset 3; request 2: positions 0..2 -> block 9
+    assert meta.slot_mapping.tolist() == [31, 8, 19, 36, 37, 38]
+    assert meta.slot_mapping.dtype == torch.int64
+    assert meta.query_start_loc.tolist() == [0, 2, 3, 6]
+    assert meta.query_start_loc.dtype == torch.int32
+    assert meta.block_table.tolist() == [[7, 2], [4, 0], [9, 0]]
+    assert meta.block_table.dtype == torch.int32
+    assert meta.seq_lens.tolist() == [5, 4, 3]
+    assert (meta.max_query_len, meta.max_seq_len) == (3, 5)
+    assert meta.query_start_loc_cpu == (0, 2, 3, 6) and meta.seq_lens_cpu == (5, 4, 3)
+    assert (meta.num_reqs, meta.num_tokens) == (3, 6)
+
+
+@pytest.mark.parametrize(
+    ("query_lens", "seq_lens", "tables", "message"),
+    [
+        ([3], [2], [[1]], "query_len"),
+        ([1], [9], [[1, 2]], "cannot hold"),
+        ([1, 1], [1], [[1]], "one entry per request"),
+    ],
+)
+def test_build_metadata_rejects_inconsistent_batches(query_lens, seq_lens, tables, message):
+    with pytest.raises(ValueError, match=message):
+        AttentionMetadata.build(query_lens, seq_lens, tables, block_size=4)
+
+
+def test_write_kv_cache_places_rows_in_their_slots():
+    k_cache = torch.zeros(6, 4, 2, 3)
+    v_cache = torch.zeros(6, 4, 2, 3)
+    key = torch.arange(1, 4, dtype=torch.float32)[:, None, None].expand(3, 2, 3).clone()
+    value = -key
+    write_kv_cache(key, value, k_cache, v_cache, torch.tensor([5, 22, 0]))
+    assert torch.equal(k_cache[1, 1], key[0]) and torch.equal(v_cache[1, 1], value[0])
+    assert torch.equal(k_cache[5, 2], key[1]) and torch.equal(v_cache[5, 2], value[1])
+    assert torch.equal(k_cache[0, 0], key[2]) and torch.equal(v_cache[0, 0], value[2])
+    assert k_cache.abs().sum() == key.abs().sum()  # nothing else written
+
+
+def test_write_kv_cache_refuses_a_non_contiguous_cache():
+    k_cache = torch.zeros(4, 2, 4, 3).transpose(1, 2)  # [4, 4, 2, 3] but strided
+    with pytest.raises(RuntimeError):
+        write_kv_cache(
+            torch.ones(1, 2, 3), torch.ones(1, 2, 3), k_cache, k_cache, torch.tensor([0])
+        )
+
+
+# ---------------------------------------------------------------- the layer, step by step
+
+
+def test_paged_attention_layer_over_engine_steps():
+    """Chunked prefill, then decode steps mixed with a new request, two layers, as a runner would."""
+    torch.manual_seed(0)
+    num_heads, num_kv_heads, block_size, window = 6, 2, 4, 10
+    layers = [
+        PagedAttention(num_heads, num_kv_heads, HEAD_DIM, 0.25, layer_idx=i, sliding_window=w)
+        for i, w in enumerate([None, window])
+    ]
+    shape = (16, block_size, num_kv_heads, HEAD_DIM)
+    caches = [(torch.zeros(shape), torch.zeros(shape)) for _ in layers]
+    tables = [[3, 9, 1, 12, 5], [7, 2, 14]]
+    total = [17, 9]
+    keys = [torch.randn(n, num_kv_heads, HEAD_DIM) for n in total]
+    values = [torch.randn(n, num_kv_heads, HEAD_DIM) for n in total]
+    queries = [torch.randn(n, num_heads, HEAD_DIM) for n in total]
+    # (request, first position, new tokens) per step: chunked prefill of request 0, then
+    # request 1 arrives in one chunk while request 0 decodes
+    steps = [[(0, 0, 8)], [(0, 8, 7)], [(0, 15, 1), (1, 0, 9)], [(0, 16, 1)]]
+    for step in steps:
+        reqs = [r for r, _, _ in step]
+        meta = AttentionMetadata.build(
+            [n for _, _, n in step],
+            [p + n for _, p, n in step],
+            [tables[r] for r in reqs],
+            block_size,
+        )
+        sl = [slice(p, p + n) for _, p, n in step]
+        q = torch.cat([queries[r][s] for r, s in zip(reqs, sl, strict=True)])
+        k = torch.cat([keys[r][s] for r, s in zip(reqs, sl, strict=True)])
+        v = torch.cat([values[r][s] for r, s in zip(reqs, sl, strict=True)])
+        with forward_context(ForwardContext(meta, caches)):
+            outs = [layer(q, k, v) for layer in layers]
+        for layer, out in zip(layers, outs, strict=True):
+            want = torch.cat(
+                [
+                    naive_attention(
+                        queries[r][s],
+                        keys[r][: s.stop],
+                        values[r][: s.stop],
+                        0.25,
+                        layer.sliding_window,
+                    )
+                    for r, s in zip(reqs, sl, strict=True)
+                ]
+            )
+            torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+            assert layer.backend is AttentionBackend.TORCH
+
+
+def test_layer_writes_only_its_own_cache():
+    layer = PagedAttention(2, 1, HEAD_DIM, 1.0, layer_idx=1)
+    caches = [(torch.zeros(2, 4, 1, HEAD_DIM), torch.zeros(2, 4, 1, HEAD_DIM)) for _ in range(2)]
+    meta = AttentionMetadata.build([3], [3], [[1]], 4)
+    with forward_context(ForwardContext(meta, caches)):
+        layer(torch.randn(3, 2, HEAD_DIM), torch.ones(3, 1, HEAD_DIM), torch.ones(3, 1, HEAD_DIM))
+    assert caches[0][0].abs().sum() == 0 and caches[0][1].abs().sum() == 0
+    assert torch.equal(caches[1][0][1, :3], torch.ones(3, 1, HEAD_DIM))
+    assert caches[1][0][0].abs().sum() == 0 and caches[1][0][1, 3].abs().sum() == 0
+
+
+def test_layer_needs_a_forward_context():
+    layer = PagedAttention(2, 1, HEAD_DIM, 1.0, layer_idx=0)
+    with pytest.raises(RuntimeError, match="forward context"):
+        layer(torch.randn(1, 2, HEAD_DIM), torch.randn(1, 1, HEAD_DIM), torch.randn(1, 1, HEAD_DIM))
+
+
+def test_heads_must_divide():
+    with pytest.raises(ValueError, match="multiple"):
+        PagedAttention(6, 4, HEAD_DIM, 1.0, layer_idx=0)
