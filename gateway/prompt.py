@@ -1,0 +1,554 @@
+"""Prompt building: chat template, placeholder expansion, placeholder ranges, M-RoPE positions.
+
+The gateway turns a raw prompt (with the model's placeholders) or chat messages into the LM's
+prompt token ids exactly as the model's HF processor would: each item's placeholder token is
+repeated once per embedding row, the whole text is tokenized once, and the run of pad tokens of
+each item is recorded so the LM can scatter that item's embeddings there.
+
+Per-family differences (which token is repeated, what surrounds it in a raw prompt, M-RoPE) live
+in `FAMILIES`; an architecture without a row is LLaVA-style when its config names an image token
+(`image_token_index`), else text-only.
+
+Tokenization follows the HF processor (`add_special_tokens=True`), except that a prompt that
+already starts with the tokenizer's BOS token gets no second one; this is the rule of HF's
+`processor.apply_chat_template(tokenize=True)`, so a rendered chat prompt gets exactly the ids
+HF gives for that conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gateway.mrope import VisionRun, mrope_position_delta, mrope_positions
+from protos.errors import InvalidRequest
+
+MODALITIES: tuple[str, ...] = ("image", "video", "audio")
+
+# OpenAI / HF content part types -> the modality they carry ("text" for text).
+PART_KINDS: Mapping[str, str] = {
+    "text": "text",
+    "input_text": "text",
+    "image": "image",
+    "image_url": "image",
+    "image_embeds": "image",
+    "video": "video",
+    "video_url": "video",
+    "video_embeds": "video",
+    "audio": "audio",
+    "audio_url": "audio",
+    "input_audio": "audio",
+    "audio_embeds": "audio",
+}
+
+# A template that loops over a message's content expects a list of parts (OpenAI format);
+# one that does not expects a string.
+_CONTENT_LOOP = re.compile(
+    r"for\s+\w+\s+in\s+(?:\w+(?:\[\s*['\"]content['\"]\s*\]|\.content)|content\b)"
+)
+_CHAT_TEMPLATE_FILES: tuple[str, ...] = (
+    "chat_template.jinja",
+    "chat_template.json",
+    "processor_config.json",
+)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSlot:
+    """What prompt building needs from one encoded media item.
+
+    Args:
+        modality: "image", "video" or "audio".
+        num_tokens: embedding rows of the item (`[num_tokens, hidden]`).
+        content_hash: the encoder's content hash (prefix caching keys on it).
+        grid_thw: Qwen2-VL patch grid of an image or video, before spatial merging.
+        second_per_grid_t: Qwen2.5-VL seconds per temporal grid of a video.
+    """
+
+    modality: str
+    num_tokens: int
+    content_hash: str
+    grid_thw: tuple[int, int, int] | None = None
+    second_per_grid_t: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise InvalidRequest(
+                f"Unknown media modality {self.modality!r}; expected one of {', '.join(MODALITIES)}"
+            )
+        if self.num_tokens < 1:
+            raise InvalidRequest(f"A {self.modality} item must have at least one embedding row")
+        if self.grid_thw is not None and (
+            len(self.grid_thw) != 3 or any(int(g) < 1 for g in self.grid_thw)
+        ):
+            raise InvalidRequest(f"grid_thw must be three positive integers, got {self.grid_thw}")
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceholderRange:
+    """Where one item's embedding rows go in the prompt.
+
+    Args:
+        item_index: index into the items passed to `PromptBuilder.build`.
+        offset: first prompt token of the item's embedding rows.
+        length: number of rows (= the item's `num_tokens`).
+    """
+
+    item_index: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltPrompt:
+    """The LM's prompt: token ids, where each media item goes, and M-RoPE positions.
+
+    Args:
+        token_ids: prompt token ids, placeholders expanded.
+        ranges: one range per item, in prompt order (sorted by offset).
+        mrope_positions: [3, len(token_ids)] int64 for M-RoPE models, else None.
+    """
+
+    token_ids: list[int]
+    ranges: tuple[PlaceholderRange, ...]
+    mrope_positions: torch.Tensor | None = None
+
+    @property
+    def mrope_position_delta(self) -> int:
+        """Decode token n (0-based in the whole sequence) sits at position `n + delta`."""
+        if self.mrope_positions is None:
+            return 0
+        return mrope_position_delta(self.mrope_positions)
+
+
+# ----------------------------------------------------------------------------- family table
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceholderFormat:
+    """How one item of a modality is written in a raw prompt.
+
+    Args:
+        pad_id_fields: config fields that hold the pad token id; the first one set wins.
+        default_pad: the pad token when no field is set.
+        prefix, suffix: text around the pad token in a raw prompt ("<|vision_start|>").
+    """
+
+    pad_id_fields: tuple[str, ...]
+    default_pad: str
+    prefix: str = ""
+    suffix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFamily:
+    """Per-family prompt rules.
+
+    Args:
+        formats: modality -> placeholder format; a modality missing here is refused.
+        mrope: the model uses M-RoPE; image/video token counts come from `grid_thw`.
+        time_scaled_video: video temporal positions step by `second_per_grid_t *
+            tokens_per_second` (Qwen2.5-VL) instead of 1 (Qwen2-VL).
+    """
+
+    formats: Mapping[str, PlaceholderFormat] = field(default_factory=dict)
+    mrope: bool = False
+    time_scaled_video: bool = False
+
+
+LLAVA_IMAGE = PlaceholderFormat(("image_token_index", "image_token_id"), "<image>")
+QWEN_VL_IMAGE = PlaceholderFormat(
+    ("image_token_id",), "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
+)
+QWEN_VL_VIDEO = PlaceholderFormat(
+    ("video_token_id",), "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
+)
+QWEN_AUDIO = PlaceholderFormat(
+    ("audio_token_index", "audio_token_id"), "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
+)
+
+LLAVA = PromptFamily({"image": LLAVA_IMAGE})
+TEXT_ONLY = PromptFamily()
+FAMILIES: Mapping[str, PromptFamily] = {
+    "LlavaForConditionalGeneration": LLAVA,
+    "Qwen2VLForConditionalGeneration": PromptFamily(
+        {"image": QWEN_VL_IMAGE, "video": QWEN_VL_VIDEO}, mrope=True
+    ),
+    "Qwen2_5_VLForConditionalGeneration": PromptFamily(
+        {"image": QWEN_VL_IMAGE, "video": QWEN_VL_VIDEO}, mrope=True, time_scaled_video=True
+    ),
+    "Qwen2AudioForConditionalGeneration": PromptFamily({"audio": QWEN_AUDIO}),
+}
+
+
+def family_for(architecture: str, config: Any) -> PromptFamily:
+    """The family row of `architecture`; LLaVA-style if the config names an image token."""
+    if architecture in FAMILIES:
+        return FAMILIES[architecture]
+    if any(getattr(config, name, None) is not None for name in LLAVA_IMAGE.pad_id_fields):
+        return LLAVA
+    return TEXT_ONLY
+
+
+@dataclass(frozen=True, slots=True)
+class ModalityTokens:
+    """A modality's placeholder resolved against one tokenizer."""
+
+    pad_token: str  # repeated once per embedding row
+    pad_token_id: int
+    placeholder: str  # one item in a raw prompt: prefix + pad_token + suffix
+
+
+def resolve_tokens(fmt: PlaceholderFormat, config: Any, tokenizer: Any) -> ModalityTokens:
+    """Look up the pad token of `fmt` in the config (by id) or fall back to its default."""
+    pad_id = next(
+        (getattr(config, f) for f in fmt.pad_id_fields if getattr(config, f, None) is not None),
+        None,
+    )
+    pad_token = tokenizer.convert_ids_to_tokens(pad_id) if pad_id is not None else fmt.default_pad
+    token_id = tokenizer.convert_tokens_to_ids(pad_token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no placeholder token {pad_token!r}")
+    return ModalityTokens(pad_token, int(token_id), fmt.prefix + pad_token + fmt.suffix)
+
+
+# ----------------------------------------------------------------------------- chat templates
+
+
+def read_chat_template(model: str | Path, tokenizer: Any) -> str | None:
+    """The model's chat template: the tokenizer's, else one saved next to the processor."""
+    template = _pick_template(getattr(tokenizer, "chat_template", None))
+    if template:
+        return template
+    for filename in _CHAT_TEMPLATE_FILES:
+        text = _read_model_file(model, filename)
+        if text is None:
+            continue
+        template = text if filename.endswith(".jinja") else json.loads(text).get("chat_template")
+        template = _pick_template(template)
+        if template:
+            return template
+    return None
+
+
+def _pick_template(template: Any) -> str | None:
+    """A template string from a string, a {name: template} dict or a [{name, template}] list."""
+    if isinstance(template, list):
+        template = {entry["name"]: entry["template"] for entry in template}
+    if isinstance(template, dict):
+        template = template.get("default") or next(iter(template.values()), None)
+    return template or None
+
+
+def _read_model_file(model: str | Path, filename: str) -> str | None:
+    path = Path(model) / filename
+    if path.is_file():
+        return path.read_text()
+    if Path(model).is_dir():
+        return None
+    from transformers.utils.hub import cached_file
+
+    resolved = cached_file(
+        str(model),
+        filename,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    return Path(resolved).read_text() if resolved else None
+
+
+def uses_content_parts(template: str) -> bool:
+    """Whether a chat template loops over `message['content']` (expects a list of parts)."""
+    return _CONTENT_LOOP.search(template) is not None
+
+
+def part_kind(part: Any) -> str:
+    """ "text", "image", "video" or "audio" for one content part; InvalidRequest otherwise."""
+    kind = PART_KINDS.get(part.get("type", "")) if isinstance(part, Mapping) else None
+    if kind is None:
+        shown = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+        raise InvalidRequest(
+            f"Unknown content part type {shown!r}; expected text, image, video or audio"
+        )
+    return kind
+
+
+def normalize_content(content: Any, as_parts: bool, placeholder: Callable[[str], str]) -> Any:
+    """A message's content in the shape the template expects.
+
+    With `as_parts`, a list of `{"type": "text", "text": ...}` / `{"type": <modality>}` parts;
+    otherwise a string where each media part becomes the model's placeholder (joined by "\\n").
+    """
+    if content is None:
+        return None
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if as_parts else content
+    parts = [(part_kind(part), part) for part in content]
+    if as_parts:
+        return [
+            {"type": "text", "text": str(p.get("text", ""))} if k == "text" else {"type": k}
+            for k, p in parts
+        ]
+    return "\n".join(str(p.get("text", "")) if k == "text" else placeholder(k) for k, p in parts)
+
+
+# ----------------------------------------------------------------------------- builder
+
+
+class PromptBuilder:
+    """Builds the LM's prompt token ids the way the model's HF processor does.
+
+    Args:
+        tokenizer: the model's HF tokenizer.
+        config: the model's HF config (`architectures`, placeholder token ids, vision config).
+        chat_template: the Jinja chat template, or None when the model has none.
+    """
+
+    def __init__(self, tokenizer: Any, config: Any, chat_template: str | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.architecture: str = (getattr(config, "architectures", None) or [""])[0]
+        self.chat_template = chat_template
+        self.family = family_for(self.architecture, config)
+        self.tokens: dict[str, ModalityTokens] = {
+            m: resolve_tokens(fmt, config, tokenizer) for m, fmt in self.family.formats.items()
+        }
+        self._pad_modality = {t.pad_token: m for m, t in self.tokens.items()}
+        pads = sorted(self._pad_modality, key=len, reverse=True)  # longest first
+        self._pad_pattern = re.compile("|".join(map(re.escape, pads))) if pads else None
+        vision = getattr(config, "vision_config", None)
+        self.spatial_merge_size = int(getattr(vision, "spatial_merge_size", 1) or 1)
+        self.tokens_per_second = float(getattr(vision, "tokens_per_second", 1) or 1)
+
+    @classmethod
+    def from_pretrained(
+        cls, model: str | Path, *, trust_remote_code: bool = False
+    ) -> PromptBuilder:
+        """Load the config, tokenizer and chat template of `model` (a folder or a hub id)."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+        return cls(tokenizer, config, read_chat_template(model, tokenizer))
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The media modalities this model's prompts can hold."""
+        return tuple(self.tokens)
+
+    def placeholder(self, modality: str) -> str:
+        """What one item of `modality` looks like in a raw prompt, e.g. "<image>"."""
+        return self._tokens_for(modality).placeholder
+
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        **template_kwargs: Any,
+    ) -> str:
+        """Render OpenAI/HF-style messages with the model's chat template (no tokenization).
+
+        Content is a string or a list of parts: {"type": "text", "text": ...}, {"type": "image"},
+        {"type": "video"}, {"type": "audio"} (and the OpenAI `image_url` / `input_audio` kinds).
+        `template_kwargs` go to the template (e.g. `continue_final_message`, `tools`).
+        """
+        if not self.chat_template:
+            raise InvalidRequest(
+                f"{self._name} has no chat template; send a raw prompt instead of chat messages"
+            )
+        conversation = self._normalize_messages(messages)
+        from jinja2.exceptions import TemplateError
+
+        try:
+            return self.tokenizer.apply_chat_template(
+                conversation,
+                chat_template=self.chat_template,
+                add_generation_prompt=add_generation_prompt,
+                tokenize=False,
+                **template_kwargs,
+            )
+        except TemplateError as error:
+            raise InvalidRequest(f"The chat template rejected the messages: {error}") from error
+
+    def build(
+        self,
+        text: str,
+        items: Sequence[MediaSlot],
+        *,
+        add_special_tokens: bool | None = None,
+    ) -> BuiltPrompt:
+        """Expand the placeholders of `text` for `items`, tokenize, locate each item's rows.
+
+        Args:
+            text: raw prompt (or rendered chat) with one placeholder per item.
+            items: the prompt's media items; the k-th item of a modality fills the k-th
+                placeholder of that modality (HF semantics), so prompt order is natural.
+            add_special_tokens: None = like the HF processor (see the module docstring).
+        Raises:
+            InvalidRequest: a modality the model does not take, placeholder counts that
+                disagree with the items, or a grid that disagrees with the embedding rows.
+        """
+        lengths = [self._item_length(i, item) for i, item in enumerate(items)]
+        by_modality = self._group(items, lengths)
+        self._check_counts(text, by_modality)
+        token_ids = self._tokenize(self._expand(text, by_modality), add_special_tokens)
+        ranges = self._locate(token_ids, by_modality)
+        positions = self._mrope(len(token_ids), ranges, items) if self.family.mrope else None
+        return BuiltPrompt(token_ids, ranges, positions)
+
+    def text_only(self, text: str, *, add_special_tokens: bool | None = None) -> list[int]:
+        """Token ids of a prompt without media (same special-token rule as `build`)."""
+        return self.build(text, (), add_special_tokens=add_special_tokens).token_ids
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def _name(self) -> str:
+        return self.architecture or "This model"
+
+    def _tokens_for(self, modality: str) -> ModalityTokens:
+        if modality not in self.tokens:
+            if modality not in MODALITIES:
+                raise InvalidRequest(
+                    f"Unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}"
+                )
+            accepted = ", ".join(self.tokens) or "text only"
+            raise InvalidRequest(
+                f"{self._name} does not take {modality} input (it takes {accepted}), "
+                f"so a prompt cannot hold {modality} placeholders"
+            )
+        return self.tokens[modality]
+
+    def _normalize_messages(self, messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        as_parts = uses_content_parts(self.chat_template or "")
+        out = []
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, list):
+                for part in content:
+                    kind = part_kind(part)
+                    if kind != "text":
+                        self._tokens_for(kind)  # refuse a modality the model does not take
+            normalized = normalize_content(content, as_parts, self.placeholder)
+            out.append({**message, "content": normalized})
+        return out
+
+    def _item_length(self, index: int, item: MediaSlot) -> int:
+        """Pad tokens one item expands to; Qwen-VL counts come from its grid (HF's rule)."""
+        self._tokens_for(item.modality)
+        if not (self.family.mrope and item.modality in ("image", "video")):
+            return item.num_tokens
+        if item.grid_thw is None:
+            raise InvalidRequest(f"{self._name} needs grid_thw for {item.modality} item {index}")
+        t, h, w = item.grid_thw
+        length = t * h * w // self.spatial_merge_size**2
+        if length != item.num_tokens:
+            raise InvalidRequest(
+                f"{item.modality} item {index} has {item.num_tokens} embedding rows, but its "
+                f"grid_thw {tuple(item.grid_thw)} needs {length}"
+            )
+        return length
+
+    def _group(
+        self, items: Sequence[MediaSlot], lengths: Sequence[int]
+    ) -> dict[str, list[tuple[int, int]]]:
+        """modality -> [(item_index, length), ...] in item order, for every known modality."""
+        groups: dict[str, list[tuple[int, int]]] = {m: [] for m in self.tokens}
+        for index, (item, length) in enumerate(zip(items, lengths, strict=True)):
+            groups[item.modality].append((index, length))
+        return groups
+
+    def _check_counts(self, text: str, by_modality: Mapping[str, list[tuple[int, int]]]) -> None:
+        found = self._pad_pattern.findall(text) if self._pad_pattern else []
+        for modality, group in by_modality.items():
+            tokens = self.tokens[modality]
+            num_found = sum(self._pad_modality[pad] == modality for pad in found)
+            if num_found != len(group):
+                raise InvalidRequest(
+                    f"The prompt has {num_found} {tokens.pad_token} placeholder(s) but "
+                    f"{len(group)} {modality}(s) were given; put one {tokens.placeholder} "
+                    f"where each {modality} goes"
+                )
+
+    def _expand(self, text: str, by_modality: Mapping[str, list[tuple[int, int]]]) -> str:
+        """Repeat the k-th pad token of each modality once per row of its k-th item."""
+        if self._pad_pattern is None:
+            return text
+        lengths = {self.tokens[m].pad_token: iter(g) for m, g in by_modality.items()}
+
+        def repeat(match: re.Match[str]) -> str:
+            return match.group(0) * next(lengths[match.group(0)])[1]
+
+        return self._pad_pattern.sub(repeat, text)
+
+    def _tokenize(self, text: str, add_special_tokens: bool | None) -> list[int]:
+        if add_special_tokens is None:
+            bos = getattr(self.tokenizer, "bos_token", None)
+            add_special_tokens = not (bos and text.startswith(bos))
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def _locate(
+        self, token_ids: Sequence[int], by_modality: Mapping[str, list[tuple[int, int]]]
+    ) -> tuple[PlaceholderRange, ...]:
+        ranges: list[PlaceholderRange] = []
+        for modality, group in by_modality.items():
+            pad_id = self.tokens[modality].pad_token_id
+            hits = [i for i, token in enumerate(token_ids) if token == pad_id]
+            ranges.extend(_split_runs(hits, group, self.tokens[modality].pad_token))
+        return tuple(sorted(ranges, key=lambda r: r.offset))
+
+    def _mrope(
+        self, num_tokens: int, ranges: Sequence[PlaceholderRange], items: Sequence[MediaSlot]
+    ) -> torch.Tensor:
+        runs = [
+            VisionRun(
+                r.offset, _grid(items[r.item_index]), self._time_interval(items[r.item_index])
+            )
+            for r in ranges
+            if items[r.item_index].modality in ("image", "video")
+        ]
+        return mrope_positions(num_tokens, runs, self.spatial_merge_size)  # [3, T]
+
+    def _time_interval(self, item: MediaSlot) -> float:
+        if item.modality != "video" or not self.family.time_scaled_video:
+            return 1.0
+        seconds = 1.0 if item.second_per_grid_t is None else item.second_per_grid_t
+        # NOTE: float32 like HF's `tokens_per_second * second_per_grid_ts[i]`.
+        return float(torch.tensor(seconds, dtype=torch.float32) * self.tokens_per_second)
+
+
+def _grid(item: MediaSlot) -> tuple[int, int, int]:
+    assert item.grid_thw is not None  # checked in _item_length
+    t, h, w = item.grid_thw
+    return int(t), int(h), int(w)
+
+
+def _split_runs(
+    hits: Sequence[int], group: Sequence[tuple[int, int]], pad_token: str
+) -> list[PlaceholderRange]:
+    """Cut the positions of one pad token into each item's contiguous run, in order."""
+    if len(hits) != sum(length for _, length in group):
+        raise RuntimeError(
+            f"expanded prompt has {len(hits)} {pad_token} tokens, expected "
+            f"{sum(length for _, length in group)}: the tokenizer does not keep it atomic"
+        )
+    ranges = []
+    start = 0
+    for item_index, length in group:
+        offset = hits[start]
+        if hits[start + length - 1] != offset + length - 1:
+            raise RuntimeError(f"the {pad_token} tokens of item {item_index} are not contiguous")
+        ranges.append(PlaceholderRange(item_index, offset, length))
+        start += length
+    return ranges
