@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -77,5 +78,47 @@ def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             _abort_rpc_error(context, exc)
         except Exception as exc:  # noqa: BLE001
             _abort_with(context, exc)
+
+    return unary_wrapper
+
+
+async def _aio_abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        await context.abort(exc.code(), exc.details() or str(exc.code()))
+    code = status_of(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        logger.exception("internal error", exc_info=exc)
+        await context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
+    await context.abort(code, str(exc) or code.name)
+
+
+def aio_grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """`grpc_errors` for grpc.aio servicer methods (coroutines and async generators)."""
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream_wrapper(self: Any, request: Any, context: Any) -> Any:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every error becomes a status
+                await _aio_abort(context, exc)
+
+        return stream_wrapper
+
+    @functools.wraps(method)
+    async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await _aio_abort(context, exc)
 
     return unary_wrapper

@@ -1,0 +1,178 @@
+"""Throughput and batch-1 latency: meshserve's engine vs HF transformers, same process.
+
+The workload is the LM issue's: 64 requests with prompt lengths 32-512 and output lengths
+16-128 (ignore_eos, greedy). HF runs them as static batches (left-padded, each batch decodes
+until its longest request is done); meshserve runs them with continuous batching. Both count
+only the tokens each request asked for.
+
+The model is a random-weight Qwen2-0.5B-shaped config (hidden 896, 14 heads, 2 KV heads,
+vocab 151936). On 2 CPU cores the full 24 layers take too long, so `--layers` defaults to a
+stand-in with fewer layers; pass `--layers 24` for the real shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def build_model(out: Path, layers: int, vocab: int, dtype: str) -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=layers,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+        torch_dtype=dtype,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).to(getattr(torch, dtype))
+    model.generation_config.eos_token_id = 1
+    model.generation_config.pad_token_id = 2
+    model.save_pretrained(out)
+
+
+def workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
+    rng = random.Random(seed)
+    return [
+        ([rng.randrange(3, vocab) for _ in range(rng.randint(32, 512))], rng.randint(16, 128))
+        for _ in range(n)
+    ]
+
+
+def run_ours(path: Path, requests: list[tuple[list[int], int]], dtype: str) -> tuple[float, object]:
+    from lm_service import Engine, EngineConfig, SamplingParams
+
+    engine = Engine(
+        EngineConfig(
+            model=str(path),
+            dtype=dtype,
+            max_num_seqs=64,
+            max_num_batched_tokens=1024,
+            kv_cache_memory=4 << 30,
+        )
+    )
+    engine.generate([[5] * 8], SamplingParams(max_tokens=2, temperature=0.0))  # warm-up
+    params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for _, m in requests]
+    start = time.perf_counter()
+    outs = engine.generate([p for p, _ in requests], params)
+    elapsed = time.perf_counter() - start
+    assert all(len(o.token_ids) == m for o, (_, m) in zip(outs, requests, strict=True))
+    return elapsed, engine
+
+
+def run_hf(model: torch.nn.Module, requests: list[tuple[list[int], int]], batch: int) -> float:
+    start = time.perf_counter()
+    for i in range(0, len(requests), batch):
+        chunk = requests[i : i + batch]
+        width = max(len(p) for p, _ in chunk)
+        ids = torch.full((len(chunk), width), 2, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, (p, _) in enumerate(chunk):
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
+        steps = max(m for _, m in chunk)
+        with torch.inference_mode():
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=steps,
+                min_new_tokens=steps,
+                do_sample=False,
+                pad_token_id=2,
+            )
+    return time.perf_counter() - start
+
+
+def decode_ms_per_token(generate_fn, prompt_len: int, tokens: int) -> float:
+    """(time for `tokens` new tokens - time for 1) / (tokens - 1): prefill cancels out."""
+    generate_fn(prompt_len, 2)
+    t1 = _timed(generate_fn, prompt_len, 1)
+    tn = _timed(generate_fn, prompt_len, tokens)
+    return (tn - t1) / (tokens - 1) * 1e3
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--layers", type=int, default=4, help="decoder layers (Qwen2-0.5B has 24)")
+    parser.add_argument("--vocab", type=int, default=151936)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--hf-batch", type=int, default=16, help="HF static batch size")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM
+
+    from lm_service import SamplingParams
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model"
+        build_model(path, args.layers, args.vocab, args.dtype)
+        requests = workload(args.requests, 0, args.vocab)
+        num_out = sum(m for _, m in requests)
+        print(
+            f"model: Qwen2-0.5B shape, {args.layers} layers, vocab {args.vocab}, {args.dtype}; "
+            f"{len(requests)} requests, {sum(len(p) for p, _ in requests)} prompt tokens, "
+            f"{num_out} output tokens; torch threads {torch.get_num_threads()}"
+        )
+        ours_s, engine = run_ours(path, requests, args.dtype)
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
+        hf_s = run_hf(hf, requests, args.hf_batch)
+        ours_tps, hf_tps = num_out / ours_s, num_out / hf_s
+        print(
+            f"throughput  meshserve {ours_tps:8.1f} tok/s ({ours_s:.1f}s)   "
+            f"HF static batch {args.hf_batch}: {hf_tps:8.1f} tok/s ({hf_s:.1f}s)   "
+            f"ratio {ours_tps / hf_tps:.2f}x"
+        )
+
+        def ours_gen(prompt_len: int, n: int) -> None:
+            engine.generate(
+                [[7] * prompt_len], SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+            )
+
+        def hf_gen(prompt_len: int, n: int) -> None:
+            with torch.inference_mode():
+                hf.generate(
+                    input_ids=torch.full((1, prompt_len), 7),
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    pad_token_id=2,
+                )
+
+        ours_ms = decode_ms_per_token(ours_gen, 128, 32)
+        hf_ms = decode_ms_per_token(hf_gen, 128, 32)
+        print(
+            f"batch-1 decode  meshserve {ours_ms:.2f} ms/token   HF {hf_ms:.2f} ms/token   "
+            f"ratio (ours/HF) {ours_ms / hf_ms:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""`meshserve lm`: serve a language model over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+from lm_service.config import DTYPES, MODEL_IMPLS, EngineConfig
+from protos.serving import parse_bytes
+
+logger = logging.getLogger("meshserve.lm")
+DEFAULT_PORT = 50061
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """Engine flags, shared by `lm`, `up --embedded` and the offline API's CLI users."""
+    g = parser.add_argument_group("engine")
+    g.add_argument("--model", required=True, help="HF model id or local path")
+    g.add_argument(
+        "--model-impl",
+        choices=MODEL_IMPLS,
+        default="auto",
+        help="native implementation, the Transformers fallback, or auto (default)",
+    )
+    g.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    g.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default 16)")
+    g.add_argument(
+        "--num-blocks",
+        type=int,
+        default=None,
+        help="KV blocks; default: as many as --kv-cache-memory holds",
+    )
+    g.add_argument(
+        "--kv-cache-memory",
+        type=parse_bytes,
+        default=1 << 30,
+        help="bytes for the KV cache when --num-blocks is unset, e.g. 4GiB (default 1GiB)",
+    )
+    g.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=2048,
+        help="token budget of one engine step (default 2048)",
+    )
+    g.add_argument("--max-num-seqs", type=int, default=64, help="requests per step (default 64)")
+    g.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="longest prompt + output; default: the model's context length",
+    )
+    g.add_argument(
+        "--no-enable-prefix-caching",
+        dest="enable_prefix_caching",
+        action="store_false",
+        help="turn the prefix cache off",
+    )
+    g.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow the model repository's own Python code",
+    )
+    g.add_argument(
+        "--hf-overrides",
+        type=json.loads,
+        default={},
+        help="JSON merged into the HF config, e.g. '{\"max_position_embeddings\": 4096}'",
+    )
+    g.add_argument("--revision", default=None, help="model revision (branch, tag or commit)")
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        model=args.model,
+        model_impl=args.model_impl,
+        dtype=args.dtype,
+        device=args.device,
+        block_size=args.block_size,
+        num_blocks=args.num_blocks,
+        kv_cache_memory=args.kv_cache_memory,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_num_seqs=args.max_num_seqs,
+        max_model_len=args.max_model_len,
+        enable_prefix_caching=args.enable_prefix_caching,
+        trust_remote_code=args.trust_remote_code,
+        hf_overrides=args.hf_overrides,
+        revision=args.revision,
+    )
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "lm",
+        help="serve the language model (paged KV cache, continuous batching)",
+        description="Serve the language backbone over gRPC (meshserve.v1.LanguageModel).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port (default {DEFAULT_PORT}; 0 = any free)",
+    )
+    p.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, how long in-flight streams may finish (default 30)",
+    )
+    add_engine_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lm_service.engine.engine import Engine
+    from lm_service.engine_loop import EngineLoop
+    from lm_service.sampling_params import SamplingParams
+    from lm_service.server import SERVICE_NAME, LanguageModelServicer
+    from protos import serving
+    from protos.meshserve.v1 import lm_pb2_grpc
+
+    config = engine_config_from_args(args)
+    server = serving.make_server()
+    servicer = LanguageModelServicer(args.model)
+    lm_pb2_grpc.add_LanguageModelServicer_to_server(servicer, server)
+    health = serving.add_health_and_reflection(server, [SERVICE_NAME])
+    port = serving.bind(server, args.host, args.port)
+    server.start()  # answers NOT_SERVING while the model loads
+    started = time.monotonic()
+    engine = Engine(config)
+    engine.generate(
+        [[engine.eos_token_ids[0] if engine.eos_token_ids[0] >= 0 else 0]],
+        SamplingParams(max_tokens=1, temperature=0.0),
+    )  # warm-up
+    loop = EngineLoop(engine).start()
+    servicer.attach(loop)
+    serving.set_serving(health, [SERVICE_NAME], serving=True)
+    logger.info(
+        "lm ready on %s:%d  model=%s  arch=%s  impl=%s  kv_blocks=%d x %d tokens  (%.1fs)",
+        args.host,
+        port,
+        args.model,
+        engine.loaded.architecture,
+        engine.loaded.impl_name,
+        engine.num_blocks,
+        config.block_size,
+        time.monotonic() - started,
+    )
+    serving.serve_until_signal(server, health, [SERVICE_NAME], args.grace_seconds)
+    loop.stop()
+    return 0

@@ -1,0 +1,266 @@
+"""The offline engine: scheduler + model runner + sampler, driven step by step."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+
+import torch
+
+from lm_service.config import EngineConfig
+from lm_service.engine.kv_cache import allocate_kv_caches, num_blocks_for
+from lm_service.engine.outputs import RequestOutput, StepOutput
+from lm_service.engine.request import MultiModalSpan, Request
+from lm_service.engine.runner import ModelRunner
+from lm_service.engine.sampler import Sampler, SamplingMetadata
+from lm_service.engine.scheduler import Scheduler, SchedulerConfig
+from lm_service.models.registry import load_model
+from lm_service.sampling_params import SamplingParams
+from protos.errors import InvalidRequest
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class Engine:
+    """Continuous-batching generation over a paged KV cache.
+
+    Use `generate` for a batch of prompts, or `add_request` / `step` / `abort` to drive it
+    incrementally (the gRPC server does).
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.loaded = load_model(
+            config.model,
+            model_impl=config.model_impl,
+            dtype=config.dtype,
+            device=config.device,
+            trust_remote_code=config.trust_remote_code,
+            hf_overrides=config.hf_overrides,
+            revision=config.revision,
+        )
+        text_config = self.loaded.text_config
+        self.vocab_size = int(text_config.vocab_size)
+        self.hidden_size = int(text_config.hidden_size)
+        self.max_model_len = config.max_model_len or _context_length(text_config)
+        spec = self.loaded.model.kv_cache_spec()
+        self.num_blocks = config.num_blocks or num_blocks_for(
+            spec,
+            config.block_size,
+            config.kv_cache_memory,
+            config.max_num_seqs * self.max_model_len,
+        )
+        kv_caches = allocate_kv_caches(spec, self.num_blocks, config.block_size, self.device)
+        self.runner = ModelRunner(self.loaded.model, kv_caches, config.block_size, self.device)
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                max_num_batched_tokens=max(config.max_num_batched_tokens, 1),
+                max_num_seqs=config.max_num_seqs,
+                block_size=config.block_size,
+                num_blocks=self.num_blocks,
+                enable_prefix_caching=config.enable_prefix_caching,
+                max_model_len=self.max_model_len,
+            )
+        )
+        self.sampler = Sampler()
+        self.eos_token_ids = _eos_token_ids(self.loaded.hf_config, config.model)
+        self._requests: dict[str, Request] = {}
+        self._ids = itertools.count()
+
+    # --- incremental interface -------------------------------------------------------
+    def add_request(
+        self,
+        request_id: str | None,
+        prompt_token_ids: Sequence[int],
+        sampling_params: SamplingParams | None = None,
+        mm_spans: Sequence[MultiModalSpan] = (),
+        mrope_positions: torch.Tensor | None = None,
+    ) -> str:
+        """Queues a request; raises InvalidRequest / Overloaded for what can never run."""
+        request_id = request_id or f"req-{next(self._ids)}"
+        if request_id in self._requests:
+            raise InvalidRequest(f"request id {request_id!r} is already running")
+        prompt = [int(t) for t in prompt_token_ids]
+        self._check_prompt(prompt, mm_spans, mrope_positions)
+        params = self._effective_params(sampling_params or SamplingParams(), len(prompt))
+        request = Request(
+            request_id=request_id,
+            prompt_token_ids=prompt,
+            sampling_params=params,
+            eos_token_id=None if params.ignore_eos else self.eos_token_ids[0],
+            arrival_time=time.monotonic(),
+            mm_spans=tuple(mm_spans),
+            mrope_positions=mrope_positions,
+        )
+        self.scheduler.add_request(request)
+        self._requests[request_id] = request
+        return request_id
+
+    def step(self) -> list[StepOutput]:
+        """Runs one scheduled step; returns the new tokens of every request that got one."""
+        out = self.scheduler.schedule()
+        if not out.scheduled:
+            return []
+        logits, index = self.runner.execute(out.scheduled)
+        sampled: dict[str, tuple[int, object]] = {}
+        if index:
+            requests = [out.scheduled[i].request for i in index]
+            meta = SamplingMetadata.from_requests(requests, self.vocab_size, logits.device)
+            result = self.sampler(logits, meta)
+            token_ids = result.token_ids.tolist()
+            for row, request in enumerate(requests):
+                entry = result.logprobs[row] if result.logprobs is not None else None
+                sampled[request.request_id] = (token_ids[row], entry)
+        self.scheduler.update_from_output(out.scheduled, sampled)
+        return [self._step_output(self._requests[rid]) for rid in sampled]
+
+    def abort(self, request_id: str) -> bool:
+        """Stops a request and frees its KV blocks now; False when it was not running."""
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return False
+        self.scheduler.abort(request_id)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # --- batch interface -------------------------------------------------------------
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Runs every prompt to completion; outputs come back in prompt order."""
+        params = _per_prompt(sampling_params, len(prompts))
+        ids = [self.add_request(None, p, sp) for p, sp in zip(prompts, params, strict=True)]
+        requests = [self._requests[rid] for rid in ids]
+        while any(rid in self._requests for rid in ids):
+            self.step()
+        return [_request_output(r) for r in requests]
+
+    def generate_with_spans(
+        self,
+        prompt: Sequence[int],
+        mm_spans: Sequence[MultiModalSpan],
+        sampling_params: SamplingParams | None = None,
+        mrope_positions: torch.Tensor | None = None,
+    ) -> RequestOutput:
+        """One prompt whose media rows come from `mm_spans` (embeddings already encoded)."""
+        request_id = self.add_request(None, prompt, sampling_params, mm_spans, mrope_positions)
+        request = self._requests[request_id]
+        while request_id in self._requests:
+            self.step()
+        return _request_output(request)
+
+    # --- helpers ---------------------------------------------------------------------
+    def _step_output(self, request: Request) -> StepOutput:
+        reason = request.finish_reason
+        if reason is not None:
+            self._requests.pop(request.request_id, None)
+        return StepOutput(
+            request_id=request.request_id,
+            new_token_ids=(request.output_token_ids[-1],),
+            new_logprobs=(request.output_logprobs[-1],) if request.output_logprobs else (),
+            finish_reason=_reason_str(reason),
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_cached_tokens=request.num_cached_tokens,
+        )
+
+    def _check_prompt(
+        self, prompt: list[int], spans: Sequence[MultiModalSpan], mrope: torch.Tensor | None
+    ) -> None:
+        if not prompt:
+            raise InvalidRequest("the prompt is empty")
+        bad = [t for t in prompt if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InvalidRequest(
+                f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})"
+            )
+        for i, span in enumerate(spans):
+            _check_span(i, span, len(prompt), self.hidden_size)
+        if self.runner.uses_mrope and mrope is not None and tuple(mrope.shape) != (3, len(prompt)):
+            raise InvalidRequest(
+                f"mrope_positions must have shape [3, {len(prompt)}], got {list(mrope.shape)}"
+            )
+
+    def _effective_params(self, params: SamplingParams, num_prompt: int) -> SamplingParams:
+        room = self.max_model_len - num_prompt
+        stop_ids = tuple(params.stop_token_ids)
+        if not params.ignore_eos:
+            stop_ids += tuple(t for t in self.eos_token_ids[1:] if t not in stop_ids)
+        wanted = room if params.max_tokens is None else params.max_tokens
+        return dataclasses.replace(
+            params, max_tokens=max(1, min(wanted, room)), stop_token_ids=stop_ids
+        )
+
+
+def _request_output(request: Request) -> RequestOutput:
+    return RequestOutput(
+        request_id=request.request_id,
+        prompt_token_ids=tuple(request.prompt_token_ids),
+        token_ids=tuple(request.output_token_ids),
+        logprobs=tuple(request.output_logprobs) if request.output_logprobs else None,
+        finish_reason=_reason_str(request.finish_reason),
+        num_cached_tokens=request.num_cached_tokens,
+    )
+
+
+def _check_span(index: int, span: MultiModalSpan, num_prompt: int, hidden: int) -> None:
+    if span.offset < 0 or span.offset + span.length > num_prompt:
+        raise InvalidRequest(
+            f"media span {index} covers tokens [{span.offset}, {span.offset + span.length}) "
+            f"outside the prompt of {num_prompt} tokens"
+        )
+    emb = span.embeddings
+    if emb is None or emb.dim() != 2 or tuple(emb.shape) != (span.length, hidden):
+        shape = None if emb is None else list(emb.shape)
+        raise InvalidRequest(
+            f"media span {index} needs embeddings of shape [{span.length}, {hidden}], got {shape}"
+        )
+
+
+def _per_prompt(
+    params: SamplingParams | Sequence[SamplingParams] | None, n: int
+) -> list[SamplingParams]:
+    if params is None or isinstance(params, SamplingParams):
+        return [params or SamplingParams()] * n
+    if len(params) != n:
+        raise InvalidRequest(f"got {len(params)} sampling params for {n} prompts")
+    return list(params)
+
+
+def _context_length(text_config: object) -> int:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(text_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def _eos_token_ids(hf_config: object, model: str) -> list[int]:
+    from transformers import GenerationConfig
+
+    eos = None
+    with contextlib.suppress(OSError, ValueError):
+        eos = GenerationConfig.from_pretrained(model).eos_token_id
+    if eos is None:
+        eos = getattr(hf_config.get_text_config(), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(hf_config, "eos_token_id", None)
+    if eos is None:
+        return [-1]
+    return [int(e) for e in eos] if isinstance(eos, list | tuple) else [int(eos)]
+
+
+def _reason_str(reason: object) -> str | None:
+    if reason is None:
+        return None
+    return str(getattr(reason, "value", reason))

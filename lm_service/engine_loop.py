@@ -1,0 +1,173 @@
+"""Runs one Engine on its own thread so that many concurrent streams share it.
+
+The engine itself is single-threaded: every call into it (add, abort, step) happens on the
+loop thread; other threads talk to it through a command queue and read per-request streams.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+
+from lm_service.engine.engine import Engine
+from lm_service.engine.outputs import StepOutput
+from lm_service.engine.request import MultiModalSpan
+from lm_service.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+class RequestStream:
+    """The outputs of one request, in order; ends after the finishing output."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def put(self, item: StepOutput | BaseException) -> None:
+        self._queue.put(item)
+
+    def get(self, timeout: float | None = None) -> StepOutput:
+        """Next output; raises queue.Empty on timeout, or the engine's error."""
+        item = self._queue.get(timeout=timeout)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def drain(self) -> list[StepOutput]:
+        """Outputs already waiting, without blocking."""
+        items: list[StepOutput] = []
+        while True:
+            try:
+                items.append(self.get(timeout=0))
+            except queue.Empty:
+                return items
+
+    def __iter__(self) -> Iterator[StepOutput]:
+        while True:
+            out = self.get()
+            yield out
+            if out.finished:
+                return
+
+
+class EngineLoop:
+    """A background thread stepping the engine while it has work."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._streams: dict[str, RequestStream] = {}
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+
+    def start(self) -> EngineLoop:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._commands.put(lambda: None)
+        self._thread.join(timeout=10)
+
+    def submit(
+        self,
+        request_id: str,
+        prompt_token_ids: Sequence[int],
+        sampling_params: SamplingParams,
+        mm_spans: Sequence[MultiModalSpan] = (),
+        mrope_positions: torch.Tensor | None = None,
+        stream: RequestStream | None = None,
+    ) -> RequestStream:
+        """Queues a request; raises the engine's validation error synchronously."""
+        stream = stream or RequestStream(request_id)
+
+        def add() -> None:
+            self.engine.add_request(
+                request_id, prompt_token_ids, sampling_params, mm_spans, mrope_positions
+            )
+            self._streams[request_id] = stream
+
+        self._call(add)
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        """Aborts the request (no-op when finished); its stream ends with an "abort" output."""
+
+        def abort() -> None:
+            stream = self._streams.pop(request_id, None)
+            if self.engine.abort(request_id) and stream is not None:
+                stream.put(_abort_output(request_id))
+
+        self._commands.put(abort)
+
+    def call(self, fn: Callable[[Engine], Any]) -> Any:
+        """Runs `fn(engine)` on the loop thread and returns its result."""
+        return self._call(lambda: fn(self.engine))
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        future: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+        self._commands.put(run)
+        return future.result()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._run_commands(block=not self.engine.has_unfinished())
+            if self.engine.has_unfinished():
+                self._step()
+
+    def _run_commands(self, block: bool) -> None:
+        try:
+            command = self._commands.get(block=block, timeout=0.5 if block else None)
+        except queue.Empty:
+            return
+        while True:
+            command()
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _step(self) -> None:
+        try:
+            outputs = self.engine.step()
+        except Exception as exc:  # noqa: BLE001 - fail the batch, keep serving
+            logger.exception("engine step failed; aborting %d requests", len(self._streams))
+            for request_id, stream in list(self._streams.items()):
+                self.engine.abort(request_id)
+                stream.put(exc)
+            self._streams.clear()
+            return
+        for out in outputs:
+            stream = self._streams.get(out.request_id)
+            if stream is None:
+                continue
+            stream.put(out)
+            if out.finished:
+                del self._streams[out.request_id]
+
+
+def _abort_output(request_id: str) -> StepOutput:
+    return StepOutput(
+        request_id=request_id,
+        new_token_ids=(),
+        new_logprobs=(),
+        finish_reason="abort",
+        num_prompt_tokens=0,
+        num_cached_tokens=0,
+    )

@@ -1,0 +1,144 @@
+"""protobuf <-> LM domain objects (TGI's to_pb / from_pb habit)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lm_service.engine.outputs import StepOutput
+from lm_service.engine.request import MultiModalSpan
+from lm_service.sampling_params import SamplingParams
+from protos.errors import InvalidRequest
+from protos.meshserve.v1 import common_pb2, lm_pb2
+from protos.tensor_codec import tensor_from_proto, tensor_to_proto
+
+FINISH_CODES = {
+    None: common_pb2.FINISH_REASON_UNSPECIFIED,
+    "stop": common_pb2.FINISH_REASON_STOP,
+    "length": common_pb2.FINISH_REASON_LENGTH,
+    "abort": common_pb2.FINISH_REASON_ABORT,
+}
+FINISH_NAMES = {code: name for name, code in FINISH_CODES.items()}
+
+
+def sampling_from_pb(msg: common_pb2.SamplingParams) -> SamplingParams:
+    """Proto -> SamplingParams; unset optional fields take vLLM's defaults."""
+    kwargs: dict[str, Any] = {
+        "min_tokens": msg.min_tokens,
+        "top_k": msg.top_k,
+        "min_p": msg.min_p,
+        "presence_penalty": msg.presence_penalty,
+        "frequency_penalty": msg.frequency_penalty,
+        "stop_token_ids": tuple(msg.stop_token_ids),
+        "ignore_eos": msg.ignore_eos,
+        "stop": tuple(msg.stop),
+    }
+    for name in ("max_tokens", "temperature", "top_p", "seed", "repetition_penalty", "logprobs"):
+        if msg.HasField(name):
+            kwargs[name] = getattr(msg, name)
+    return SamplingParams(**kwargs)
+
+
+def sampling_to_pb(params: SamplingParams) -> common_pb2.SamplingParams:
+    msg = common_pb2.SamplingParams(
+        min_tokens=params.min_tokens,
+        temperature=params.temperature,
+        top_k=params.top_k,
+        top_p=params.top_p,
+        min_p=params.min_p,
+        repetition_penalty=params.repetition_penalty,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
+        stop_token_ids=list(params.stop_token_ids),
+        ignore_eos=params.ignore_eos,
+        stop=list(params.stop),
+    )
+    if params.max_tokens is not None:
+        msg.max_tokens = params.max_tokens
+    if params.seed is not None:
+        msg.seed = params.seed
+    if params.logprobs is not None:
+        msg.logprobs = params.logprobs
+    return msg
+
+
+def spans_from_pb(spans: Any) -> tuple[MultiModalSpan, ...]:
+    out = []
+    for i, span in enumerate(spans):
+        try:
+            embeddings = tensor_from_proto(span.embeddings)
+        except ValueError as exc:
+            raise InvalidRequest(f"media span {i}: {exc}") from exc
+        out.append(
+            MultiModalSpan(
+                offset=span.offset,
+                length=int(embeddings.shape[0]) if embeddings.dim() else 0,
+                content_hash=span.content_hash,
+                embeddings=embeddings,
+            )
+        )
+    return tuple(out)
+
+
+def mrope_from_pb(msg: lm_pb2.LMGenerateRequest) -> Any:
+    if not msg.HasField("mrope_positions"):
+        return None
+    try:
+        return tensor_from_proto(msg.mrope_positions).long()
+    except ValueError as exc:
+        raise InvalidRequest(f"mrope_positions: {exc}") from exc
+
+
+def span_to_pb(span: MultiModalSpan) -> lm_pb2.MultiModalSpan:
+    return lm_pb2.MultiModalSpan(
+        offset=span.offset,
+        embeddings=tensor_to_proto(span.embeddings),
+        content_hash=span.content_hash,
+    )
+
+
+def logprobs_to_pb(entry: Any) -> common_pb2.PositionLogprobs:
+    """One position's logprobs (the sampler's entry) -> proto."""
+    sampled = common_pb2.TokenLogprob(
+        token_id=entry.token_id, logprob=entry.logprob, rank=entry.rank
+    )
+    top = [
+        common_pb2.TokenLogprob(token_id=t, logprob=lp, rank=r + 1)
+        for r, (t, lp) in enumerate(zip(entry.top_token_ids, entry.top_logprobs, strict=True))
+    ]
+    return common_pb2.PositionLogprobs(sampled=sampled, top=top)
+
+
+def step_to_pb(outputs: list[StepOutput]) -> lm_pb2.LMGenerateResponse:
+    """Merges consecutive outputs of one request into one stream message."""
+    last = outputs[-1]
+    return lm_pb2.LMGenerateResponse(
+        token_ids=[t for o in outputs for t in o.new_token_ids],
+        logprobs=[logprobs_to_pb(e) for o in outputs for e in o.new_logprobs if e is not None],
+        finish_reason=FINISH_CODES[last.finish_reason],
+        num_prompt_tokens=last.num_prompt_tokens,
+        num_cached_tokens=last.num_cached_tokens,
+    )
+
+
+def lm_request_to_pb(request: Any) -> lm_pb2.LMGenerateRequest:
+    """gateway.backends.LMRequest -> proto."""
+    message = lm_pb2.LMGenerateRequest(
+        request_id=request.request_id,
+        prompt_token_ids=request.prompt_token_ids,
+        mm_spans=[span_to_pb(s) for s in request.mm_spans],
+        sampling=sampling_to_pb(request.sampling_params),
+    )
+    if request.mrope_positions is not None:
+        message.mrope_positions.CopyFrom(tensor_to_proto(request.mrope_positions))
+    return message
+
+
+def step_from_pb(request_id: str, message: lm_pb2.LMGenerateResponse) -> StepOutput:
+    return StepOutput(
+        request_id=request_id,
+        new_token_ids=tuple(message.token_ids),
+        new_logprobs=tuple(message.logprobs),
+        finish_reason=FINISH_NAMES[message.finish_reason],
+        num_prompt_tokens=message.num_prompt_tokens,
+        num_cached_tokens=message.num_cached_tokens,
+    )

@@ -1,0 +1,121 @@
+"""What every meshserve gRPC server and client shares: options, health, reflection."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+MAX_MESSAGE_BYTES = 256 << 20  # tensors travel in messages
+KEEPALIVE_MS = 20_000
+
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    *CHANNEL_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.so_reuseport", 0),
+)
+
+logger = logging.getLogger(__name__)
+
+
+def make_server(max_workers: int = 64) -> grpc.Server:
+    """A thread-pool server with raised message limits and keepalive."""
+    pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
+    return grpc.server(pool, options=SERVER_OPTIONS, maximum_concurrent_rpcs=None)
+
+
+def bind(server: grpc.Server | grpc.aio.Server, host: str, port: int) -> int:
+    """Binds insecure `host:port` (port 0 picks a free one); returns the bound port."""
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind {host}:{port}: the address is in use or not available")
+    return bound
+
+
+def add_health_and_reflection(
+    server: grpc.Server | grpc.aio.Server, service_names: Sequence[str]
+) -> health.HealthServicer:
+    """Registers grpc.health.v1 (every service starts NOT_SERVING) and server reflection."""
+    servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    set_serving(servicer, service_names, serving=False)
+    reflection.enable_server_reflection(
+        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return servicer
+
+
+def set_serving(
+    servicer: health.HealthServicer, service_names: Sequence[str], *, serving: bool
+) -> None:
+    """Flips the overall status ("") and each named service's status together."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", *service_names):
+        servicer.set(name, status)
+
+
+def channel(target: str) -> grpc.Channel:
+    """An insecure client channel with our limits; `dns:///` targets round-robin."""
+    options = list(CHANNEL_OPTIONS)
+    if target.startswith("dns:"):
+        options.append(("grpc.lb_policy_name", "round_robin"))
+    return grpc.insecure_channel(target, options=options)
+
+
+def health_status(target_or_channel: str | grpc.Channel, timeout: float = 2.0) -> str:
+    """ "SERVING", "NOT_SERVING", "UNKNOWN" or "UNREACHABLE" for a server's overall health."""
+    ch = channel(target_or_channel) if isinstance(target_or_channel, str) else target_or_channel
+    try:
+        stub = health_pb2_grpc.HealthStub(ch)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    except grpc.RpcError:
+        return "UNREACHABLE"
+    finally:
+        if isinstance(target_or_channel, str):
+            ch.close()
+
+
+def parse_bytes(text: str) -> int:
+    """ "2GiB", "512MiB", "1e9" or "1048576" -> bytes."""
+    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+    lowered = text.strip().lower()
+    for suffix, factor in units.items():
+        if lowered.endswith(suffix):
+            return int(float(lowered[: -len(suffix)]) * factor)
+    return int(float(lowered))
+
+
+def serve_until_signal(
+    server: grpc.Server,
+    health_servicer: health.HealthServicer,
+    service_names: Sequence[str],
+    grace_seconds: float,
+) -> None:
+    """Blocks until SIGTERM/SIGINT, then drains: NOT_SERVING, finish in-flight RPCs, stop."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    logger.info("draining: health is NOT_SERVING, in-flight calls get %.0fs", grace_seconds)
+    set_serving(health_servicer, service_names, serving=False)
+    server.stop(grace_seconds).wait()

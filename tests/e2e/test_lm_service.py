@@ -1,0 +1,156 @@
+"""The LanguageModel gRPC service as a real process on loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from lm_service import Engine, EngineConfig, SamplingParams
+from protos.meshserve.v1 import common_pb2, lm_pb2, lm_pb2_grpc
+from protos.serving import channel
+from tests.services import Service, start
+from tests.tiny_models import tiny_model_path
+
+NUM_BLOCKS = 64
+BLOCK_SIZE = 4
+
+
+@pytest.fixture(scope="module")
+def lm() -> Iterator[Service]:
+    service = start(
+        "lm",
+        [
+            "--model",
+            str(tiny_model_path("llama")),
+            "--num-blocks",
+            str(NUM_BLOCKS),
+            "--block-size",
+            str(BLOCK_SIZE),
+            "--max-model-len",
+            "256",
+        ],
+    )
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(lm: Service) -> Iterator[lm_pb2_grpc.LanguageModelStub]:
+    ch = channel(lm.address)
+    yield lm_pb2_grpc.LanguageModelStub(ch)
+    ch.close()
+
+
+def _request(prompt: list[int], max_tokens: int, **sampling: object) -> lm_pb2.LMGenerateRequest:
+    return lm_pb2.LMGenerateRequest(
+        prompt_token_ids=prompt,
+        sampling=common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0, **sampling),
+    )
+
+
+def _idle_free_blocks(stub: lm_pb2_grpc.LanguageModelStub, timeout: float = 5.0) -> int:
+    deadline = time.monotonic() + timeout
+    load = stub.GetLoad(lm_pb2.GetLoadRequest())
+    while (load.num_running or load.num_waiting) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        load = stub.GetLoad(lm_pb2.GetLoadRequest())
+    return load.num_free_blocks
+
+
+def test_stream_matches_the_offline_engine(stub: lm_pb2_grpc.LanguageModelStub) -> None:
+    prompt = [1, 20, 30, 40, 50]
+    tokens: list[int] = []
+    last = None
+    for reply in stub.Generate(_request(prompt, 12, logprobs=2, ignore_eos=True)):
+        tokens.extend(reply.token_ids)
+        assert len(reply.logprobs) == len(reply.token_ids)
+        last = reply
+    assert last is not None and last.finish_reason == common_pb2.FINISH_REASON_LENGTH
+    engine = Engine(
+        EngineConfig(
+            model=str(tiny_model_path("llama")), block_size=BLOCK_SIZE, num_blocks=NUM_BLOCKS
+        )
+    )
+    expected = engine.generate([prompt], SamplingParams(max_tokens=12, temperature=0.0))[0]
+    assert tokens == list(expected.token_ids)
+
+
+def test_concurrent_streams_share_the_engine(stub: lm_pb2_grpc.LanguageModelStub) -> None:
+    results: dict[int, list[int]] = {}
+
+    def run(i: int) -> None:
+        results[i] = [t for r in stub.Generate(_request([1, 10 + i, 11], 8)) for t in r.token_ids]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == list(range(8)) and all(len(v) == 8 for v in results.values())
+    alone = [t for r in stub.Generate(_request([1, 13, 11], 8)) for t in r.token_ids]
+    assert results[3] == alone
+
+
+def test_cancel_frees_every_block(stub: lm_pb2_grpc.LanguageModelStub) -> None:
+    idle = _idle_free_blocks(stub)
+    call = stub.Generate(_request([1] + list(range(20, 60)), 200, ignore_eos=True))
+    first = next(call)
+    assert first.token_ids
+    assert stub.GetLoad(lm_pb2.GetLoadRequest()).num_free_blocks < idle
+    call.cancel()
+    assert _idle_free_blocks(stub) == idle
+
+
+def test_deadline_aborts_and_frees_blocks(stub: lm_pb2_grpc.LanguageModelStub) -> None:
+    idle = _idle_free_blocks(stub)
+    with pytest.raises(grpc.RpcError) as info:
+        for _ in stub.Generate(_request([1, 5, 6], 240, ignore_eos=True), timeout=0.05):
+            pass
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert _idle_free_blocks(stub) == idle
+
+
+def test_prompt_that_never_fits_is_resource_exhausted(stub: lm_pb2_grpc.LanguageModelStub) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.Generate(_request([1] * 300, 4)))
+    assert info.value.code() in (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "300" in info.value.details()
+
+
+def test_bad_sampling_params_name_the_field(stub: lm_pb2_grpc.LanguageModelStub) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.Generate(_request([1, 2, 3], 4, top_p=1.5)))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "top_p" in info.value.details()
+    # the service is unharmed
+    assert [t for r in stub.Generate(_request([1, 2, 3], 2)) for t in r.token_ids]
+
+
+def test_info_load_and_reflection(lm: Service, stub: lm_pb2_grpc.LanguageModelStub) -> None:
+    info = stub.GetInfo(lm_pb2.GetLMInfoRequest())
+    assert (info.architecture, info.num_blocks, info.block_size) == (
+        "LlamaForCausalLM",
+        NUM_BLOCKS,
+        BLOCK_SIZE,
+    )
+    assert info.max_model_len == 256 and info.model_impl == "native"
+    load = stub.GetLoad(lm_pb2.GetLoadRequest())
+    assert load.num_blocks == NUM_BLOCKS
+    ch = channel(lm.address)
+    refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+    reply = next(
+        refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    )
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"meshserve.v1.LanguageModel", "grpc.health.v1.Health"} <= names
+    ch.close()

@@ -1,0 +1,53 @@
+"""HF transformers as the reference, and vLLM's check_logprobs_close rule."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+TOP_N = 5
+
+
+def hf_greedy(
+    model: Any, prompt: Sequence[int], max_tokens: int, **inputs: Any
+) -> tuple[list[int], list[set[int]]]:
+    """HF greedy tokens and, per position, the ids of its top-5 logprobs."""
+    ids = torch.tensor([list(prompt)])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **inputs,
+        )
+    tokens = out.sequences[0, ids.shape[1] :].tolist()
+    tops = [set(step[0].float().topk(TOP_N).indices.tolist()) for step in out.logits]
+    return tokens, tops
+
+
+def our_tops(logprobs: Sequence[Any]) -> list[set[int]]:
+    return [set(entry.top_token_ids[:TOP_N]) for entry in logprobs]
+
+
+def check_logprobs_close(
+    ours: Sequence[int],
+    our_top: Sequence[set[int]],
+    ref: Sequence[int],
+    ref_top: Sequence[set[int]],
+    name: str = "",
+) -> int:
+    """Greedy tokens must match; where they first differ, each side's token must be in the
+    other's top-5, and the comparison stops there. Returns the number of matching tokens."""
+    assert len(ours) == len(ref), f"{name}: {len(ours)} tokens vs HF's {len(ref)}"
+    for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
+        if a != b:
+            assert a in ref_top[i] and b in our_top[i], (
+                f"{name}: token {i} differs ({a} vs HF {b}) and is not in the other's top-{TOP_N}"
+            )
+            return i
+    return len(ours)

@@ -1,0 +1,69 @@
+"""Start real meshserve service processes on loopback for e2e tests, and always stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from protos.serving import health_status
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    address: str
+    log_path: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+def start(command: str, args: Sequence[str], timeout: float = 120.0) -> Service:
+    """`meshserve COMMAND ARGS --port <free>`; returns once health says SERVING."""
+    port = free_port()
+    log = Path(tempfile.mkstemp(prefix=f"meshserve-{command}-", suffix=".log")[1])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", command, *args, "--port", str(port)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    service = Service(process, f"127.0.0.1:{port}", log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"meshserve {command} exited early:\n{service.log_tail()}")
+        if health_status(service.address, timeout=1.0) == "SERVING":
+            return service
+        time.sleep(0.2)
+    service.stop()
+    raise TimeoutError(f"meshserve {command} not SERVING after {timeout}s:\n{service.log_tail()}")
