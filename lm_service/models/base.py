@@ -1,0 +1,147 @@
+"""The interface every language-model implementation follows, and the KV cache it needs.
+
+An implementation runs one flattened step: the tokens of every scheduled request laid end to
+end (`T` tokens in all). Attention state lives in the paged KV cache that the runner allocates
+from `kv_cache_spec()` and hands over through `kernels.forward_context`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from protos.errors import InvalidRequest
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KVCacheSpec:
+    """What the paged KV cache of one model looks like.
+
+    Per layer the runner allocates `k_cache, v_cache`, each
+    `[num_blocks, block_size, num_kv_heads, head_dim]` of `dtype`.
+
+    Args:
+        num_layers: attention layers, in the order of `kv_caches`.
+        num_kv_heads: key/value heads of every layer.
+        head_dim: size of one head.
+        dtype: element type of the cache (the model's dtype).
+        sliding_windows: per layer, the window in tokens (None: full attention).
+    """
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    sliding_windows: tuple[int | None, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.sliding_windows) != self.num_layers:
+            raise ValueError(
+                f"sliding_windows has {len(self.sliding_windows)} entries "
+                f"for {self.num_layers} layers"
+            )
+
+    @property
+    def bytes_per_token(self) -> int:
+        """K and V of one token across all layers."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * itemsize
+
+    def bytes_per_block(self, block_size: int) -> int:
+        return self.bytes_per_token * block_size
+
+    def allocate(
+        self, num_blocks: int, block_size: int, device: torch.device | str = "cpu"
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Zeroed per-layer (k_cache, v_cache), each [num_blocks, block_size, Hkv, D]."""
+        shape = (num_blocks, block_size, self.num_kv_heads, self.head_dim)
+        return [
+            (
+                torch.zeros(shape, dtype=self.dtype, device=device),
+                torch.zeros(shape, dtype=self.dtype, device=device),
+            )
+            for _ in range(self.num_layers)
+        ]
+
+
+class BaseCausalLM(nn.Module, ABC):
+    """A decoder language model over a flattened batch and a paged KV cache.
+
+    Subclasses set `impl_name` ("native" or "transformers") and `uses_mrope` (True when
+    `positions` are `[3, T]` M-RoPE positions rather than `[T]`).
+    """
+
+    impl_name: ClassVar[str]
+    uses_mrope: bool = False
+
+    @abstractmethod
+    def get_input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [T] -> token embeddings [T, hidden] (what `inputs_embeds` replaces)."""
+
+    @abstractmethod
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Runs one step; K/V go through the forward context.
+
+        Args:
+            input_ids: [T] int64, or None when `inputs_embeds` is given.
+            positions: [T] int64, or [3, T] for M-RoPE models.
+            inputs_embeds: [T, hidden], e.g. token embeddings with media rows scattered in.
+
+        Returns:
+            hidden states [T, hidden] after the final norm.
+        """
+
+    @abstractmethod
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden] -> logits [N, vocab] float32."""
+
+    @abstractmethod
+    def kv_cache_spec(self) -> KVCacheSpec:
+        """The per-layer KV cache this model reads and writes."""
+
+
+def resolve_dtype(dtype: str | torch.dtype, config_dtype: object = None) -> torch.dtype:
+    """'float32' / 'bfloat16' / 'float16' / 'auto' (the checkpoint's float dtype) -> torch.dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return _checkpoint_dtype(config_dtype)
+    if dtype not in DTYPES:
+        raise InvalidRequest(f"dtype must be one of 'auto', {', '.join(map(repr, DTYPES))}")
+    return DTYPES[dtype]
+
+
+def _checkpoint_dtype(config_dtype: object) -> torch.dtype:
+    if isinstance(config_dtype, str):
+        config_dtype = getattr(torch, config_dtype, None)
+    if isinstance(config_dtype, torch.dtype) and config_dtype.is_floating_point:
+        return config_dtype
+    return torch.float32
+
+
+def sliding_windows_of(text_config: object) -> tuple[int | None, ...]:
+    """Per-layer sliding window as HF applies it: `layer_types` when the config has them
+    (Qwen2, Gemma2), else `sliding_window` on every layer (Mistral, Mixtral)."""
+    num_layers = int(text_config.num_hidden_layers)
+    window = getattr(text_config, "sliding_window", None) or None
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types:
+        return tuple(window if kind == "sliding_attention" else None for kind in layer_types)
+    return (window,) * num_layers
