@@ -29,6 +29,7 @@ class Service:
     process: subprocess.Popen[bytes]
     address: str
     log_path: Path
+    command: str
 
     def log_tail(self, lines: int = 30) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()
@@ -46,6 +47,27 @@ class Service:
 
 def start(command: str, args: Sequence[str], timeout: float = 120.0) -> Service:
     """`meshserve COMMAND ARGS --port <free>`; returns once health says SERVING."""
+    (service,) = start_many([(command, args)], timeout)
+    return service
+
+
+def start_many(
+    commands: Sequence[tuple[str, Sequence[str]]], timeout: float = 120.0
+) -> list[Service]:
+    """Starts every service at once (they load in parallel) and waits until all are SERVING;
+    stops them all if one fails."""
+    services = [_spawn(command, args) for command, args in commands]
+    try:
+        for service in services:
+            _wait_serving(service, timeout)
+    except BaseException:
+        for service in services:
+            service.stop()
+        raise
+    return services
+
+
+def _spawn(command: str, args: Sequence[str]) -> Service:
     port = free_port()
     log = Path(tempfile.mkstemp(prefix=f"meshserve-{command}-", suffix=".log")[1])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
@@ -57,13 +79,16 @@ def start(command: str, args: Sequence[str], timeout: float = 120.0) -> Service:
         env=env,
         start_new_session=True,
     )
-    service = Service(process, f"127.0.0.1:{port}", log)
+    return Service(process, f"127.0.0.1:{port}", log, command)
+
+
+def _wait_serving(service: Service, timeout: float) -> None:
+    process, command = service.process, service.command
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"meshserve {command} exited early:\n{service.log_tail()}")
         if health_status(service.address, timeout=1.0) == "SERVING":
-            return service
+            return
         time.sleep(0.2)
-    service.stop()
     raise TimeoutError(f"meshserve {command} not SERVING after {timeout}s:\n{service.log_tail()}")

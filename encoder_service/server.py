@@ -1,0 +1,49 @@
+"""The Encoder gRPC servicer: thin, proto <-> Encoder."""
+
+from __future__ import annotations
+
+import grpc
+
+from encoder_service.encoder import Encoder
+from encoder_service.wire import MODALITY_NAMES, info_to_pb, item_from_pb, result_to_pb
+from protos.errors import InvalidRequest, Unavailable
+from protos.meshserve.v1 import encoder_pb2, encoder_pb2_grpc
+from protos.status import grpc_errors
+
+SERVICE_NAME = encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].full_name
+
+
+class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
+    """Registered before the tower loads (so health answers early); `attach` makes it live."""
+
+    def __init__(self, modality: str, encoder: Encoder | None = None) -> None:
+        self.modality = modality
+        self._encoder = encoder
+
+    def attach(self, encoder: Encoder) -> None:
+        self._encoder = encoder
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            raise Unavailable(f"the {self.modality} encoder is still loading; retry when SERVING")
+        return self._encoder
+
+    @grpc_errors
+    def Encode(
+        self, request: encoder_pb2.EncodeRequest, context: grpc.ServicerContext
+    ) -> encoder_pb2.EncodeResponse:
+        modality = MODALITY_NAMES.get(request.modality)
+        if modality != self.modality:
+            raise InvalidRequest(
+                f"this encoder serves {self.modality}, not {modality or 'an unset modality'}"
+            )
+        items = [item_from_pb(i, item) for i, item in enumerate(request.items)]
+        results = self.encoder.encode(items)
+        return encoder_pb2.EncodeResponse(items=[result_to_pb(r) for r in results])
+
+    @grpc_errors
+    def GetInfo(
+        self, request: encoder_pb2.GetEncoderInfoRequest, context: grpc.ServicerContext
+    ) -> encoder_pb2.EncoderInfo:
+        return info_to_pb(self.encoder.info())

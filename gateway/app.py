@@ -1,0 +1,147 @@
+"""Assembles a gateway: the served model's rules, backends (local or remote), the server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gateway.backends import EncoderBackend, LMBackend, LocalEncoderBackend, LocalLMBackend
+from gateway.limits import validate_limits
+from gateway.media_store import MediaStore
+from gateway.modalities import spec_for
+from gateway.orchestrator import Orchestrator, ServedModel
+from gateway.prompt import PromptBuilder
+
+logger = logging.getLogger("meshserve.gateway")
+
+MEDIA_MODALITIES = ("image", "video", "audio")
+
+
+def served_model(
+    model: str,
+    task: str = "generate",
+    limit_mm_per_prompt: Any = None,
+    trust_remote_code: bool = False,
+) -> ServedModel:
+    """The model's architecture, its modality rule for `task` and the effective item limits.
+
+    Raises InvalidRequest at start-up for limits the rule forbids.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    architecture = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+    spec = spec_for(architecture, task)
+    limits = validate_limits(spec, limit_mm_per_prompt, architecture, task)
+    return ServedModel(model=model, architecture=architecture, task=task, spec=spec, limits=limits)
+
+
+def media_modalities(served: ServedModel) -> list[str]:
+    """The media modalities the served model accepts (those with a limit above 0)."""
+    return [m for m in MEDIA_MODALITIES if served.limits.get(m, 0) > 0]
+
+
+def build_orchestrator(
+    served: ServedModel,
+    encoders: EncoderBackend,
+    lm: LMBackend,
+    *,
+    trust_remote_code: bool = False,
+    media_store_bytes: int = 1 << 30,
+) -> Orchestrator:
+    prompts = PromptBuilder.from_pretrained(served.model, trust_remote_code=trust_remote_code)
+    return Orchestrator(served, prompts, encoders, lm, MediaStore(media_store_bytes))
+
+
+def local_backends(
+    engine_config: Any,
+    served: ServedModel,
+    *,
+    encoder_dtype: str = "float32",
+    encoder_device: str = "cpu",
+    cache_bytes: int = 256 << 20,
+) -> tuple[LocalEncoderBackend, LocalLMBackend]:
+    """In-process encoders (one per modality the model takes) and engine loop."""
+    from encoder_service import Encoder
+    from lm_service.engine.engine import Engine
+    from lm_service.engine_loop import EngineLoop
+
+    encoders = {
+        modality: Encoder.from_pretrained(
+            served.model,
+            modality=modality,
+            dtype=encoder_dtype,
+            device=encoder_device,
+            cache_bytes=cache_bytes,
+        )
+        for modality in media_modalities(served)
+    }
+    loop = EngineLoop(Engine(engine_config)).start()
+    return LocalEncoderBackend(encoders), LocalLMBackend(loop)
+
+
+def remote_backends(
+    lm_targets: Sequence[str], encoder_targets: Mapping[str, Sequence[str]]
+) -> tuple[EncoderBackend, LMBackend]:
+    from gateway.remote import RemoteEncoderBackend, RemoteLMBackend
+
+    return RemoteEncoderBackend(encoder_targets), RemoteLMBackend(lm_targets)
+
+
+async def serve(
+    orchestrator: Orchestrator,
+    host: str,
+    port: int,
+    grace_seconds: float = 30.0,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Runs the Gateway gRPC server until SIGTERM/SIGINT (or `stop`), then drains."""
+    import grpc
+
+    from gateway.server import SERVICE_NAME, GatewayServicer
+    from protos import serving
+    from protos.meshserve.v1 import gateway_pb2_grpc
+
+    for backend in (orchestrator.encoders, orchestrator.lm):
+        if hasattr(backend, "start"):
+            backend.start()
+    info = await orchestrator.lm.info()
+    server = grpc.aio.server(options=serving.SERVER_OPTIONS)
+    gateway_pb2_grpc.add_GatewayServicer_to_server(
+        GatewayServicer(orchestrator, info.model_impl, info.max_model_len), server
+    )
+    health = serving.add_health_and_reflection(server, [SERVICE_NAME])
+    bound = serving.bind(server, host, port)
+    await server.start()
+    serving.set_serving(health, [SERVICE_NAME], serving=True)
+    served = orchestrator.served
+    logger.info(
+        "gateway ready on %s:%d  model=%s  arch=%s  spec=%s  limits=%s",
+        host,
+        bound,
+        served.model,
+        served.architecture,
+        served.spec,
+        {k: v for k, v in served.limits.items() if v},
+    )
+    if ready is not None:
+        ready.set()
+    stop = stop or _signal_event()
+    await stop.wait()
+    logger.info("gateway draining: NOT_SERVING, in-flight streams get %.0fs", grace_seconds)
+    serving.set_serving(health, [SERVICE_NAME], serving=False)
+    await server.stop(grace_seconds)
+    await orchestrator.encoders.close()
+    await orchestrator.lm.close()
+
+
+def _signal_event() -> asyncio.Event:
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, event.set)
+    return event

@@ -1,0 +1,157 @@
+"""How the orchestrator reaches encoders and the LM: two small interfaces, local versions.
+
+The remote (gRPC, replicated) versions live in `gateway.remote`. Orchestration code is
+written once against these interfaces.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lm_service.engine.outputs import StepOutput
+from lm_service.engine.request import MultiModalSpan
+from lm_service.engine_loop import EngineLoop, RequestStream
+from lm_service.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class LMRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    mm_spans: tuple[MultiModalSpan, ...] = ()
+    mrope_positions: torch.Tensor | None = None  # [3, num_prompt_tokens]
+
+
+@dataclass(frozen=True, slots=True)
+class LMInfo:
+    architecture: str
+    model_impl: str
+    max_model_len: int
+    hidden_size: int
+    vocab_size: int
+    uses_mrope: bool
+    block_size: int
+    num_blocks: int
+
+
+class EncoderBackend(abc.ABC):
+    """Turns media items of one modality into LM-space embeddings."""
+
+    @abc.abstractmethod
+    def modalities(self) -> frozenset[str]:
+        """Modalities this backend can encode."""
+
+    @abc.abstractmethod
+    async def encode(
+        self, modality: str, items: Sequence[Any], timeout: float | None = None
+    ) -> list[Any]:
+        """encoder_service.MediaItem list -> encoder_service.EncodeResult list, same order."""
+
+    async def close(self) -> None:
+        """Releases channels; local backends have nothing to release."""
+
+
+class LMBackend(abc.ABC):
+    """Streams the tokens of one request from a language model."""
+
+    @abc.abstractmethod
+    async def info(self) -> LMInfo: ...
+
+    @abc.abstractmethod
+    def generate(
+        self, request: LMRequest, timeout: float | None = None
+    ) -> AsyncIterator[StepOutput]:
+        """Yields step outputs until one is finished. Closing the iterator early aborts the
+        request and frees its KV blocks."""
+
+    async def close(self) -> None:
+        """Releases channels; local backends have nothing to release."""
+
+
+class LocalEncoderBackend(EncoderBackend):
+    """In-process encoders, one `encoder_service.Encoder` per modality."""
+
+    def __init__(self, encoders: dict[str, Any]) -> None:
+        self.encoders = encoders
+
+    def modalities(self) -> frozenset[str]:
+        return frozenset(self.encoders)
+
+    async def encode(
+        self, modality: str, items: Sequence[Any], timeout: float | None = None
+    ) -> list[Any]:
+        work = asyncio.to_thread(self.encoders[modality].encode, list(items))
+        return await asyncio.wait_for(work, timeout)
+
+
+class _AsyncRequestStream(RequestStream):
+    """A RequestStream that hands outputs to an asyncio loop instead of a blocking queue."""
+
+    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(request_id)
+        self._loop = loop
+        self._outputs: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(self, item: StepOutput | BaseException) -> None:
+        self._loop.call_soon_threadsafe(self._outputs.put_nowait, item)
+
+    async def next(self) -> StepOutput:
+        item = await self._outputs.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+class LocalLMBackend(LMBackend):
+    """An in-process engine loop."""
+
+    def __init__(self, loop: EngineLoop) -> None:
+        self.loop = loop
+
+    async def info(self) -> LMInfo:
+        engine = self.loop.engine
+        return LMInfo(
+            architecture=engine.loaded.architecture,
+            model_impl=engine.loaded.impl_name,
+            max_model_len=engine.max_model_len,
+            hidden_size=engine.hidden_size,
+            vocab_size=engine.vocab_size,
+            uses_mrope=engine.runner.uses_mrope,
+            block_size=engine.config.block_size,
+            num_blocks=engine.num_blocks,
+        )
+
+    async def generate(
+        self, request: LMRequest, timeout: float | None = None
+    ) -> AsyncIterator[StepOutput]:
+        stream = _AsyncRequestStream(request.request_id, asyncio.get_running_loop())
+        await asyncio.to_thread(
+            self.loop.submit,
+            request.request_id,
+            request.prompt_token_ids,
+            request.sampling_params,
+            request.mm_spans,
+            request.mrope_positions,
+            stream,
+        )
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        finished = False
+        try:
+            while not finished:
+                left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+                out = await asyncio.wait_for(stream.next(), left)
+                finished = out.finished
+                yield out
+        finally:
+            if not finished:
+                self.loop.abort(request.request_id)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.loop.stop)

@@ -1,0 +1,118 @@
+"""`meshserve gateway`: the public gRPC API in front of encoder and LM services."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from protos.serving import parse_bytes
+
+DEFAULT_PORT = 50051
+
+
+def parse_encoder_targets(values: list[str]) -> dict[str, list[str]]:
+    """["image=h:1,h:2", "audio=h:3"] -> {"image": ["h:1", "h:2"], "audio": ["h:3"]}."""
+    targets: dict[str, list[str]] = {}
+    for value in values:
+        modality, sep, addrs = value.partition("=")
+        if not sep or modality not in ("image", "video", "audio") or not addrs:
+            raise argparse.ArgumentTypeError(
+                f"--encoder takes MODALITY=HOST:PORT[,HOST:PORT...] with MODALITY image, video "
+                f"or audio; got {value!r}"
+            )
+        targets.setdefault(modality, []).extend(a for a in addrs.split(",") if a)
+    return targets
+
+
+def add_served_model_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("served model")
+    g.add_argument(
+        "--task",
+        default="generate",
+        choices=["generate", "embed", "classify", "score", "reward", "transcription"],
+        help="the task to serve (default generate)",
+    )
+    g.add_argument(
+        "--limit-mm-per-prompt",
+        default=None,
+        help="items per prompt, e.g. image=4,video=1 (default 1 of each modality)",
+    )
+    g.add_argument(
+        "--media-store-bytes",
+        type=parse_bytes,
+        default=1 << 30,
+        help="memory for PutMedia handles (default 1GiB)",
+    )
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "gateway",
+        help="serve the public gRPC API in front of encoder and LM services",
+        description="Serve meshserve.v1.Gateway: checks modality rules and limits, runs the "
+        "encoders and the LM, streams text back.",
+    )
+    p.add_argument("--model", required=True, help="HF model id or local path (tokenizer, config)")
+    p.add_argument(
+        "--lm",
+        required=True,
+        help="LM service address(es): HOST:PORT[,HOST:PORT...] or dns:///NAME:PORT",
+    )
+    p.add_argument(
+        "--encoder",
+        action="append",
+        default=[],
+        metavar="MODALITY=ADDR[,ADDR]",
+        help="encoder service address(es) per modality, e.g. image=127.0.0.1:50071; "
+        "repeat for each modality",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port (default {DEFAULT_PORT}; 0 = any free)",
+    )
+    p.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, how long in-flight streams may finish (default 30)",
+    )
+    p.add_argument("--trust-remote-code", action="store_true")
+    add_served_model_args(p)
+    p.set_defaults(func=run_gateway)
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    from gateway.app import (
+        build_orchestrator,
+        media_modalities,
+        remote_backends,
+        serve,
+        served_model,
+    )
+
+    served = served_model(args.model, args.task, args.limit_mm_per_prompt, args.trust_remote_code)
+    targets = parse_encoder_targets(args.encoder)
+    missing = [m for m in media_modalities(served) if m not in targets]
+    if missing:
+        print(
+            f"meshserve gateway: note: no --encoder for {', '.join(missing)}; "
+            f"prompts with {missing[0]} will be refused"
+        )
+
+    async def main() -> None:
+        # grpc.aio channels belong to the event loop they are made in: make them inside it.
+        encoders, lm = remote_backends([a for a in args.lm.split(",") if a], targets)
+        orchestrator = build_orchestrator(
+            served,
+            encoders,
+            lm,
+            trust_remote_code=args.trust_remote_code,
+            media_store_bytes=args.media_store_bytes,
+        )
+        await serve(orchestrator, args.host, args.port, args.grace_seconds)
+
+    asyncio.run(main())
+    return 0

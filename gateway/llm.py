@@ -1,0 +1,242 @@
+"""The offline API, mirroring vLLM's `LLM`: the same cores as the services, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from gateway.app import build_orchestrator, local_backends, served_model
+from gateway.types import GenerationRequest, MediaInput
+from lm_service.config import EngineConfig
+from lm_service.sampling_params import SamplingParams
+from protos.errors import InvalidRequest, Unsupported
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[Any, ...] | None
+    finish_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutput:
+    """Shaped like vLLM's: `.outputs[0].text`, `.outputs[0].token_ids`, ..."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: tuple[int, ...] | None
+    outputs: tuple[CompletionOutput, ...]
+    num_cached_tokens: int
+    media_cache_hits: tuple[bool, ...] = ()
+    finished: bool = True
+
+
+class LLM:
+    """Generate from a model in this process: text, images, videos and audio.
+
+    Args:
+        model: HF model id or local path.
+        task: "generate" (pooling tasks are not served yet).
+        limit_mm_per_prompt: e.g. {"image": 2}; default 1 item per modality.
+        engine_args: any other EngineConfig field (dtype, model_impl, block_size, ...).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        task: str = "generate",
+        limit_mm_per_prompt: Mapping[str, int] | str | None = None,
+        trust_remote_code: bool = False,
+        **engine_args: Any,
+    ) -> None:
+        if task != "generate":
+            raise Unsupported(f"the offline LLM serves task='generate' only for now, not {task!r}")
+        self.served = served_model(model, task, limit_mm_per_prompt, trust_remote_code)
+        config = EngineConfig(model=model, trust_remote_code=trust_remote_code, **engine_args)
+        encoders, lm = local_backends(
+            config, self.served, encoder_dtype=config.dtype, encoder_device=config.device
+        )
+        self._lm = lm
+        self._orchestrator = build_orchestrator(
+            self.served, encoders, lm, trust_remote_code=trust_remote_code
+        )
+        self._ids = itertools.count()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="llm-loop", daemon=True)
+        self._thread.start()
+
+    def generate(
+        self,
+        prompts: Any,
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """One output per prompt, in order. A prompt is a str, {"prompt": str,
+        "multi_modal_data": {...}} or {"prompt_token_ids": [...]}; or a list of them."""
+        items = prompts if isinstance(prompts, list | tuple) else [prompts]
+        params = _per_prompt(sampling_params, len(items))
+        requests = [self._request(p, sp) for p, sp in zip(items, params, strict=True)]
+        return self._run(self._collect_all(requests))
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]] | Sequence[Sequence[Mapping[str, Any]]],
+        sampling_params: SamplingParams | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """One conversation (a list of messages) or several; content parts may hold media:
+        {"type": "image", "image": PIL.Image}, {"type": "video", "video": frames},
+        {"type": "audio", "audio": (waveform, sampling_rate)}, {"type": "text", "text": ...}."""
+        conversations = [messages] if messages and isinstance(messages[0], Mapping) else messages
+        requests = [
+            self._chat_request(list(c), sampling_params or SamplingParams(), add_generation_prompt)
+            for c in conversations
+        ]
+        return self._run(self._collect_all(requests))
+
+    def apply_model(self, func: Callable[[Any], T]) -> list[T]:
+        """Runs `func` on the model of each worker (there is one here), like vLLM."""
+        engine = self._lm.loop.engine
+        return [self._lm.loop.call(lambda _: func(engine.loaded.model))]
+
+    def get_tokenizer(self) -> Any:
+        return self._orchestrator.prompts.tokenizer
+
+    def close(self) -> None:
+        self._run(self._lm.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    # --- helpers ---------------------------------------------------------------------
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _collect_all(self, requests: list[GenerationRequest]) -> list[RequestOutput]:
+        return list(await asyncio.gather(*(self._collect(r) for r in requests)))
+
+    async def _collect(self, request: GenerationRequest) -> RequestOutput:
+        text, ids, logprobs = [], [], []
+        last = None
+        async for chunk in self._orchestrator.generate(request):
+            text.append(chunk.text)
+            ids.extend(chunk.token_ids)
+            logprobs.extend(chunk.logprobs)
+            last = chunk
+        completion = CompletionOutput(
+            index=0,
+            text="".join(text),
+            token_ids=tuple(ids),
+            logprobs=tuple(logprobs) if request.sampling_params.logprobs is not None else None,
+            finish_reason=last.finish_reason if last else None,
+        )
+        return RequestOutput(
+            request_id=request.request_id,
+            prompt=request.prompt,
+            prompt_token_ids=tuple(request.prompt_token_ids) if request.prompt_token_ids else None,
+            outputs=(completion,),
+            num_cached_tokens=last.usage.cached_prompt_tokens if last and last.usage else 0,
+            media_cache_hits=last.media_cache_hits if last else (),
+        )
+
+    def _request(self, prompt: Any, params: SamplingParams) -> GenerationRequest:
+        request_id = f"offline-{next(self._ids)}"
+        if isinstance(prompt, str):
+            return GenerationRequest(request_id, params, prompt=prompt)
+        if not isinstance(prompt, Mapping):
+            raise InvalidRequest(f"a prompt is a str or a dict, got {type(prompt).__name__}")
+        media = _media_from_data(prompt.get("multi_modal_data") or {})
+        if "prompt_token_ids" in prompt:
+            return GenerationRequest(
+                request_id,
+                params,
+                prompt_token_ids=list(prompt["prompt_token_ids"]),
+                media=media,
+            )
+        return GenerationRequest(request_id, params, prompt=prompt["prompt"], media=media)
+
+    def _chat_request(
+        self, conversation: list[Mapping[str, Any]], params: SamplingParams, add_gen: bool
+    ) -> GenerationRequest:
+        messages, media = [], []
+        for message in conversation:
+            content = message.get("content")
+            if isinstance(content, str) or content is None:
+                messages.append(dict(message))
+                continue
+            parts = []
+            for part in content:
+                kind = part.get("type")
+                if kind in ("image", "video", "audio"):
+                    media.append(_media_input(kind, part.get(kind)))
+                    parts.append({"type": kind})
+                else:
+                    parts.append(dict(part))
+            messages.append({**message, "content": parts})
+        return GenerationRequest(
+            f"offline-{next(self._ids)}",
+            params,
+            messages=messages,
+            media=tuple(media),
+            add_generation_prompt=add_gen,
+        )
+
+
+def _media_from_data(data: Mapping[str, Any]) -> tuple[MediaInput, ...]:
+    """vLLM's multi_modal_data -> media inputs, modality by modality in prompt order."""
+    media: list[MediaInput] = []
+    for modality in ("image", "video", "audio"):
+        value = data.get(modality)
+        if value is None:
+            continue
+        values = value if _is_item_list(modality, value) else [value]
+        media.extend(_media_input(modality, v) for v in values)
+    unknown = set(data) - {"image", "video", "audio"}
+    if unknown:
+        raise InvalidRequest(f"unknown multi_modal_data key(s): {sorted(unknown)}")
+    return tuple(media)
+
+
+def _is_item_list(modality: str, value: Any) -> bool:
+    if not isinstance(value, list):
+        return False
+    if modality == "video":
+        # a video may itself be a list of frames
+        import numpy as np
+
+        return not value or not isinstance(value[0], np.ndarray) or value[0].ndim == 4
+    return True
+
+
+def _media_input(modality: str, value: Any) -> MediaInput:
+    import torch
+
+    if isinstance(value, bytes | bytearray):
+        return MediaInput(modality, data=bytes(value))
+    if isinstance(value, torch.Tensor) and modality != "video" and value.dim() == 2:
+        return MediaInput(modality, embeddings=value)
+    if isinstance(value, Mapping) and "embeddings" in value:
+        grid = value.get("grid_thw")
+        return MediaInput(
+            modality,
+            embeddings=value["embeddings"],
+            grid_thw=tuple(int(g) for g in grid) if grid is not None else None,
+        )
+    return MediaInput(modality, decoded=value)
+
+
+def _per_prompt(
+    params: SamplingParams | Sequence[SamplingParams] | None, n: int
+) -> list[SamplingParams]:
+    if params is None or isinstance(params, SamplingParams):
+        return [params or SamplingParams()] * n
+    if len(params) != n:
+        raise InvalidRequest(f"got {len(params)} sampling params for {n} prompts")
+    return list(params)

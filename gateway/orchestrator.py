@@ -1,0 +1,269 @@
+"""validate -> encode -> build prompt -> LM stream -> detokenize -> stop strings -> usage.
+
+Pure asyncio; reaches the services only through EncoderBackend and LMBackend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from encoder_service import MediaItem
+from gateway.backends import EncoderBackend, LMBackend, LMRequest
+from gateway.detokenizer import IncrementalDetokenizer
+from gateway.media_store import MediaStore
+from gateway.modalities import ModalitySpec
+from gateway.prompt import BuiltPrompt, MediaSlot, PromptBuilder
+from gateway.stop import StopChecker
+from gateway.types import GenerationChunk, GenerationRequest, MediaInput, StageTimings, Usage
+from lm_service.engine.request import MultiModalSpan
+from protos.errors import InvalidRequest, Unsupported
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """What the gateway serves: the model's identity, rules and limits."""
+
+    model: str
+    architecture: str
+    task: str
+    spec: ModalitySpec
+    limits: Mapping[str, int]
+
+
+class Orchestrator:
+    """Runs one request across the encoders and the LM; written once for local and remote."""
+
+    def __init__(
+        self,
+        served: ServedModel,
+        prompts: PromptBuilder,
+        encoders: EncoderBackend,
+        lm: LMBackend,
+        media_store: MediaStore,
+    ) -> None:
+        self.served = served
+        self.prompts = prompts
+        self.encoders = encoders
+        self.lm = lm
+        self.media_store = media_store
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Streams the answer to one request; raises the core errors for bad input."""
+        clock = _Clock()
+        self.validate(request)
+        validate_ms = clock.lap()
+        encoded = await self.encode(request.media, request.timeout)
+        encode_ms = clock.lap()
+        built = self._build_prompt(request, encoded)
+        prompt_ms = clock.lap()
+        lm_request = LMRequest(
+            request_id=request.request_id,
+            prompt_token_ids=built.token_ids,
+            sampling_params=request.sampling_params,
+            mm_spans=_spans(built, encoded),
+            mrope_positions=built.mrope_positions,
+        )
+        timings = StageTimings(validate_ms=validate_ms, encode_ms=encode_ms, prompt_ms=prompt_ms)
+        hits = tuple(bool(e.cache_hit) for e in encoded)
+        async for chunk in self._stream(request, lm_request, clock, timings, hits):
+            yield chunk
+
+    def validate(self, request: GenerationRequest) -> None:
+        """The seed's modality rules and the configured item limits."""
+        counts: dict[str, int] = {}
+        embeds: set[str] = set()
+        for item in request.media:
+            counts[item.modality] = counts.get(item.modality, 0) + 1
+            if item.is_embeddings:
+                embeds.add(item.modality)
+        has_text = _has_text(request)
+        self.served.spec.check(
+            counts, has_text, embeds, dict(self.served.limits), self.served.architecture
+        )
+        missing = set(counts) - self.encoders.modalities()
+        if missing:
+            raise Unsupported(f"no {sorted(missing)[0]} encoder is configured for this gateway")
+
+    async def encode(self, media: Sequence[MediaInput], timeout: float | None) -> list[Any]:
+        """Encodes every item (modalities in parallel); handles come from the media store."""
+        results: list[Any] = [None] * len(media)
+        by_modality: dict[str, list[int]] = {}
+        for index, item in enumerate(media):
+            if item.handle is not None:
+                results[index] = self.media_store.get(item.handle, item.modality)
+            else:
+                by_modality.setdefault(item.modality, []).append(index)
+        jobs = [
+            self._encode_one_modality(modality, indices, media, timeout)
+            for modality, indices in by_modality.items()
+        ]
+        for indices, encoded in zip(by_modality.values(), await asyncio.gather(*jobs), strict=True):
+            for index, result in zip(indices, encoded, strict=True):
+                results[index] = result
+        return results
+
+    async def put_media(self, item: MediaInput, timeout: float | None) -> tuple[str, Any]:
+        """Encodes one item once and stores it under a handle for later prompts."""
+        self.served.spec.check(
+            {item.modality: 1},
+            False,
+            {item.modality} if item.is_embeddings else set(),
+            dict(self.served.limits),
+            self.served.architecture,
+        )
+        (result,) = await self.encode([item], timeout)
+        return self.media_store.put(item.modality, result), result
+
+    async def _encode_one_modality(
+        self, modality: str, indices: list[int], media: Sequence[MediaInput], timeout: float | None
+    ) -> list[Any]:
+        items = [_media_item(media[i]) for i in indices]
+        return await self.encoders.encode(modality, items, timeout)
+
+    def _build_prompt(self, request: GenerationRequest, encoded: list[Any]) -> BuiltPrompt:
+        if request.prompt_token_ids is not None:
+            if request.media:
+                raise InvalidRequest("media needs a text prompt with placeholders, not token ids")
+            return BuiltPrompt(list(request.prompt_token_ids), (), None)
+        if request.prompt is not None:
+            text = request.prompt
+        else:
+            text = self.prompts.render_chat(
+                list(request.messages or ()), request.add_generation_prompt
+            )
+        slots = [
+            MediaSlot(
+                modality=item.modality,
+                num_tokens=int(result.num_tokens),
+                content_hash=result.content_hash,
+                grid_thw=_grid(result),
+                second_per_grid_t=result.metadata.get("second_per_grid_t"),
+            )
+            for item, result in zip(request.media, encoded, strict=True)
+        ]
+        return self.prompts.build(text, slots)
+
+    async def _stream(
+        self,
+        request: GenerationRequest,
+        lm_request: LMRequest,
+        clock: _Clock,
+        timings: StageTimings,
+        hits: tuple[bool, ...],
+    ) -> AsyncIterator[GenerationChunk]:
+        params = request.sampling_params
+        detok = IncrementalDetokenizer(
+            self.prompts.tokenizer, lm_request.prompt_token_ids, request.skip_special_tokens
+        )
+        stop = StopChecker(params.stop, request.include_stop_str_in_output)
+        num_out = 0
+        ttft_ms = 0.0
+        stream = self.lm.generate(lm_request, request.timeout)
+        try:
+            async for out in stream:
+                num_out += len(out.new_token_ids)
+                ttft_ms = ttft_ms or clock.total()
+                text, hit = _apply_stop(stop, detok.push(list(out.new_token_ids)))
+                reason = "stop" if hit else out.finish_reason
+                if reason is not None and not hit:
+                    text += _apply_stop(stop, detok.finish())[0] + stop.flush()
+                if reason is None:
+                    yield GenerationChunk(
+                        request.request_id, text, out.new_token_ids, out.new_logprobs
+                    )
+                    continue
+                final = StageTimings(
+                    validate_ms=timings.validate_ms,
+                    encode_ms=timings.encode_ms,
+                    prompt_ms=timings.prompt_ms,
+                    time_to_first_token_ms=ttft_ms,
+                    total_ms=clock.total(),
+                )
+                usage = Usage(len(lm_request.prompt_token_ids), num_out, out.num_cached_tokens)
+                yield GenerationChunk(
+                    request.request_id,
+                    text,
+                    out.new_token_ids,
+                    out.new_logprobs,
+                    finish_reason=reason,
+                    usage=usage,
+                    timings=final,
+                    media_cache_hits=hits,
+                )
+                return
+        finally:
+            await stream.aclose()  # aborts the LM request if it is still running
+
+
+def _apply_stop(stop: StopChecker, delta: str) -> tuple[str, bool]:
+    result = stop.process(delta)
+    return result.text, result.stopped
+
+
+def _has_text(request: GenerationRequest) -> bool:
+    if request.prompt_token_ids is not None:
+        return len(request.prompt_token_ids) > 0
+    if request.prompt is not None:
+        return bool(request.prompt.strip())
+    for message in request.messages or ():
+        content = message.get("content")
+        if isinstance(content, str) and content.strip():
+            return True
+        if isinstance(content, list) and any(
+            p.get("type") == "text" and str(p.get("text", "")).strip() for p in content
+        ):
+            return True
+    return False
+
+
+def _media_item(item: MediaInput) -> MediaItem:
+    metadata = {"grid_thw": tuple(item.grid_thw)} if item.grid_thw is not None else {}
+    return MediaItem(
+        data=item.data,
+        embeddings=item.embeddings,
+        decoded=item.decoded,
+        options=dict(item.options),
+        metadata=metadata,
+    )
+
+
+def _grid(result: Any) -> tuple[int, int, int] | None:
+    grid = result.metadata.get("grid_thw")
+    return tuple(int(g) for g in grid) if grid is not None else None
+
+
+def _spans(built: BuiltPrompt, encoded: list[Any]) -> tuple[MultiModalSpan, ...]:
+    spans = []
+    for r in built.ranges:
+        result = encoded[r.item_index]
+        if int(result.embeddings.shape[0]) != r.length:
+            raise InvalidRequest(
+                f"media item {r.item_index} has {result.embeddings.shape[0]} embedding rows "
+                f"but its placeholder expands to {r.length} tokens"
+            )
+        spans.append(
+            MultiModalSpan(
+                offset=r.offset,
+                length=r.length,
+                content_hash=result.content_hash,
+                embeddings=result.embeddings,
+            )
+        )
+    return tuple(spans)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.start = self.mark = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.mark = (now - self.mark) * 1e3, now
+        return elapsed
+
+    def total(self) -> float:
+        return (time.perf_counter() - self.start) * 1e3
