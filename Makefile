@@ -40,7 +40,8 @@ protos: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash protos/gen.sh
 
 bench: $(STAMP)
-	$(PY) bench/throughput.py
+	$(PY) -m bench.throughput
+	$(PY) -m bench.encoder
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

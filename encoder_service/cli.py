@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 
 from protos.serving import parse_bytes
@@ -73,6 +74,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Busy-waiting OpenMP threads stall small tower calls when cores are shared (before torch loads).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from encoder_service.encoder import Encoder
     from encoder_service.media import MediaLimits
     from encoder_service.server import SERVICE_NAME, EncoderServicer
