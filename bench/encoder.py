@@ -67,7 +67,7 @@ def bench_case(model: str, modality: str, n: int) -> None:
     options = {"num_frames": 8} if modality == "video" else {}
     cold = Encoder.from_pretrained(path, modality, cache_bytes=0)
     cached = Encoder.from_pretrained(path, modality, cache_bytes=256 << 20)
-    cached.encode([MediaItem(data=d, options=options) for d in items])   # fill the cache
+    cached.encode([MediaItem(data=d, options=options) for d in items])  # fill the cache
 
     def one_by_one(encoder: Encoder) -> int:
         for data in items:
@@ -77,7 +77,9 @@ def bench_case(model: str, modality: str, n: int) -> None:
     def concurrent(encoder: Encoder, callers: int = 8) -> int:
         chunks = [items[i::callers] for i in range(callers)]
         threads = [
-            threading.Thread(target=lambda c=c: [encoder.encode([MediaItem(data=d, options=options)]) for d in c])
+            threading.Thread(
+                target=lambda c=c: [encoder.encode([MediaItem(data=d, options=options)]) for d in c]
+            )
             for c in chunks
         ]
         for t in threads:
@@ -86,7 +88,7 @@ def bench_case(model: str, modality: str, n: int) -> None:
             t.join()
         return len(items)
 
-    one_by_one(cold)   # warm-up
+    one_by_one(cold)  # warm-up
     no_cache = items_per_second(lambda: one_by_one(cold))
     with_cache = items_per_second(lambda: one_by_one(cached))
     before = cold.info().num_tower_calls

@@ -6,31 +6,36 @@ cache and micro-batching. The core imports no grpc; `server.py` is the thin serv
     out[0].embeddings  # [num_tokens, hidden]
 """
 
-from encoder_service.batcher import MicroBatcher
-from encoder_service.cache import CachedEncoding, CacheStats, EmbeddingCache, content_hash
-from encoder_service.encoder import Encoder, EncodeResult, EncoderInfo, MediaItem
-from encoder_service.errors import MediaError, MediaLimitExceeded
-from encoder_service.media import MediaLimits, VideoClip
-from encoder_service.registry import TOWERS, load_tower
-from encoder_service.towers import Modality, Tower, TowerInput
+from __future__ import annotations
 
-__all__ = [
-    "TOWERS",
-    "CacheStats",
-    "CachedEncoding",
-    "EmbeddingCache",
-    "EncodeResult",
-    "Encoder",
-    "EncoderInfo",
-    "MediaError",
-    "MediaItem",
-    "MediaLimitExceeded",
-    "MediaLimits",
-    "MicroBatcher",
-    "Modality",
-    "Tower",
-    "TowerInput",
-    "VideoClip",
-    "content_hash",
-    "load_tower",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "MicroBatcher": "encoder_service.batcher",
+    "CachedEncoding": "encoder_service.cache",
+    "CacheStats": "encoder_service.cache",
+    "EmbeddingCache": "encoder_service.cache",
+    "content_hash": "encoder_service.cache",
+    "Encoder": "encoder_service.encoder",
+    "EncodeResult": "encoder_service.encoder",
+    "EncoderInfo": "encoder_service.encoder",
+    "MediaItem": "encoder_service.encoder",
+    "MediaError": "encoder_service.errors",
+    "MediaLimitExceeded": "encoder_service.errors",
+    "MediaLimits": "encoder_service.media",
+    "VideoClip": "encoder_service.media",
+    "TOWERS": "encoder_service.registry",
+    "load_tower": "encoder_service.registry",
+    "Modality": "encoder_service.towers",
+    "Tower": "encoder_service.towers",
+    "TowerInput": "encoder_service.towers",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy so that `meshserve --help` and the chat client do not import torch.
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'encoder_service' has no attribute {name!r}")

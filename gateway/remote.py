@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc
-from encoder_service.wire import encode_request_to_pb, encode_results_from_pb
 
+from encoder_service.wire import encode_request_to_pb, encode_results_from_pb
 from gateway.backends import EncoderBackend, LMBackend, LMInfo, LMRequest
 from gateway.replicas import Replica, ReplicaSet, is_unavailable
 from lm_service.engine.outputs import StepOutput
 from lm_service.wire import lm_request_to_pb, step_from_pb
 from protos.meshserve.v1 import encoder_pb2_grpc, lm_pb2, lm_pb2_grpc
+
+logger = logging.getLogger(__name__)
 
 
 class RemoteEncoderBackend(EncoderBackend):
@@ -63,8 +67,9 @@ class RemoteLMBackend(LMBackend):
     def start(self) -> None:
         self.replicas.start()
 
-    async def info(self) -> LMInfo:
-        reply = await self.replicas.pick().stub.GetInfo(lm_pb2.GetLMInfoRequest(), timeout=10)
+    async def info(self, wait_seconds: float = 600.0) -> LMInfo:
+        """The LM's description; waits (up to `wait_seconds`) for a replica still loading."""
+        reply = await self._get_info(wait_seconds)
         return LMInfo(
             architecture=reply.architecture,
             model_impl=reply.model_impl,
@@ -75,6 +80,23 @@ class RemoteLMBackend(LMBackend):
             block_size=reply.block_size,
             num_blocks=reply.num_blocks,
         )
+
+    async def _get_info(self, wait_seconds: float) -> lm_pb2.LMInfo:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        while True:
+            replica = self.replicas.pick()
+            try:
+                return await replica.stub.GetInfo(
+                    lm_pb2.GetLMInfoRequest(), timeout=10, wait_for_ready=True
+                )
+            except grpc.aio.AioRpcError as exc:
+                if not is_unavailable(exc) and exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+                if loop.time() > deadline:
+                    raise
+                logger.info("waiting for the LM at %s: %s", replica.target, exc.details())
+                await asyncio.sleep(1.0)
 
     async def generate(
         self, request: LMRequest, timeout: float | None = None

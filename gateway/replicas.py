@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.errors import Unavailable
-from protos.serving import CHANNEL_OPTIONS
+from protos.serving import channel_options
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +98,7 @@ class ReplicaSet:
 
 
 def _replica(target: str, make_stub: Callable[[grpc.aio.Channel], Any]) -> Replica:
-    options = list(CHANNEL_OPTIONS)
-    if target.startswith("dns:"):
-        options.append(("grpc.lb_policy_name", "round_robin"))
-    channel = grpc.aio.insecure_channel(target, options=options)
+    channel = grpc.aio.insecure_channel(target, options=channel_options(target))
     return Replica(
         target=target,
         channel=channel,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from concurrent import futures
@@ -24,6 +25,10 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     *CHANNEL_OPTIONS,
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    # Clients re-resolve DNS names (compose --scale, k8s headless services) when a connection
+    # ends; recycling connections lets a gateway find new replicas. Open streams may finish.
+    ("grpc.max_connection_age_ms", 60_000),
+    ("grpc.max_connection_age_grace_ms", 600_000),
     ("grpc.so_reuseport", 0),
 )
 
@@ -70,12 +75,23 @@ def set_serving(
         servicer.set(name, status)
 
 
-def channel(target: str) -> grpc.Channel:
-    """An insecure client channel with our limits; `dns:///` targets round-robin."""
-    options = list(CHANNEL_OPTIONS)
+# For `dns:///name:port` targets: balance over every address behind the name, and let gRPC's
+# client-side health checking skip replicas whose grpc.health.v1 status is not SERVING.
+BALANCED_SERVICE_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+)
+
+
+def channel_options(target: str) -> list[tuple[str, int | str]]:
+    options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
     if target.startswith("dns:"):
-        options.append(("grpc.lb_policy_name", "round_robin"))
-    return grpc.insecure_channel(target, options=options)
+        options.append(("grpc.service_config", BALANCED_SERVICE_CONFIG))
+    return options
+
+
+def channel(target: str) -> grpc.Channel:
+    """An insecure client channel with our limits; `dns:///` targets balance over replicas."""
+    return grpc.insecure_channel(target, options=channel_options(target))
 
 
 def health_status(target_or_channel: str | grpc.Channel, timeout: float = 2.0) -> str:

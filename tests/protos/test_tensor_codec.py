@@ -37,7 +37,9 @@ def test_int64_extremes() -> None:
 def test_byte_length_mismatch_is_a_clear_value_error() -> None:
     msg = tensor_to_proto(torch.zeros(2, 3))
     msg.data = msg.data[:-1]
-    with pytest.raises(ValueError, match=r"shape \[2, 3\] and dtype float32 needs 24 bytes, got 23"):
+    with pytest.raises(
+        ValueError, match=r"shape \[2, 3\] and dtype float32 needs 24 bytes, got 23"
+    ):
         tensor_from_proto(msg)
 
 

@@ -1,0 +1,323 @@
+"""`meshserve up` (the whole mesh on one box) and `meshserve chat` (a gRPC client)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.commands import DEFAULT_PORT, add_served_model_args
+from protos.serving import parse_bytes
+
+if TYPE_CHECKING:
+    from gateway.launcher import Child, Stack, StackPlan, StopSignal
+
+ENGINE_FLAGS_SKIPPED = ("model", "help")
+
+
+def add_up_parser(subparsers: argparse._SubParsersAction) -> None:
+    from lm_service.cli import add_engine_args
+
+    p = subparsers.add_parser(
+        "up",
+        help="start the LM, encoders and gateway on this machine",
+        description="Start the LM service, one encoder service per modality the model takes "
+        "and the gateway as separate processes on this machine; wait until each is SERVING; "
+        "on Ctrl-C or SIGTERM drain the gateway and stop everything.",
+    )
+    add_engine_args(p)
+    add_served_model_args(p)
+    g = p.add_argument_group("stack")
+    g.add_argument("--host", default="127.0.0.1", help="address every service binds")
+    g.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"the gateway's port (default {DEFAULT_PORT}; 0 = any free); backends take free ports",
+    )
+    g.add_argument(
+        "--replicas",
+        default=None,
+        metavar="NAME=N[,NAME=N]",
+        help="replicas per backend, e.g. image=2,lm=1 (names: lm, image, video, audio)",
+    )
+    g.add_argument(
+        "--embedded",
+        action="store_true",
+        help="run the gateway, encoders and LM in this one process",
+    )
+    g.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=30.0,
+        help="on Ctrl-C/SIGTERM, how long in-flight streams may finish (default 30)",
+    )
+    g.add_argument(
+        "--cache-bytes",
+        type=parse_bytes,
+        default=256 << 20,
+        help="each encoder's embedding cache, e.g. 1GiB (default 256MiB)",
+    )
+    g.add_argument(
+        "--encoder-device", default=None, help="device of the encoders (default: --device)"
+    )
+    g.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds the services may take to load their weights (default 1800)",
+    )
+    g.add_argument(
+        "--log-dir", default=None, help="keep the services' logs here (default: a temp folder)"
+    )
+    p.set_defaults(func=run_up)
+
+
+def add_chat_parser(subparsers: argparse._SubParsersAction) -> None:
+    from gateway.chat_client import add_chat_args, run_chat
+
+    p = subparsers.add_parser(
+        "chat",
+        help="send one prompt (with media) to a gateway and stream the answer",
+        description="A gRPC client of meshserve.v1.Gateway/Chat: sends text plus images, "
+        "videos, audio or precomputed embeddings, streams the answer, then prints the time "
+        "to first token, tokens/s, the gateway's stage timings and encoder cache hits.",
+    )
+    add_chat_args(p)
+    p.set_defaults(func=run_chat)
+
+
+# ---------------------------------------------------------------------------------- flags
+
+
+def engine_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The engine flags a user set on `up`, as argv for `meshserve lm`."""
+    from lm_service.cli import add_engine_args
+
+    scratch = argparse.ArgumentParser(add_help=False)
+    add_engine_args(scratch)
+    flags: list[str] = []
+    for action in scratch._actions:
+        if action.dest in ENGINE_FLAGS_SKIPPED or not action.option_strings:
+            continue
+        flags += _flag_argv(action, getattr(args, action.dest, action.default))
+    return tuple(flags)
+
+
+def _flag_argv(action: argparse.Action, value: Any) -> list[str]:
+    if value == action.default:
+        return []
+    option = action.option_strings[0]
+    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+        return [option]
+    if isinstance(value, dict | list):
+        return [option, json.dumps(value)]
+    return [option, str(value)]
+
+
+def encoder_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    flags = ["--device", args.encoder_device or args.device, "--cache-bytes", str(args.cache_bytes)]
+    if args.dtype != "auto":
+        flags += ["--dtype", args.dtype]
+    return tuple(flags)
+
+
+def gateway_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    flags = ["--task", args.task, "--media-store-bytes", str(args.media_store_bytes)]
+    if args.limit_mm_per_prompt:
+        flags += ["--limit-mm-per-prompt", args.limit_mm_per_prompt]
+    if args.trust_remote_code:
+        flags.append("--trust-remote-code")
+    return tuple(flags)
+
+
+# ------------------------------------------------------------------------------------- up
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from gateway.app import media_modalities, served_model
+    from gateway.launcher import parse_replicas
+
+    try:
+        replicas = parse_replicas(args.replicas)
+    except ValueError as exc:
+        return _fail(str(exc), code=2)
+    served = served_model(args.model, args.task, args.limit_mm_per_prompt, args.trust_remote_code)
+    modalities = media_modalities(served)
+    unknown = [name for name in replicas if name != "lm" and name not in modalities]
+    if unknown:
+        takes = ", ".join(modalities) or "no media"
+        return _fail(f"--replicas {unknown[0]}: {served.architecture} takes {takes}", code=2)
+    if args.embedded:
+        if replicas:
+            return _fail("--replicas needs separate processes; drop --embedded", code=2)
+        return run_embedded(args, served)
+    return run_processes(args, modalities, replicas)
+
+
+def run_processes(args: argparse.Namespace, modalities: list[str], replicas: dict) -> int:
+    from gateway.launcher import StackOptions, StopSignal, free_port, make_log_dir, plan_stack
+
+    options = StackOptions(
+        model=args.model,
+        host=args.host,
+        gateway_port=args.port or free_port(args.host),
+        grace_seconds=args.grace_seconds,
+        replicas=replicas,
+        lm_flags=engine_flags(args),
+        encoder_flags=encoder_flags(args),
+        gateway_flags=gateway_flags(args),
+    )
+    plan = plan_stack(options, modalities, lambda: free_port(args.host))
+    log_dir, is_temp = make_log_dir(args.log_dir)
+    stop = StopSignal().install()
+    try:
+        code = _run_stack(plan, log_dir, stop, args)
+    finally:
+        stop.restore()
+    if code == 0 and is_temp:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    elif code != 0:
+        print(f"meshserve up: the services' logs are in {log_dir}", file=sys.stderr)
+    return code
+
+
+def _run_stack(plan: StackPlan, log_dir: Path, stop: StopSignal, args: argparse.Namespace) -> int:
+    from gateway.launcher import Interrupted, Stack, StackError, println
+
+    stack = Stack(plan, log_dir, stop)
+    names = ", ".join(child.spec.name for child in stack.children)
+    println(f"meshserve up: starting {names} (model {args.model})", sys.stderr)
+    try:
+        with _progress(len(stack.children)) as progress:
+            stack.start(args.ready_timeout, progress)
+        _print_ready(stack, args.model)
+        is_clean = stack.watch(lambda text: println(f"meshserve up: {text}", sys.stderr))
+    except Interrupted:
+        is_clean = True
+    except StackError as exc:
+        _fail(str(exc), code=1)
+        is_clean = False
+    finally:
+        println(
+            f"meshserve up: stopping (gateway drains up to {args.grace_seconds:g}s)", sys.stderr
+        )
+        stack.stop(args.grace_seconds)
+    println("meshserve up: stopped", sys.stderr)
+    return 0 if is_clean and stack.num_deaths == 0 else 1
+
+
+class _progress:
+    """A tqdm bar over services becoming SERVING (a plain line when stderr is no terminal)."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.started = time.monotonic()
+        self.bar = tqdm(
+            total=total,
+            desc="loading weights",
+            unit="service",
+            file=sys.stderr,
+            disable=not sys.stderr.isatty(),
+        )
+
+    def __enter__(self) -> _progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def __call__(self, child: Child | None) -> None:
+        if child is None:
+            self.bar.refresh()
+            return
+        self.bar.set_postfix_str(f"{child.spec.name} SERVING", refresh=False)
+        self.bar.update(1)
+        if self.bar.disable:
+            elapsed = time.monotonic() - self.started
+            print(f"  {child.spec.name} SERVING ({elapsed:.1f}s)", file=sys.stderr, flush=True)
+
+
+def _print_ready(stack: Stack, model: str) -> None:
+    from gateway.launcher import describe, println
+
+    for child in stack.children:
+        println(describe(child.spec, child.pid, model))
+    println(
+        f"meshserve up: gateway on {stack.gateway.spec.address}  "
+        "(Ctrl-C or SIGTERM drains and stops every service)"
+    )
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"meshserve up: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+# ------------------------------------------------------------------------------- embedded
+
+
+def run_embedded(args: argparse.Namespace, served: Any) -> int:
+    from gateway.app import build_orchestrator, local_backends, media_modalities
+    from lm_service.cli import engine_config_from_args
+
+    encoders = ", ".join(media_modalities(served)) or "no"
+    print(f"meshserve up --embedded: loading the LM and {encoders} encoder(s) in this process")
+    encoder_backend, lm_backend = local_backends(
+        engine_config_from_args(args),
+        served,
+        encoder_dtype="float32" if args.dtype == "auto" else args.dtype,
+        encoder_device=args.encoder_device or args.device,
+        cache_bytes=args.cache_bytes,
+    )
+    orchestrator = build_orchestrator(
+        served,
+        encoder_backend,
+        lm_backend,
+        trust_remote_code=args.trust_remote_code,
+        media_store_bytes=args.media_store_bytes,
+    )
+    port = args.port
+    if port == 0:
+        from gateway.launcher import free_port
+
+        port = free_port(args.host)
+    asyncio.run(
+        _serve_embedded(orchestrator, args.host, port, args.grace_seconds, args.cache_bytes)
+    )
+    return 0
+
+
+async def _serve_embedded(
+    orchestrator: Any, host: str, port: int, grace: float, cache_bytes: int
+) -> None:
+    from gateway.app import serve
+    from gateway.launcher import format_bytes
+
+    ready = asyncio.Event()
+    server = asyncio.create_task(serve(orchestrator, host, port, grace, ready=ready))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({server, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if not waiter.done():
+        waiter.cancel()
+        await server  # raises why the server could not start
+        return
+    info = await orchestrator.lm.info()
+    served = orchestrator.served
+    print(
+        f"  {'embedded':<16} {f'{host}:{port}':<21} pid {os.getpid():<7} "
+        f"model={served.model}  arch={served.architecture}  "
+        f"kv_blocks={info.num_blocks} x {info.block_size} tokens  "
+        f"encoders={','.join(orchestrator.encoders.modalities()) or 'none'}  "
+        f"cache={format_bytes(cache_bytes)} each",
+        flush=True,
+    )
+    print(f"meshserve up: gateway on {host}:{port}  (Ctrl-C or SIGTERM drains and stops)")
+    await server
