@@ -39,7 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    return int(args.func(args) or 0)
+    from protos.errors import MeshError
+
+    try:
+        return int(args.func(args) or 0)
+    except MeshError as exc:
+        # A user's mistake (bad flag value, unknown model, impossible limit): a sentence, no
+        # traceback.
+        print(f"meshserve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -44,10 +44,24 @@ class ReplicaSet:
         if not targets:
             raise ValueError(f"no address given for the {name} service")
         self.name = name
-        self.replicas = [_replica(t, make_stub) for t in targets]
+        self.targets = tuple(targets)
+        self._make_stub = make_stub
+        self._replicas: list[Replica] = []
         self.health_interval = health_interval
         self._next = 0
         self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def replicas(self) -> list[Replica]:
+        """The replicas, their channels made on first use.
+
+        NOTE: grpc.aio channels belong to the event loop they are made in, so they are made
+        here, inside the loop that uses them, never in the constructor.
+        """
+        if not self._replicas:
+            asyncio.get_running_loop()  # fail loudly outside a loop
+            self._replicas = [_replica(t, self._make_stub) for t in self.targets]
+        return self._replicas
 
     def start(self) -> None:
         """Starts the background health checks (needs a running event loop)."""
@@ -57,7 +71,7 @@ class ReplicaSet:
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
-        for replica in self.replicas:
+        for replica in self._replicas:
             await replica.channel.close()
 
     def pick(self, exclude: Sequence[Replica] = ()) -> Replica:

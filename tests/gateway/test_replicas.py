@@ -1,0 +1,121 @@
+"""Remote backends over real gRPC servers: round robin skips NOT_SERVING replicas, and an
+encode that fails with UNAVAILABLE is retried once on another replica."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import torch
+
+from encoder_service.encoder import MediaItem
+from gateway.remote import RemoteEncoderBackend
+from protos import serving
+from protos.meshserve.v1 import encoder_pb2, encoder_pb2_grpc
+from protos.tensor_codec import tensor_to_proto
+
+
+class FakeEncoder(encoder_pb2_grpc.EncoderServicer):
+    def __init__(self, name: str, fail_with: grpc.StatusCode | None = None) -> None:
+        self.name = name
+        self.fail_with = fail_with
+        self.calls = 0
+
+    def Encode(
+        self, request: encoder_pb2.EncodeRequest, context: grpc.ServicerContext
+    ) -> encoder_pb2.EncodeResponse:
+        self.calls += 1
+        if self.fail_with is not None:
+            context.abort(self.fail_with, f"{self.name} is failing")
+        item = encoder_pb2.EncodedItem(
+            content_hash=self.name, embeddings=tensor_to_proto(torch.zeros(2, 4)), num_tokens=2
+        )
+        return encoder_pb2.EncodeResponse(items=[item] * len(request.items))
+
+
+@pytest.fixture
+def replicas() -> Iterator[list[tuple[str, FakeEncoder, object]]]:
+    started = []
+    for name in ("a", "b"):
+        server = serving.make_server(max_workers=4)
+        fake = FakeEncoder(name)
+        encoder_pb2_grpc.add_EncoderServicer_to_server(fake, server)
+        health = serving.add_health_and_reflection(server, ["meshserve.v1.Encoder"])
+        port = serving.bind(server, "127.0.0.1", 0)
+        server.start()
+        serving.set_serving(health, ["meshserve.v1.Encoder"], serving=True)
+        started.append((f"127.0.0.1:{port}", fake, health, server))
+    yield [(addr, fake, health) for addr, fake, health, _ in started]
+    for *_, server in started:
+        server.stop(0)
+
+
+def _encode_n(backend: RemoteEncoderBackend, n: int) -> list[str]:
+    async def run() -> list[str]:
+        backend.start()
+        await asyncio.sleep(0.3)  # one round of health checks
+        hashes = []
+        for _ in range(n):
+            (result,) = await backend.encode("image", [MediaItem(data=b"x")], timeout=5)
+            hashes.append(result.content_hash)
+        await backend.close()
+        return hashes
+
+    return asyncio.run(run())
+
+
+def test_round_robin_spreads_calls(replicas: list) -> None:
+    backend = RemoteEncoderBackend({"image": [addr for addr, _, _ in replicas]})
+    assert sorted(_encode_n(backend, 6)) == ["a"] * 3 + ["b"] * 3
+
+
+def test_not_serving_replica_is_skipped(replicas: list) -> None:
+    serving.set_serving(replicas[0][2], ["meshserve.v1.Encoder"], serving=False)
+    backend = RemoteEncoderBackend({"image": [addr for addr, _, _ in replicas]})
+    assert _encode_n(backend, 4) == ["b"] * 4
+    assert replicas[0][1].calls == 0
+
+
+def test_unavailable_is_retried_once_on_another_replica(replicas: list) -> None:
+    replicas[0][1].fail_with = grpc.StatusCode.UNAVAILABLE
+    backend = RemoteEncoderBackend({"image": [addr for addr, _, _ in replicas]})
+    assert _encode_n(backend, 4) == ["b"] * 4
+    assert replicas[0][1].calls >= 1
+
+
+def test_other_errors_are_not_retried(replicas: list) -> None:
+    for _, fake, _ in replicas:
+        fake.fail_with = grpc.StatusCode.INVALID_ARGUMENT
+    backend = RemoteEncoderBackend({"image": [addr for addr, _, _ in replicas]})
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        _encode_n(backend, 1)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert replicas[0][1].calls + replicas[1][1].calls == 1
+
+
+def test_cli_reports_user_mistakes_without_a_traceback() -> None:
+    from tests.tiny_models import tiny_model_path
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "gateway",
+            "--model",
+            str(tiny_model_path("llava")),
+            "--lm",
+            "127.0.0.1:1",
+            "--limit-mm-per-prompt",
+            "video=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "it takes no video" in result.stderr and "Traceback" not in result.stderr
