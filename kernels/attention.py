@@ -12,7 +12,9 @@ The torch reference runs on any device and is the ground truth:
 - each prefill chunk runs SDPA against its whole sequence: `is_causal` when the chunk is the
   whole sequence and no window cuts it, an explicit mask otherwise.
 Host copies of the lengths (`*_cpu`) drive all the Python-level decisions, so nothing syncs
-with the device.
+with the device. A decode's output is bit-identical alone or batched with longer sequences
+(masked padding adds exact zeros). The gather copies each decode's K/V once per layer: on CPU
+call `kernels.cpu_allocator.tune_cpu_allocator()` at start-up, or those copies page-fault.
 """
 
 from __future__ import annotations
@@ -226,8 +228,14 @@ def paged_attention(
     """
     _check_heads(query, k_cache)
     plan = _plan(meta.query_start_loc_cpu, meta.seq_lens_cpu)
-    out = torch.empty_like(query)  # [T, H, D]
     options = _Options(scale, sliding_window, logits_soft_cap)
+    if query.shape[0] == 0:
+        return query.new_empty(query.shape)
+    if len(plan.decode_reqs) == meta.num_reqs == query.shape[0]:  # a pure decode step
+        num_blocks = -(-plan.max_decode_seq_len // k_cache.shape[1])
+        block_table = meta.block_table[:, :num_blocks]
+        return _decode_attention(query, k_cache, v_cache, block_table, meta.seq_lens, options)
+    out = query.new_empty(query.shape)  # [T, H, D] contiguous
     if plan.decode_reqs:
         _decode_into(out, query, k_cache, v_cache, meta, plan, options)
     for chunk in plan.prefills:
@@ -255,7 +263,8 @@ def _check_heads(query: torch.Tensor, k_cache: torch.Tensor) -> None:
 def _gather_blocks(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
     """`[num_blocks, bs, Hkv, D]` x `[..., n]` block ids -> `[..., n * bs, Hkv, D]`."""
     block_size, num_kv_heads, head_dim = cache.shape[1:]
-    flat = cache.index_select(0, block_ids.reshape(-1))  # [N * n, bs, Hkv, D]
+    # NOTE: int64 ids: index_select with int32 ids is several times slower on CPU
+    flat = cache.index_select(0, block_ids.reshape(-1).long())  # [N * n, bs, Hkv, D]
     return flat.view(
         *block_ids.shape[:-1], block_ids.shape[-1] * block_size, num_kv_heads, head_dim
     )
@@ -309,7 +318,7 @@ def _decode_attention(
     # the G query heads of a KV group act as G query rows of that KV head: no KV expansion
     q = query.view(n, num_kv_heads, num_heads // num_kv_heads, head_dim)  # [n, Hkv, G, D]
     out = _attend(q, keys, values, mask[:, None, None, :], options)  # [n, Hkv, G, D]
-    return out.reshape(n, num_heads, head_dim)
+    return out.reshape(n, num_heads, head_dim).contiguous()  # SDPA may mirror q's strides
 
 
 def _prefill_chunk(
@@ -398,9 +407,15 @@ class AttentionBackend(enum.Enum):
 def select_backend(
     query: torch.Tensor, k_cache: torch.Tensor, logits_soft_cap: float | None = None
 ) -> AttentionBackend:
-    """The fast path when flash-attn can run this layer, else the torch reference."""
-    del logits_soft_cap  # flash-attn >= 2.6 takes softcap; kept for backends that do not
-    if flash.is_supported(query.device, query.dtype, query.shape[-1], k_cache.shape[1]):
+    """The fast path when flash-attn can run this layer, else the torch reference.
+
+    Args:
+        query: `[T, num_heads, head_dim]`, a sample of the layer's queries (device, dtype).
+        k_cache: `[num_blocks, block_size, num_kv_heads, head_dim]`.
+        logits_soft_cap: the layer's soft cap (needs flash-attn >= 2.6).
+    """
+    head_dim, block_size = query.shape[-1], k_cache.shape[1]
+    if flash.is_supported(query.device, query.dtype, head_dim, block_size, logits_soft_cap):
         return AttentionBackend.FLASH_ATTN
     return AttentionBackend.TORCH
 

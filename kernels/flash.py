@@ -9,6 +9,7 @@ block sizes fall back to the torch reference.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -24,20 +25,39 @@ PAGED_BLOCK_MULTIPLE = 256  # flash-attn 2's constraint on the paged KV block si
 
 @functools.cache
 def _load_varlen_func() -> Callable[..., torch.Tensor] | None:
+    """flash-attn's `flash_attn_varlen_func` when it is installed and takes `block_table`."""
     try:
         from flash_attn import flash_attn_varlen_func  # type: ignore[import-not-found]
     except ImportError:
         return None
+    if "block_table" not in _parameters(flash_attn_varlen_func):
+        return None  # flash-attn < 2.5: no paged KV
     return flash_attn_varlen_func
 
 
-def is_supported(device: torch.device, dtype: torch.dtype, head_dim: int, block_size: int) -> bool:
+def _parameters(func: Callable[..., object]) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+def is_supported(
+    device: torch.device,
+    dtype: torch.dtype,
+    head_dim: int,
+    block_size: int,
+    logits_soft_cap: float | None = None,
+) -> bool:
     """Whether the flash kernel can serve a layer with this geometry on this device."""
     if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
         return False
-    if head_dim > 256 or head_dim % 8:
+    if head_dim > 256 or head_dim % 8 or block_size % PAGED_BLOCK_MULTIPLE:
         return False
-    return block_size % PAGED_BLOCK_MULTIPLE == 0 and _load_varlen_func() is not None
+    varlen_func = _load_varlen_func()
+    if varlen_func is None:
+        return False
+    return logits_soft_cap is None or "softcap" in _parameters(varlen_func)
 
 
 def paged_attention(
@@ -65,6 +85,8 @@ def paged_attention(
     seq_lens = meta.seq_lens.to(torch.int32)
     # flash-attn's window is inclusive: HF's `p - k < w` is `p - k <= w - 1`
     window = (-1, -1) if sliding_window is None else (sliding_window - 1, 0)
+    # softcap only when set: flash-attn < 2.6 has no such argument
+    extra = {} if logits_soft_cap is None else {"softcap": logits_soft_cap}
     return varlen_func(
         query,
         k_cache,
@@ -76,6 +98,6 @@ def paged_attention(
         softmax_scale=scale,
         causal=True,
         window_size=window,
-        softcap=0.0 if logits_soft_cap is None else logits_soft_cap,
         block_table=meta.block_table.to(torch.int32),
+        **extra,
     )

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 _ORIGINAL_MAX_TYPES = ("llama3", "yarn", "longrope")
 
@@ -81,6 +80,8 @@ def _inv_freqs(
     config: Any, params: dict[str, Any]
 ) -> tuple[torch.Tensor, float, torch.Tensor | None]:
     """(inv_freq, attention_scaling, long_inv_freq or None) as HF computes them."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # heavy: import on use
+
     rope_type = params["rope_type"]
     if rope_type == "default":
         rotary_dim = int(_head_dim(config) * params.get("partial_rotary_factor", 1.0))
@@ -211,7 +212,9 @@ class RotaryEmbedding(torch.nn.Module):
             rope._tables(torch.device(device))
         return rope
 
-    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    def cos_sin(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`positions` `[T]` or `[3, T]` -> cos, sin `[T, rotary_dim]` in `dtype`."""
         freqs = self._freqs(positions)  # [T, rotary_dim // 2] float32
         emb = torch.cat((freqs, freqs), dim=-1)  # [T, rotary_dim]

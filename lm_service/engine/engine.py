@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from kernels.cpu_allocator import tune_cpu_allocator
 from lm_service.config import EngineConfig
 from lm_service.engine.kv_cache import allocate_kv_caches, num_blocks_for
 from lm_service.engine.outputs import RequestOutput, StepOutput
@@ -37,6 +38,8 @@ class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.device = torch.device(config.device)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()   # page faults on step temporaries cost as much as the math
         self.loaded = load_model(
             config.model,
             model_impl=config.model_impl,

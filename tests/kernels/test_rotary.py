@@ -208,7 +208,7 @@ def test_mrope_interleaved_matches_qwen3_vl():
         head_dim=head_dim,
         rope_parameters={
             "rope_type": "default",
-            "mrope_section": [6, 5, 5],
+            "mrope_section": [8, 4, 4],  # t keeps the tail: 13, 14, 15
             "mrope_interleaved": True,
             "rope_theta": 5e5,
         },
