@@ -39,7 +39,7 @@ class Engine:
         self.config = config
         self.device = torch.device(config.device)
         if self.device.type == "cpu":
-            tune_cpu_allocator()   # page faults on step temporaries cost as much as the math
+            tune_cpu_allocator()  # page faults on step temporaries cost as much as the math
         self.loaded = load_model(
             config.model,
             model_impl=config.model_impl,
