@@ -280,6 +280,13 @@ class Qwen2VLTower(Tower):
                 modality, index, "precomputed embeddings need metadata grid_thw = (t, h, w)"
             )
         t, h, w = grid
+        if h % self.merge_size or w % self.merge_size:
+            raise MediaError(
+                modality,
+                index,
+                f"grid_thw {grid}: h and w must be multiples of the spatial merge size "
+                f"({self.merge_size})",
+            )
         merge = self.merge_size**2
         if (t * h * w) % merge or t * h * w // merge != embeddings.shape[0]:
             raise MediaError(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,15 +54,16 @@ class Orchestrator:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Streams the answer to one request; raises the core errors for bad input."""
-        clock = _Clock()
+        clock = _Clock(request.timeout)
         self.validate(request)
         validate_ms = clock.lap()
-        encoded = await self.encode(request.media, request.timeout)
+        encoded = await self.encode(request.media, clock.left("encoding its media"))
         encode_ms = clock.lap()
         built = self._build_prompt(request, encoded)
         prompt_ms = clock.lap()
         lm_request = LMRequest(
-            request_id=request.request_id,
+            # unique per call: clients may reuse their own ids, the LM must not see clashes
+            request_id=f"{request.request_id}-{uuid.uuid4().hex[:12]}",
             prompt_token_ids=built.token_ids,
             sampling_params=request.sampling_params,
             mm_spans=_spans(built, encoded),
@@ -126,6 +128,8 @@ class Orchestrator:
 
     def _build_prompt(self, request: GenerationRequest, encoded: list[Any]) -> BuiltPrompt:
         if request.prompt_token_ids is not None:
+            if any(not isinstance(t, int) or t < 0 for t in request.prompt_token_ids):
+                raise InvalidRequest("prompt_token_ids must be non-negative integers")
             if request.media:
                 raise InvalidRequest("media needs a text prompt with placeholders, not token ids")
             return BuiltPrompt(list(request.prompt_token_ids), (), None)
@@ -162,15 +166,17 @@ class Orchestrator:
         stop = StopChecker(params.stop, request.include_stop_str_in_output)
         num_out = 0
         ttft_ms = 0.0
-        stream = self.lm.generate(lm_request, request.timeout)
+        stream = self.lm.generate(lm_request, clock.left("generating"))
         try:
             async for out in stream:
                 num_out += len(out.new_token_ids)
                 ttft_ms = ttft_ms or clock.total()
                 text, hit = _apply_stop(stop, detok.push(list(out.new_token_ids)))
-                reason = "stop" if hit else out.finish_reason
-                if reason is not None and not hit:
+                if out.finish_reason is not None and not hit:
+                    # the last held-back bytes may still complete a stop string
                     text += _apply_stop(stop, detok.finish())[0] + stop.flush()
+                    hit = stop.is_stopped
+                reason = "stop" if hit else out.finish_reason
                 if reason is None:
                     yield GenerationChunk(
                         request.request_id, text, out.new_token_ids, out.new_logprobs
@@ -257,8 +263,20 @@ def _spans(built: BuiltPrompt, encoded: list[Any]) -> tuple[MultiModalSpan, ...]
 
 
 class _Clock:
-    def __init__(self) -> None:
+    """Stage timings, and the client's deadline shared by every stage."""
+
+    def __init__(self, timeout: float | None = None) -> None:
         self.start = self.mark = time.perf_counter()
+        self.deadline = None if timeout is None else self.start + timeout
+
+    def left(self, stage: str) -> float | None:
+        """Seconds left of the deadline for the next stage; TimeoutError when none are."""
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.perf_counter()
+        if left <= 0:
+            raise TimeoutError(f"the deadline expired before {stage}")
+        return left
 
     def lap(self) -> float:
         now = time.perf_counter()

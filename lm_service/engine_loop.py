@@ -105,7 +105,7 @@ class EngineLoop:
         def abort() -> None:
             stream = self._streams.pop(request_id, None)
             if self.engine.abort(request_id) and stream is not None:
-                stream.put(_abort_output(request_id))
+                _deliver(stream, _abort_output(request_id))
 
         self._commands.put(abort)
 
@@ -137,7 +137,10 @@ class EngineLoop:
         except queue.Empty:
             return
         while True:
-            command()
+            try:
+                command()
+            except Exception:  # noqa: BLE001 - the loop thread must outlive any one command
+                logger.exception("engine loop command failed")
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
@@ -150,16 +153,27 @@ class EngineLoop:
             logger.exception("engine step failed; aborting %d requests", len(self._streams))
             for request_id, stream in list(self._streams.items()):
                 self.engine.abort(request_id)
-                stream.put(exc)
+                _deliver(stream, exc)
             self._streams.clear()
             return
         for out in outputs:
             stream = self._streams.get(out.request_id)
             if stream is None:
                 continue
-            stream.put(out)
             if out.finished:
                 del self._streams[out.request_id]
+            if not _deliver(stream, out):  # its reader is gone: nobody wants the rest
+                self._streams.pop(out.request_id, None)
+                self.engine.abort(out.request_id)
+
+
+def _deliver(stream: RequestStream, item: StepOutput | BaseException) -> bool:
+    try:
+        stream.put(item)
+    except Exception:  # noqa: BLE001 - e.g. the reader's event loop has closed
+        logger.warning("dropping output of %s: its reader is gone", stream.request_id)
+        return False
+    return True
 
 
 def _abort_output(request_id: str) -> StepOutput:

@@ -115,6 +115,10 @@ class SamplingParams:
         )
         if self.seed is not None:
             _check(_is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
+            _check(
+                -(2**63) <= self.seed < 2**64,
+                f"seed must fit in 64 bits (-2**63 <= seed < 2**64), got {self.seed}",
+            )
 
     def _validate_penalties(self) -> None:
         _check(

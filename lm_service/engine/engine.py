@@ -52,7 +52,7 @@ class Engine:
         text_config = self.loaded.text_config
         self.vocab_size = int(text_config.vocab_size)
         self.hidden_size = int(text_config.hidden_size)
-        self.max_model_len = config.max_model_len or _context_length(text_config)
+        self.max_model_len = _max_model_len(config.max_model_len, text_config)
         spec = self.loaded.model.kv_cache_spec()
         self.num_blocks = config.num_blocks or num_blocks_for(
             spec,
@@ -196,6 +196,11 @@ class Engine:
 
     def _effective_params(self, params: SamplingParams, num_prompt: int) -> SamplingParams:
         room = self.max_model_len - num_prompt
+        if 0 <= room < params.min_tokens:
+            raise InvalidRequest(
+                f"min_tokens={params.min_tokens} cannot fit: the prompt has {num_prompt} tokens "
+                f"and max_model_len is {self.max_model_len}"
+            )
         stop_ids = tuple(params.stop_token_ids)
         if not params.ignore_eos:
             stop_ids += tuple(t for t in self.eos_token_ids[1:] if t not in stop_ids)
@@ -238,6 +243,17 @@ def _per_prompt(
     if len(params) != n:
         raise InvalidRequest(f"got {len(params)} sampling params for {n} prompts")
     return list(params)
+
+
+def _max_model_len(requested: int | None, text_config: object) -> int:
+    context = _context_length(text_config)
+    if requested is not None and requested > context:
+        raise InvalidRequest(
+            f"max_model_len={requested} is longer than the model's context length ({context}); "
+            f"if the model can take more, say so with --hf-overrides "
+            f"'{{\"max_position_embeddings\": {requested}}}'"
+        )
+    return requested or context
 
 
 def _context_length(text_config: object) -> int:
