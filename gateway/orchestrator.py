@@ -96,7 +96,10 @@ class Orchestrator:
         by_modality: dict[str, list[int]] = {}
         for index, item in enumerate(media):
             if item.handle is not None:
-                results[index] = self.media_store.get(item.handle, item.modality)
+                # encoded earlier (PutMedia): nothing runs now, which is a cache hit
+                results[index] = self.media_store.get(item.handle, item.modality)._replace(
+                    cache_hit=True
+                )
             else:
                 by_modality.setdefault(item.modality, []).append(index)
         jobs = [

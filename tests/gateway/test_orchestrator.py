@@ -1,0 +1,169 @@
+"""The orchestrator against fake backends: ids, deadlines, stop strings, usage, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from encoder_service.encoder import EncodeResult
+from gateway.backends import EncoderBackend, LMBackend, LMInfo, LMRequest
+from gateway.media_store import MediaStore
+from gateway.modalities import spec_for
+from gateway.orchestrator import Orchestrator, ServedModel
+from gateway.prompt import PromptBuilder
+from gateway.types import GenerationRequest, MediaInput
+from lm_service.engine.outputs import StepOutput
+from lm_service.sampling_params import SamplingParams
+from tests.tiny_models import tiny_model_path
+
+
+class FakeLM(LMBackend):
+    """Streams the token ids of `script` one step at a time."""
+
+    def __init__(self, script: Sequence[int], delay: float = 0.0) -> None:
+        self.script = list(script)
+        self.delay = delay
+        self.request_ids: list[str] = []
+        self.closed_early: list[str] = []
+
+    async def info(self) -> LMInfo:
+        return LMInfo("LlamaForCausalLM", "native", 512, 64, 448, False, 16, 64)
+
+    async def generate(
+        self, request: LMRequest, timeout: float | None = None
+    ) -> AsyncIterator[StepOutput]:
+        self.request_ids.append(request.request_id)
+        sent = 0
+        try:
+            for i, token in enumerate(self.script):
+                await asyncio.sleep(self.delay)
+                last = i == len(self.script) - 1
+                sent += 1
+                yield StepOutput(
+                    request.request_id,
+                    (token,),
+                    (),
+                    "length" if last else None,
+                    len(request.prompt_token_ids),
+                    0,
+                )
+        finally:
+            if sent < len(self.script):
+                self.closed_early.append(request.request_id)
+
+
+class SlowEncoder(EncoderBackend):
+    def modalities(self) -> frozenset[str]:
+        return frozenset({"image"})
+
+    async def encode(
+        self, modality: str, items: Sequence[Any], timeout: float | None = None
+    ) -> list[Any]:
+        await asyncio.wait_for(asyncio.sleep(10), timeout)
+        return []
+
+
+def _orchestrator(
+    lm: LMBackend, encoders: EncoderBackend | None = None, name: str = "llama"
+) -> Orchestrator:
+    path = str(tiny_model_path(name))
+    prompts = PromptBuilder.from_pretrained(path)
+    arch = prompts.architecture
+    served = ServedModel(
+        path, arch, "generate", spec_for(arch), {"image": 1, "video": 0, "audio": 0}
+    )
+    return Orchestrator(served, prompts, encoders or SlowEncoder(), lm, MediaStore())
+
+
+def _run(orchestrator: Orchestrator, request: GenerationRequest) -> list[Any]:
+    async def collect() -> list[Any]:
+        return [chunk async for chunk in orchestrator.generate(request)]
+
+    return asyncio.run(collect())
+
+
+def _request(prompt: str = "Hello", request_id: str = "r", **sampling: Any) -> GenerationRequest:
+    return GenerationRequest(request_id, SamplingParams(**sampling), prompt=prompt)
+
+
+def test_text_usage_and_finish() -> None:
+    tokenizer = PromptBuilder.from_pretrained(str(tiny_model_path("llama"))).tokenizer
+    script = tokenizer.encode("hello world and more", add_special_tokens=False)
+    chunks = _run(_orchestrator(FakeLM(script)), _request())
+    assert "".join(c.text for c in chunks) == tokenizer.decode(script)
+    last = chunks[-1]
+    assert last.finish_reason == "length" and last.usage.completion_tokens == len(script)
+    assert last.usage.prompt_tokens > 0 and last.timings.total_ms > 0
+    assert all(c.finish_reason is None for c in chunks[:-1])
+
+
+def test_stop_string_cuts_the_text_and_closes_the_lm_stream() -> None:
+    tokenizer = PromptBuilder.from_pretrained(str(tiny_model_path("llama"))).tokenizer
+    script = tokenizer.encode("the cat sat on the mat today", add_special_tokens=False)
+    lm = FakeLM(script)
+    chunks = _run(_orchestrator(lm), _request(stop=["on the"]))
+    assert "".join(c.text for c in chunks) == "the cat sat "
+    assert chunks[-1].finish_reason == "stop"
+    assert lm.closed_early == lm.request_ids  # the LM request was aborted, not run to the end
+
+
+def test_client_ids_may_repeat_but_lm_ids_never_do() -> None:
+    lm = FakeLM([10, 11, 12], delay=0.01)
+    orchestrator = _orchestrator(lm)
+
+    async def both() -> None:
+        async def one() -> None:
+            async for _ in orchestrator.generate(_request(request_id="same")):
+                pass
+
+        await asyncio.gather(one(), one())
+
+    asyncio.run(both())
+    assert len(set(lm.request_ids)) == 2 and all(r.startswith("same-") for r in lm.request_ids)
+
+
+def test_one_deadline_covers_encode_and_generate() -> None:
+    orchestrator = _orchestrator(FakeLM([1, 2]), name="llava")
+    request = GenerationRequest(
+        "r",
+        SamplingParams(),
+        prompt="<image>",
+        media=(MediaInput("image", data=b"x"),),
+        timeout=0.1,
+    )
+    with pytest.raises(TimeoutError):
+        _run(orchestrator, request)
+
+
+def test_cancelling_the_consumer_closes_the_lm_stream() -> None:
+    lm = FakeLM(list(range(10, 60)), delay=0.01)
+    orchestrator = _orchestrator(lm)
+
+    async def cancel_midway() -> None:
+        async def consume() -> None:
+            async for _ in orchestrator.generate(_request(max_tokens=50)):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_midway())
+    assert lm.closed_early == lm.request_ids and lm.request_ids
+
+
+def test_media_handles_report_a_cache_hit() -> None:
+    import torch
+
+    orchestrator = _orchestrator(FakeLM([1]), name="llava")
+    stored = EncodeResult(torch.zeros(16, 64), 16, "abc", False, {})
+    handle = orchestrator.media_store.put("image", stored)
+    request = GenerationRequest(
+        "r", SamplingParams(), prompt="<image>hi", media=(MediaInput("image", handle=handle),)
+    )
+    assert _run(orchestrator, request)[-1].media_cache_hits == (True,)
