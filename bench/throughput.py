@@ -142,6 +142,7 @@ def main() -> None:
             f"{num_out} output tokens; torch threads {torch.get_num_threads()}"
         )
         ours_s, engine = run_ours(path, requests, args.dtype)
+        print(f"meshserve done in {ours_s:.1f}s; running HF...", flush=True)
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
         hf_s = run_hf(hf, requests, args.hf_batch)
         ours_tps, hf_tps = num_out / ours_s, num_out / hf_s

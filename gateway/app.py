@@ -14,6 +14,8 @@ from gateway.media_store import MediaStore
 from gateway.modalities import spec_for
 from gateway.orchestrator import Orchestrator, ServedModel
 from gateway.prompt import PromptBuilder
+from lm_service.pooling import POOLING_TASKS
+from protos.errors import Unsupported
 
 logger = logging.getLogger("meshserve.gateway")
 
@@ -63,24 +65,51 @@ def local_backends(
     encoder_dtype: str = "float32",
     encoder_device: str = "cpu",
     cache_bytes: int = 256 << 20,
+    override_pooler_config: Any = None,
 ) -> tuple[LocalEncoderBackend, LocalLMBackend]:
-    """In-process encoders (one per modality the model takes) and engine loop."""
+    """In-process encoders (one per modality the model takes) and engine loop; for a pooling
+    task, no encoders (text only for now) and a pooling model instead of the engine."""
     from encoder_service import Encoder
     from lm_service.engine.engine import Engine
     from lm_service.engine_loop import EngineLoop
 
-    encoders = {
-        modality: Encoder.from_pretrained(
+    if served.task in POOLING_TASKS:
+        return LocalEncoderBackend({}), local_pooling_backend(
+            engine_config, served.task, override_pooler_config
+        )
+
+    encoders: dict[str, Encoder] = {}
+    for modality in media_modalities(served):
+        shared = next(iter(encoders.values())).tower if encoders else None  # e.g. Qwen2-VL I + V
+        encoders[modality] = Encoder.from_pretrained(
             served.model,
             modality=modality,
             dtype=encoder_dtype,
             device=encoder_device,
             cache_bytes=cache_bytes,
+            tower=shared,
         )
-        for modality in media_modalities(served)
-    }
     loop = EngineLoop(Engine(engine_config)).start()
     return LocalEncoderBackend(encoders), LocalLMBackend(loop)
+
+
+def local_pooling_backend(
+    engine_config: Any, task: str, override_pooler_config: Any = None
+) -> LocalLMBackend:
+    from lm_service.pooling import PoolingConfig, PoolingModel
+
+    config = PoolingConfig.from_engine_config(engine_config, task, override_pooler_config)
+    return LocalLMBackend(pooling=PoolingModel.from_config(config))
+
+
+def check_lm_task(served: ServedModel, info: Any) -> None:
+    """Refuses, at start-up, an LM that runs another task than the gateway serves."""
+    if served.task == "transcription" or served.task in info.tasks:
+        return
+    raise Unsupported(
+        f"the LM serves {served.model} for {', '.join(map(repr, info.tasks))}, but this gateway "
+        f"was started with --task {served.task}; start both with the same --task"
+    )
 
 
 def remote_backends(
@@ -110,6 +139,7 @@ async def serve(
         if hasattr(backend, "start"):
             backend.start()
     info = await orchestrator.lm.info()
+    check_lm_task(orchestrator.served, info)
     server = grpc.aio.server(options=serving.SERVER_OPTIONS)
     gateway_pb2_grpc.add_GatewayServicer_to_server(
         GatewayServicer(orchestrator, info.model_impl, info.max_model_len), server

@@ -18,6 +18,7 @@ from lm_service.engine.outputs import StepOutput
 from lm_service.engine.request import MultiModalSpan
 from lm_service.engine_loop import EngineLoop, RequestStream
 from lm_service.sampling_params import SamplingParams
+from protos.errors import Unsupported
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class LMInfo:
     uses_mrope: bool
     block_size: int
     num_blocks: int
+    tasks: tuple[str, ...] = ("generate",)
 
 
 class EncoderBackend(abc.ABC):
@@ -70,6 +72,13 @@ class LMBackend(abc.ABC):
     ) -> AsyncIterator[StepOutput]:
         """Yields step outputs until one is finished. Closing the iterator early aborts the
         request and frees its KV blocks."""
+
+    async def pool(
+        self, task: str, inputs: Sequence[Any], timeout: float | None = None
+    ) -> list[torch.Tensor]:
+        """lm_service.pooling.PoolingInput list -> one float32 tensor per input, same order:
+        embed [hidden], classify [num_labels], score [1], reward [rows, D] or [D]."""
+        raise Unsupported(f"this LM backend does not serve pooling tasks such as {task!r}")
 
     async def close(self) -> None:
         """Releases channels; local backends have nothing to release."""
@@ -110,12 +119,15 @@ class _AsyncRequestStream(RequestStream):
 
 
 class LocalLMBackend(LMBackend):
-    """An in-process engine loop."""
+    """An in-process engine loop, or an in-process pooling model (`pooling`) instead."""
 
-    def __init__(self, loop: EngineLoop) -> None:
+    def __init__(self, loop: EngineLoop | None = None, pooling: Any = None) -> None:
         self.loop = loop
+        self.pooling = pooling  # lm_service.pooling.PoolingModel
 
     async def info(self) -> LMInfo:
+        if self.pooling is not None:
+            return _pooling_info(self.pooling)
         engine = self.loop.engine
         return LMInfo(
             architecture=engine.loaded.architecture,
@@ -131,6 +143,11 @@ class LocalLMBackend(LMBackend):
     async def generate(
         self, request: LMRequest, timeout: float | None = None
     ) -> AsyncIterator[StepOutput]:
+        if self.loop is None:
+            raise Unsupported(
+                f"this LM serves the {self.pooling.task.value!r} task; Generate needs task "
+                "'generate'"
+            )
         stream = _AsyncRequestStream(request.request_id, asyncio.get_running_loop())
         await asyncio.to_thread(
             self.loop.submit,
@@ -153,5 +170,30 @@ class LocalLMBackend(LMBackend):
             if not finished:
                 self.loop.abort(request.request_id)
 
+    async def pool(
+        self, task: str, inputs: Sequence[Any], timeout: float | None = None
+    ) -> list[torch.Tensor]:
+        if self.pooling is None:
+            return await super().pool(task, inputs, timeout)
+        work = asyncio.to_thread(self.pooling.pool, task, list(inputs))
+        return await asyncio.wait_for(work, timeout)
+
     async def close(self) -> None:
-        await asyncio.to_thread(self.loop.stop)
+        if self.pooling is not None:
+            await asyncio.to_thread(self.pooling.close)
+        if self.loop is not None:
+            await asyncio.to_thread(self.loop.stop)
+
+
+def _pooling_info(model: Any) -> LMInfo:
+    return LMInfo(
+        architecture=model.architecture,
+        model_impl="transformers",
+        max_model_len=model.max_model_len,
+        hidden_size=model.hidden_size,
+        vocab_size=model.vocab_size,
+        uses_mrope=False,
+        block_size=0,
+        num_blocks=0,
+        tasks=(model.task.value,),
+    )

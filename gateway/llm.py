@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gateway.app import build_orchestrator, local_backends, served_model
+from gateway.pooling import PoolingOrchestrator, Prompt
 from gateway.types import GenerationRequest, MediaInput
 from lm_service.config import EngineConfig
+from lm_service.pooling import POOLING_TASKS
 from lm_service.sampling_params import SamplingParams
 from protos.errors import InvalidRequest, Unsupported
 
@@ -40,13 +42,55 @@ class RequestOutput:
     finished: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class PoolingOutput:
+    """`llm.encode(...)[i].outputs.data`: the task's raw pooled tensor."""
+
+    data: Any  # torch.Tensor: embed [hidden], classify [num_labels], score [1], reward [rows, D]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingOutput:
+    embedding: list[float]
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.embedding)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassificationOutput:
+    probs: list[float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.probs)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringOutput:
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class PoolingRequestOutput:
+    """Shaped like vLLM's: `.outputs.embedding`, `.outputs.probs`, `.outputs.score`, `.data`."""
+
+    request_id: str
+    outputs: PoolingOutput | EmbeddingOutput | ClassificationOutput | ScoringOutput
+    prompt_token_ids: tuple[int, ...]
+    finished: bool = True
+
+
 class LLM:
-    """Generate from a model in this process: text, images, videos and audio.
+    """Generate from a model in this process: text, images, videos and audio; or, with a
+    pooling task, embed, classify, score and reward (text only).
 
     Args:
         model: HF model id or local path.
-        task: "generate" (pooling tasks are not served yet).
+        task: "generate", or a pooling task: "embed", "classify", "score", "reward".
         limit_mm_per_prompt: e.g. {"image": 2}; default 1 item per modality.
+        override_pooler_config: pooling tasks: e.g. {"pooling_type": "MEAN", "normalize": False}.
         engine_args: any other EngineConfig field (dtype, model_impl, block_size, ...).
     """
 
@@ -56,19 +100,28 @@ class LLM:
         task: str = "generate",
         limit_mm_per_prompt: Mapping[str, int] | str | None = None,
         trust_remote_code: bool = False,
+        override_pooler_config: Mapping[str, Any] | str | None = None,
         **engine_args: Any,
     ) -> None:
-        if task != "generate":
-            raise Unsupported(f"the offline LLM serves task='generate' only for now, not {task!r}")
+        if task not in ("generate", *POOLING_TASKS):
+            tasks = ", ".join(("generate", *POOLING_TASKS))
+            raise Unsupported(f"the offline LLM serves task {tasks}; not {task!r}")
+        if override_pooler_config and task == "generate":
+            raise InvalidRequest("override_pooler_config applies to pooling tasks only")
         self.served = served_model(model, task, limit_mm_per_prompt, trust_remote_code)
         config = EngineConfig(model=model, trust_remote_code=trust_remote_code, **engine_args)
         encoders, lm = local_backends(
-            config, self.served, encoder_dtype=config.dtype, encoder_device=config.device
+            config,
+            self.served,
+            encoder_dtype=config.dtype,
+            encoder_device=config.device,
+            override_pooler_config=override_pooler_config,
         )
         self._lm = lm
         self._orchestrator = build_orchestrator(
             self.served, encoders, lm, trust_remote_code=trust_remote_code
         )
+        self._pooling = PoolingOrchestrator.of(self._orchestrator)
         self._ids = itertools.count()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="llm-loop", daemon=True)
@@ -81,6 +134,7 @@ class LLM:
     ) -> list[RequestOutput]:
         """One output per prompt, in order. A prompt is a str, {"prompt": str,
         "multi_modal_data": {...}} or {"prompt_token_ids": [...]}; or a list of them."""
+        self._require_task("generate", "generate")
         items = prompts if isinstance(prompts, list | tuple) else [prompts]
         params = _per_prompt(sampling_params, len(items))
         requests = [self._request(p, sp) for p, sp in zip(items, params, strict=True)]
@@ -95,6 +149,7 @@ class LLM:
         """One conversation (a list of messages) or several; content parts may hold media:
         {"type": "image", "image": PIL.Image}, {"type": "video", "video": frames},
         {"type": "audio", "audio": (waveform, sampling_rate)}, {"type": "text", "text": ...}."""
+        self._require_task("chat", "generate")
         conversations = [messages] if messages and isinstance(messages[0], Mapping) else messages
         requests = [
             self._chat_request(list(c), sampling_params or SamplingParams(), add_generation_prompt)
@@ -102,8 +157,50 @@ class LLM:
         ]
         return self._run(self._collect_all(requests))
 
+    # --- pooling ---------------------------------------------------------------------
+    def encode(self, prompts: Any) -> list[PoolingRequestOutput]:
+        """The served pooling task's raw output per prompt (`.outputs.data`, a tensor)."""
+        self._require_task("encode", *POOLING_TASKS)
+        result = self._run(self._pooling.encode(_pooling_prompts(prompts), None))
+        return [self._output(PoolingOutput(o.data), o.prompt_token_ids) for o in result.outputs]
+
+    def embed(self, prompts: Any) -> list[PoolingRequestOutput]:
+        """One embedding per prompt: `.outputs.embedding` (a list of floats)."""
+        self._require_task("embed", "embed")
+        result = self._run(self._pooling.embed(_pooling_prompts(prompts), None, None))
+        return [
+            self._output(EmbeddingOutput(o.data.tolist()), o.prompt_token_ids)
+            for o in result.outputs
+        ]
+
+    def classify(self, prompts: Any) -> list[PoolingRequestOutput]:
+        """Class probabilities per prompt: `.outputs.probs`."""
+        self._require_task("classify", "classify")
+        results, pooled = self._run(self._pooling.classify(_pooling_prompts(prompts), None))
+        return [
+            self._output(ClassificationOutput(r.probs), o.prompt_token_ids)
+            for r, o in zip(results, pooled.outputs, strict=True)
+        ]
+
+    def score(
+        self, text_1: str | Sequence[str], text_2: str | Sequence[str]
+    ) -> list[PoolingRequestOutput]:
+        """`.outputs.score` per pair: one text_1 against each text_2, or pairs one to one.
+        A cross-encoder (task "score") reads each pair; an embedding model (task "embed")
+        gives the cosine of the two embeddings."""
+        self._require_task("score", "score", "embed")
+        first = [text_1] if isinstance(text_1, str) else list(text_1)
+        second = [text_2] if isinstance(text_2, str) else list(text_2)
+        result = self._run(self._pooling.score(first, second, None))
+        return [
+            self._output(ScoringOutput(s), ids)
+            for s, ids in zip(result.scores, result.prompt_token_ids, strict=True)
+        ]
+
     def apply_model(self, func: Callable[[Any], T]) -> list[T]:
         """Runs `func` on the model of each worker (there is one here), like vLLM."""
+        if self._lm.pooling is not None:
+            return [func(self._lm.pooling.model)]
         engine = self._lm.loop.engine
         return [self._lm.loop.call(lambda _: func(engine.loaded.model))]
 
@@ -116,6 +213,15 @@ class LLM:
         self._thread.join(timeout=5)
 
     # --- helpers ---------------------------------------------------------------------
+    def _require_task(self, method: str, *tasks: str) -> None:
+        task = self.served.task
+        if task not in tasks:
+            hint = "a pooling task" if method == "encode" else f"task={tasks[0]!r}"
+            raise Unsupported(f"LLM(task={task!r}) cannot {method}; create the LLM with {hint}")
+
+    def _output(self, outputs: Any, prompt_token_ids: Sequence[int]) -> PoolingRequestOutput:
+        return PoolingRequestOutput(f"offline-{next(self._ids)}", outputs, tuple(prompt_token_ids))
+
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
@@ -187,6 +293,25 @@ class LLM:
             media=tuple(media),
             add_generation_prompt=add_gen,
         )
+
+
+def _pooling_prompts(prompts: Any) -> list[Prompt]:
+    """str, {"prompt": str}, {"prompt_token_ids": [...]}, or a list of them -> texts / ids."""
+    items = prompts if isinstance(prompts, list | tuple) else [prompts]
+    out: list[Prompt] = []
+    for item in items:
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        if not isinstance(item, Mapping):
+            raise InvalidRequest(f"a prompt is a str or a dict, got {type(item).__name__}")
+        if item.get("multi_modal_data"):
+            raise Unsupported("pooling takes text only for now; multi_modal_data is not supported")
+        if "prompt_token_ids" in item:
+            out.append([int(t) for t in item["prompt_token_ids"]])
+        else:
+            out.append(str(item["prompt"]))
+    return out
 
 
 def _media_from_data(data: Mapping[str, Any]) -> tuple[MediaInput, ...]:

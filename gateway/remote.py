@@ -13,7 +13,12 @@ from encoder_service.wire import encode_request_to_pb, encode_results_from_pb
 from gateway.backends import EncoderBackend, LMBackend, LMInfo, LMRequest
 from gateway.replicas import Replica, ReplicaSet, is_unavailable
 from lm_service.engine.outputs import StepOutput
-from lm_service.wire import lm_request_to_pb, step_from_pb
+from lm_service.wire import (
+    lm_request_to_pb,
+    pool_outputs_from_pb,
+    pool_request_to_pb,
+    step_from_pb,
+)
 from protos.meshserve.v1 import encoder_pb2_grpc, lm_pb2, lm_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -79,6 +84,7 @@ class RemoteLMBackend(LMBackend):
             uses_mrope=reply.uses_mrope,
             block_size=reply.block_size,
             num_blocks=reply.num_blocks,
+            tasks=tuple(reply.tasks) or ("generate",),
         )
 
     async def _get_info(self, wait_seconds: float) -> lm_pb2.LMInfo:
@@ -120,6 +126,22 @@ class RemoteLMBackend(LMBackend):
                 tried.append(replica)
             finally:
                 call.cancel()  # no-op when done; frees the LM's blocks when we stop early
+
+    async def pool(
+        self, task: str, inputs: Sequence[Any], timeout: float | None = None
+    ) -> list[Any]:
+        """One Pool call on one replica; an UNAVAILABLE replica is retried once on another."""
+        message = pool_request_to_pb(task, inputs)
+        tried: list[Replica] = []
+        while True:
+            replica = self.replicas.pick(exclude=tried)
+            try:
+                return pool_outputs_from_pb(await replica.stub.Pool(message, timeout=timeout))
+            except grpc.aio.AioRpcError as exc:
+                if not is_unavailable(exc) or tried:
+                    raise
+                self.replicas.mark_down(replica)
+                tried.append(replica)
 
     async def close(self) -> None:
         await self.replicas.close()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
 from gateway.orchestrator import Orchestrator
+from gateway.pooling import POOLING_TASKS, PoolingOrchestrator, not_served
+from gateway.types import Usage
 from gateway.wire import chat_from_pb, chunk_to_pb, generate_from_pb, media_from_pb
 from protos.errors import Unsupported
-from protos.meshserve.v1 import gateway_pb2, gateway_pb2_grpc
+from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from protos.status import aio_grpc_errors
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
@@ -22,11 +24,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.orchestrator = orchestrator
         self.model_impl = model_impl
         self.max_model_len = max_model_len
+        self._pooling: PoolingOrchestrator | None = None
+
+    @property
+    def pooling(self) -> PoolingOrchestrator:
+        if self._pooling is None:
+            self._pooling = PoolingOrchestrator.of(self.orchestrator)
+        return self._pooling
+
+    def _require_generate(self) -> None:
+        if self.orchestrator.served.task in POOLING_TASKS:
+            raise self._not_served("generate")
 
     @aio_grpc_errors
     async def Generate(
         self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
+        self._require_generate()
         async for chunk in self.orchestrator.generate(
             generate_from_pb(request, context.time_remaining())
         ):
@@ -36,6 +50,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Chat(
         self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
+        self._require_generate()
         async for chunk in self.orchestrator.generate(
             chat_from_pb(request, context.time_remaining())
         ):
@@ -74,19 +89,40 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Embed(
         self, request: gateway_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.EmbedResponse:
-        raise self._not_served("embed")
+        normalize = request.normalize if request.HasField("normalize") else None
+        result = await self.pooling.embed(
+            _texts(request.inputs), normalize, context.time_remaining()
+        )
+        return gateway_pb2.EmbedResponse(
+            embeddings=[gateway_pb2.Embedding(values=o.data.tolist()) for o in result.outputs],
+            usage=_usage_to_pb(result.usage),
+        )
 
     @aio_grpc_errors
     async def Classify(
         self, request: gateway_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ClassifyResponse:
-        raise self._not_served("classify")
+        results, pooled = await self.pooling.classify(
+            _texts(request.inputs), context.time_remaining()
+        )
+        return gateway_pb2.ClassifyResponse(
+            results=[
+                gateway_pb2.Classification(probs=r.probs, label_index=r.label_index, label=r.label)
+                for r in results
+            ],
+            usage=_usage_to_pb(pooled.usage),
+        )
 
     @aio_grpc_errors
     async def Score(
         self, request: gateway_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ScoreResponse:
-        raise self._not_served("score")
+        result = await self.pooling.score(
+            [request.text_1] if request.text_1 else [],
+            list(request.text_2),
+            context.time_remaining(),
+        )
+        return gateway_pb2.ScoreResponse(scores=result.scores, usage=_usage_to_pb(result.usage))
 
     @aio_grpc_errors
     async def Transcribe(
@@ -96,8 +132,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         yield  # an async generator, like the other streams
 
     def _not_served(self, task: str) -> Unsupported:
-        served = self.orchestrator.served
-        return Unsupported(
-            f"this gateway serves {served.model} ({served.architecture}) for the "
-            f"{served.task!r} task; {task!r} is not available"
-        )
+        return not_served(self.orchestrator.served, task)
+
+
+def _texts(inputs: Sequence[gateway_pb2.PoolingInput]) -> list[str]:
+    """Text-only pooling inputs; media would need the encoders (not wired for pooling yet)."""
+    for index, item in enumerate(inputs):
+        if item.media:
+            raise Unsupported(
+                f"input {index} carries media; pooling takes text only for now, send text inputs"
+            )
+    return [item.text for item in inputs]
+
+
+def _usage_to_pb(usage: Usage) -> common_pb2.Usage:
+    return common_pb2.Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_prompt_tokens=usage.cached_prompt_tokens,
+    )

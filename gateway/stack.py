@@ -107,6 +107,8 @@ def engine_flags(args: argparse.Namespace) -> tuple[str, ...]:
         if action.dest in ENGINE_FLAGS_SKIPPED or not action.option_strings:
             continue
         flags += _flag_argv(action, getattr(args, action.dest, action.default))
+    if args.task != "generate":
+        flags += ["--task", args.task]  # a pooling LM (embed, classify, score, reward)
     return tuple(flags)
 
 
@@ -276,6 +278,7 @@ def run_embedded(args: argparse.Namespace, served: Any) -> int:
         encoder_dtype="float32" if args.dtype == "auto" else args.dtype,
         encoder_device=args.encoder_device or args.device,
         cache_bytes=args.cache_bytes,
+        override_pooler_config=getattr(args, "override_pooler_config", None),
     )
     orchestrator = build_orchestrator(
         served,

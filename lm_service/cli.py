@@ -6,12 +6,15 @@ import argparse
 import json
 import logging
 import time
+from typing import Any
 
 from lm_service.config import DTYPES, MODEL_IMPLS, EngineConfig
+from protos.errors import InvalidRequest
 from protos.serving import parse_bytes
 
 logger = logging.getLogger("meshserve.lm")
 DEFAULT_PORT = 50061
+TASKS = ("generate", "embed", "classify", "score", "reward")
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +73,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         help="JSON merged into the HF config, e.g. '{\"max_position_embeddings\": 4096}'",
     )
     g.add_argument("--revision", default=None, help="model revision (branch, tag or commit)")
+    g.add_argument(
+        "--override-pooler-config",
+        type=json.loads,
+        default=None,
+        help="pooling tasks: JSON that replaces the model's pooler defaults, e.g. "
+        '\'{"pooling_type": "MEAN", "normalize": false}\'',
+    )
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -110,6 +120,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=30.0,
         help="on SIGTERM, how long in-flight streams may finish (default 30)",
     )
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default="generate",
+        help="generate (default), or a pooling task: embed, classify, score (cross-encoder "
+        "pairs) or reward; a pooling LM answers Pool instead of Generate",
+    )
     add_engine_args(p)
     p.set_defaults(func=run)
 
@@ -123,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
     from protos.meshserve.v1 import lm_pb2_grpc
 
     config = engine_config_from_args(args)
+    if args.task == "generate" and args.override_pooler_config:
+        raise InvalidRequest(
+            "--override-pooler-config applies to pooling tasks (--task embed, ...)"
+        )
     server = serving.make_server()
     servicer = LanguageModelServicer(args.model)
     lm_pb2_grpc.add_LanguageModelServicer_to_server(servicer, server)
@@ -130,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
     port = serving.bind(server, args.host, args.port)
     server.start()  # answers NOT_SERVING while the model loads
     started = time.monotonic()
+    if args.task != "generate":
+        return run_pooling(args, config, server, servicer, health, port)
     engine = Engine(config)
     engine.generate(
         [[engine.eos_token_ids[0] if engine.eos_token_ids[0] >= 0 else 0]],
@@ -151,4 +174,40 @@ def run(args: argparse.Namespace) -> int:
     )
     serving.serve_until_signal(server, health, [SERVICE_NAME], args.grace_seconds)
     loop.stop()
+    return 0
+
+
+def run_pooling(
+    args: argparse.Namespace,
+    config: EngineConfig,
+    server: Any,
+    servicer: Any,
+    health: Any,
+    port: int,
+) -> int:
+    """`meshserve lm --task embed|classify|score|reward`: a dense pooling model, no KV cache."""
+    from lm_service.pooling import PoolingConfig, PoolingInput, PoolingModel
+    from lm_service.server import SERVICE_NAME
+    from protos import serving
+
+    started = time.monotonic()
+    pooling_config = PoolingConfig.from_engine_config(
+        config, args.task, args.override_pooler_config
+    )
+    model = PoolingModel.from_config(pooling_config)
+    model.run([PoolingInput((0,))])  # warm-up
+    servicer.attach_pooling(model)
+    serving.set_serving(health, [SERVICE_NAME], serving=True)
+    logger.info(
+        "lm ready on %s:%d  model=%s  arch=%s  task=%s  pooler=%s  (%.1fs)",
+        args.host,
+        port,
+        args.model,
+        model.architecture,
+        args.task,
+        model.pooler_config,
+        time.monotonic() - started,
+    )
+    serving.serve_until_signal(server, health, [SERVICE_NAME], args.grace_seconds)
+    model.close()
     return 0

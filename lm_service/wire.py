@@ -142,3 +142,49 @@ def step_from_pb(request_id: str, message: lm_pb2.LMGenerateResponse) -> StepOut
         num_prompt_tokens=message.num_prompt_tokens,
         num_cached_tokens=message.num_cached_tokens,
     )
+
+
+# ----------------------------------------------------------------------------- pooling
+
+POOLING_TASK_CODES = {
+    "embed": lm_pb2.POOLING_TASK_EMBED,
+    "classify": lm_pb2.POOLING_TASK_CLASSIFY,
+    "score": lm_pb2.POOLING_TASK_SCORE,
+    "reward": lm_pb2.POOLING_TASK_REWARD,
+}
+POOLING_TASK_NAMES = {code: name for name, code in POOLING_TASK_CODES.items()}
+
+
+def pooling_task_from_pb(code: int) -> str:
+    if code not in POOLING_TASK_NAMES:
+        raise InvalidRequest("a Pool request needs a task: embed, classify, score or reward")
+    return POOLING_TASK_NAMES[code]
+
+
+def pool_inputs_from_pb(inputs: Any) -> list[Any]:
+    """PoolInput messages -> lm_service.pooling.PoolingInput (no token types when unset)."""
+    from lm_service.pooling import PoolingInput
+
+    return [
+        PoolingInput(tuple(item.token_ids), tuple(item.token_type_ids) or None) for item in inputs
+    ]
+
+
+def pool_request_to_pb(task: str, inputs: Any) -> lm_pb2.PoolRequest:
+    if task not in POOLING_TASK_CODES:
+        raise InvalidRequest(f"unknown pooling task {task!r}")
+    return lm_pb2.PoolRequest(
+        task=POOLING_TASK_CODES[task],
+        inputs=[
+            lm_pb2.PoolInput(token_ids=item.token_ids, token_type_ids=item.token_type_ids or ())
+            for item in inputs
+        ],
+    )
+
+
+def pool_outputs_to_pb(outputs: list[Any]) -> lm_pb2.PoolResponse:
+    return lm_pb2.PoolResponse(outputs=[tensor_to_proto(output) for output in outputs])
+
+
+def pool_outputs_from_pb(message: lm_pb2.PoolResponse) -> list[Any]:
+    return [tensor_from_proto(output) for output in message.outputs]

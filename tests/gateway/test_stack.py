@@ -474,7 +474,8 @@ def test_up_reports_a_service_that_fails_to_load(tiny_model, start_up) -> None:
     code = up.process.wait(120)
     log = up.log()
     assert code == 1, log
-    assert "lm (pid" in log and "exited with status 1 while the stack was starting" in log
+    # status 2: the child refused a user mistake (meshserve exits 2 for those, with a sentence)
+    assert "lm (pid" in log and "exited with status 2 while the stack was starting" in log
     assert "raise --kv-cache-memory" in log  # the child's own last log lines
     assert "the services' logs are in" in log
 
