@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -160,18 +159,7 @@ async def serve(
     )
     if ready is not None:
         ready.set()
-    stop = stop or _signal_event()
-    await stop.wait()
-    logger.info("gateway draining: NOT_SERVING, in-flight streams get %.0fs", grace_seconds)
-    serving.set_serving(health, [SERVICE_NAME], serving=False)
-    await server.stop(grace_seconds)
+    await (stop or serving.stop_on_signals()).wait()
+    await serving.drain(server, health, [SERVICE_NAME], grace_seconds)
     await orchestrator.encoders.close()
     await orchestrator.lm.close()
-
-
-def _signal_event() -> asyncio.Event:
-    event = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, event.set)
-    return event

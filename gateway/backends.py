@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 
 from lm_service.engine.outputs import StepOutput
 from lm_service.engine.request import MultiModalSpan
-from lm_service.engine_loop import EngineLoop, RequestStream
+from lm_service.engine_loop import EngineLoop, stream_outputs
 from lm_service.sampling_params import SamplingParams
 from protos.errors import Unsupported
 
@@ -100,24 +101,6 @@ class LocalEncoderBackend(EncoderBackend):
         return await asyncio.wait_for(work, timeout)
 
 
-class _AsyncRequestStream(RequestStream):
-    """A RequestStream that hands outputs to an asyncio loop instead of a blocking queue."""
-
-    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(request_id)
-        self._loop = loop
-        self._outputs: asyncio.Queue[Any] = asyncio.Queue()
-
-    def put(self, item: StepOutput | BaseException) -> None:
-        self._loop.call_soon_threadsafe(self._outputs.put_nowait, item)
-
-    async def next(self) -> StepOutput:
-        item = await self._outputs.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-
 class LocalLMBackend(LMBackend):
     """An in-process engine loop, or an in-process pooling model (`pooling`) instead."""
 
@@ -148,27 +131,20 @@ class LocalLMBackend(LMBackend):
                 f"this LM serves the {self.pooling.task.value!r} task; Generate needs task "
                 "'generate'"
             )
-        stream = _AsyncRequestStream(request.request_id, asyncio.get_running_loop())
-        await asyncio.to_thread(
-            self.loop.submit,
+        outputs_stream = stream_outputs(
+            self.loop,
             request.request_id,
             request.prompt_token_ids,
             request.sampling_params,
             request.mm_spans,
             request.mrope_positions,
-            stream,
+            timeout,
         )
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        finished = False
-        try:
-            while not finished:
-                left = None if deadline is None else deadline - asyncio.get_running_loop().time()
-                out = await asyncio.wait_for(stream.next(), left)
-                finished = out.finished
-                yield out
-        finally:
-            if not finished:
-                self.loop.abort(request.request_id)
+        # aclosing: when our caller stops early, the inner stream must abort now, not at GC
+        async with contextlib.aclosing(outputs_stream):
+            async for outputs in outputs_stream:
+                for out in outputs:
+                    yield out
 
     async def pool(
         self, task: str, inputs: Sequence[Any], timeout: float | None = None

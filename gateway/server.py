@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
 from gateway.orchestrator import Orchestrator
 from gateway.pooling import POOLING_TASKS, PoolingOrchestrator, not_served
-from gateway.types import Usage
+from gateway.types import GenerationRequest, Usage
 from gateway.wire import chat_from_pb, chunk_to_pb, generate_from_pb, media_from_pb
 from protos.errors import Unsupported
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -41,20 +42,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         self._require_generate()
-        async for chunk in self.orchestrator.generate(
-            generate_from_pb(request, context.time_remaining())
+        async for reply in _replies(
+            self.orchestrator, generate_from_pb(request, context.time_remaining())
         ):
-            yield chunk_to_pb(chunk)
+            yield reply
 
     @aio_grpc_errors
     async def Chat(
         self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         self._require_generate()
-        async for chunk in self.orchestrator.generate(
-            chat_from_pb(request, context.time_remaining())
+        async for reply in _replies(
+            self.orchestrator, chat_from_pb(request, context.time_remaining())
         ):
-            yield chunk_to_pb(chunk)
+            yield reply
 
     @aio_grpc_errors
     async def PutMedia(
@@ -151,3 +152,13 @@ def _usage_to_pb(usage: Usage) -> common_pb2.Usage:
         completion_tokens=usage.completion_tokens,
         cached_prompt_tokens=usage.cached_prompt_tokens,
     )
+
+
+async def _replies(
+    orchestrator: Orchestrator, request: GenerationRequest
+) -> AsyncIterator[gateway_pb2.GenerateResponse]:
+    """The stream's replies; closing it (client gone) closes the LM stream at once, not at GC."""
+    chunks = orchestrator.generate(request)
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            yield chunk_to_pb(chunk)

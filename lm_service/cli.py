@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import time
@@ -132,82 +133,80 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lm_service.engine.engine import Engine
-    from lm_service.engine_loop import EngineLoop
-    from lm_service.sampling_params import SamplingParams
-    from lm_service.server import SERVICE_NAME, LanguageModelServicer
-    from protos import serving
-    from protos.meshserve.v1 import lm_pb2_grpc
-
     config = engine_config_from_args(args)
     if args.task == "generate" and args.override_pooler_config:
         raise InvalidRequest(
             "--override-pooler-config applies to pooling tasks (--task embed, ...)"
         )
-    server = serving.make_server()
+    asyncio.run(_serve(args, config))
+    return 0
+
+
+async def _serve(args: argparse.Namespace, config: EngineConfig) -> None:
+    """grpc.aio: one event loop serves every stream, so health answers under any load."""
+    import grpc
+
+    from lm_service.server import SERVICE_NAME, LanguageModelServicer
+    from protos import serving
+    from protos.meshserve.v1 import lm_pb2_grpc
+
+    server = grpc.aio.server(options=serving.SERVER_OPTIONS)
     servicer = LanguageModelServicer(args.model)
     lm_pb2_grpc.add_LanguageModelServicer_to_server(servicer, server)
     health = serving.add_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, args.host, args.port)
-    server.start()  # answers NOT_SERVING while the model loads
+    await server.start()  # answers NOT_SERVING while the model loads
     started = time.monotonic()
-    if args.task != "generate":
-        return run_pooling(args, config, server, servicer, health, port)
-    engine = Engine(config)
-    engine.generate(
-        [[engine.eos_token_ids[0] if engine.eos_token_ids[0] >= 0 else 0]],
-        SamplingParams(max_tokens=1, temperature=0.0),
-    )  # warm-up
-    loop = EngineLoop(engine).start()
-    servicer.attach(loop)
+    if args.task == "generate":
+        loop = await asyncio.to_thread(_load_engine, config)
+        servicer.attach(loop)
+        description = _engine_description(loop.engine, config)
+    else:
+        model = await asyncio.to_thread(_load_pooling, config, args)
+        servicer.attach_pooling(model)
+        description = f"arch={model.architecture}  task={args.task}  pooler={model.pooler_config}"
     serving.set_serving(health, [SERVICE_NAME], serving=True)
     logger.info(
-        "lm ready on %s:%d  model=%s  arch=%s  impl=%s  kv_blocks=%d x %d tokens  (%.1fs)",
+        "lm ready on %s:%d  model=%s  %s  (%.1fs)",
         args.host,
         port,
         args.model,
-        engine.loaded.architecture,
-        engine.loaded.impl_name,
-        engine.num_blocks,
-        config.block_size,
+        description,
         time.monotonic() - started,
     )
-    serving.serve_until_signal(server, health, [SERVICE_NAME], args.grace_seconds)
-    loop.stop()
-    return 0
+    await serving.stop_on_signals().wait()
+    await serving.drain(server, health, [SERVICE_NAME], args.grace_seconds)
+    if args.task == "generate":
+        loop.stop()
+    else:
+        model.close()
 
 
-def run_pooling(
-    args: argparse.Namespace,
-    config: EngineConfig,
-    server: Any,
-    servicer: Any,
-    health: Any,
-    port: int,
-) -> int:
-    """`meshserve lm --task embed|classify|score|reward`: a dense pooling model, no KV cache."""
+def _load_engine(config: EngineConfig) -> Any:
+    from lm_service.engine.engine import Engine
+    from lm_service.engine_loop import EngineLoop
+    from lm_service.sampling_params import SamplingParams
+
+    engine = Engine(config)
+    first = engine.eos_token_ids[0] if engine.eos_token_ids[0] >= 0 else 0
+    engine.generate([[first]], SamplingParams(max_tokens=1, temperature=0.0))  # warm-up
+    return EngineLoop(engine).start()
+
+
+def _engine_description(engine: Any, config: EngineConfig) -> str:
+    return (
+        f"arch={engine.loaded.architecture}  impl={engine.loaded.impl_name}  "
+        f"kv_blocks={engine.num_blocks} x {config.block_size} tokens"
+    )
+
+
+def _load_pooling(config: EngineConfig, args: argparse.Namespace) -> Any:
+    """`--task embed|classify|score|reward`: a dense pooling model, no KV cache."""
     from lm_service.pooling import PoolingConfig, PoolingInput, PoolingModel
-    from lm_service.server import SERVICE_NAME
-    from protos import serving
 
-    started = time.monotonic()
     pooling_config = PoolingConfig.from_engine_config(
         config, args.task, args.override_pooler_config
     )
     model = PoolingModel.from_config(pooling_config)
     model.run([PoolingInput((0,))])  # warm-up
-    servicer.attach_pooling(model)
-    serving.set_serving(health, [SERVICE_NAME], serving=True)
-    logger.info(
-        "lm ready on %s:%d  model=%s  arch=%s  task=%s  pooler=%s  (%.1fs)",
-        args.host,
-        port,
-        args.model,
-        model.architecture,
-        args.task,
-        model.pooler_config,
-        time.monotonic() - started,
-    )
-    serving.serve_until_signal(server, health, [SERVICE_NAME], args.grace_seconds)
-    model.close()
-    return 0
+    return model

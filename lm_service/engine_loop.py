@@ -6,10 +6,11 @@ loop thread; other threads talk to it through a command queue and read per-reque
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -57,6 +58,29 @@ class RequestStream:
             yield out
             if out.finished:
                 return
+
+
+class AsyncRequestStream(RequestStream):
+    """A RequestStream read from an asyncio event loop instead of a blocking queue."""
+
+    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(request_id)
+        self._loop = loop
+        self._outputs: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(self, item: StepOutput | BaseException) -> None:
+        # raises RuntimeError once the reader's loop has closed: the engine loop then aborts
+        self._loop.call_soon_threadsafe(self._outputs.put_nowait, item)
+
+    async def next_outputs(self) -> list[StepOutput]:
+        """The next output and any others already waiting (several steps may have run)."""
+        items = [await self._outputs.get()]
+        while not self._outputs.empty():
+            items.append(self._outputs.get_nowait())
+        for item in items:
+            if isinstance(item, BaseException):
+                raise item
+        return items
 
 
 class EngineLoop:
@@ -165,6 +189,45 @@ class EngineLoop:
             if not _deliver(stream, out):  # its reader is gone: nobody wants the rest
                 self._streams.pop(out.request_id, None)
                 self.engine.abort(out.request_id)
+
+
+async def stream_outputs(
+    loop: EngineLoop,
+    request_id: str,
+    prompt_token_ids: Sequence[int],
+    sampling_params: SamplingParams,
+    mm_spans: Sequence[MultiModalSpan] = (),
+    mrope_positions: torch.Tensor | None = None,
+    timeout: float | None = None,
+) -> AsyncIterator[list[StepOutput]]:
+    """Runs one request on `loop` from asyncio, yielding its outputs in batches.
+
+    Closing the iterator early, cancelling its task or running past `timeout` (TimeoutError)
+    aborts the request, which frees its KV blocks at once.
+    """
+    event_loop = asyncio.get_running_loop()
+    stream = AsyncRequestStream(request_id, event_loop)
+    deadline = None if timeout is None else event_loop.time() + timeout
+    finished = False
+    try:
+        # inside the try: a cancel while the engine thread adds the request must still abort it
+        await asyncio.to_thread(
+            loop.submit,
+            request_id,
+            prompt_token_ids,
+            sampling_params,
+            mm_spans,
+            mrope_positions,
+            stream,
+        )
+        while not finished:
+            left = None if deadline is None else deadline - event_loop.time()
+            outputs = await asyncio.wait_for(stream.next_outputs(), left)
+            finished = outputs[-1].finished
+            yield outputs
+    finally:
+        if not finished:
+            loop.abort(request_id)  # no-op when the request never made it in
 
 
 def _deliver(stream: RequestStream, item: StepOutput | BaseException) -> bool:

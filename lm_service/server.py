@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import queue
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
 
-from lm_service.engine_loop import EngineLoop
+from lm_service.engine_loop import EngineLoop, stream_outputs
 from lm_service.wire import (
     mrope_from_pb,
     pool_inputs_from_pb,
@@ -22,7 +23,7 @@ from lm_service.wire import (
 )
 from protos.errors import Unavailable, Unsupported
 from protos.meshserve.v1 import lm_pb2, lm_pb2_grpc
-from protos.status import grpc_errors
+from protos.status import aio_grpc_errors
 
 if TYPE_CHECKING:
     from lm_service.pooling import PoolingModel
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = lm_pb2.DESCRIPTOR.services_by_name["LanguageModel"].full_name
-_POLL_SECONDS = 0.25  # how often a waiting stream checks that its client is still there
 
 
 class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
@@ -73,41 +73,36 @@ class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
             )
         raise Unavailable(f"{self.model_name} is still loading; retry when health is SERVING")
 
-    @grpc_errors
-    def Generate(
-        self, request: lm_pb2.LMGenerateRequest, context: grpc.ServicerContext
-    ) -> Iterator[lm_pb2.LMGenerateResponse]:
-        request_id = request.request_id or uuid.uuid4().hex
-        stream = self.loop.submit(
-            request_id,
+    @aio_grpc_errors
+    async def Generate(
+        self, request: lm_pb2.LMGenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[lm_pb2.LMGenerateResponse]:
+        # A cancelled client or an expired deadline cancels this task: the stream's finally
+        # aborts the request and frees its KV blocks.
+        outputs = stream_outputs(
+            self.loop,
+            request.request_id or uuid.uuid4().hex,
             list(request.prompt_token_ids),
             sampling_from_pb(request.sampling),
             spans_from_pb(request.mm_spans),
             mrope_from_pb(request),
         )
-        # Fires on cancel, on deadline and on normal end; aborting a finished request is a no-op.
-        context.add_callback(lambda: self.loop.abort(request_id))
-        while context.is_active():
-            try:
-                first = stream.get(timeout=_POLL_SECONDS)
-            except queue.Empty:
-                continue
-            outputs = [first, *stream.drain()]
-            yield step_to_pb(outputs)
-            if outputs[-1].finished:
-                return
+        async with contextlib.aclosing(outputs):
+            async for batch in outputs:
+                yield step_to_pb(batch)
 
-    @grpc_errors
-    def Pool(
-        self, request: lm_pb2.PoolRequest, context: grpc.ServicerContext
+    @aio_grpc_errors
+    async def Pool(
+        self, request: lm_pb2.PoolRequest, context: grpc.aio.ServicerContext
     ) -> lm_pb2.PoolResponse:
-        # gRPC runs each call in its own thread; the model's micro-batcher joins concurrent calls.
+        # the model's micro-batcher joins the inputs of concurrent calls
         task = pooling_task_from_pb(request.task)
-        return pool_outputs_to_pb(self.pooling.pool(task, pool_inputs_from_pb(request.inputs)))
+        inputs = pool_inputs_from_pb(request.inputs)
+        return pool_outputs_to_pb(await asyncio.to_thread(self.pooling.pool, task, inputs))
 
-    @grpc_errors
-    def GetInfo(
-        self, request: lm_pb2.GetLMInfoRequest, context: grpc.ServicerContext
+    @aio_grpc_errors
+    async def GetInfo(
+        self, request: lm_pb2.GetLMInfoRequest, context: grpc.aio.ServicerContext
     ) -> lm_pb2.LMInfo:
         if self._pooling is not None:
             return _pooling_info(self.model_name, self._pooling)
@@ -126,13 +121,13 @@ class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
             tasks=["generate"],
         )
 
-    @grpc_errors
-    def GetLoad(
-        self, request: lm_pb2.GetLoadRequest, context: grpc.ServicerContext
+    @aio_grpc_errors
+    async def GetLoad(
+        self, request: lm_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
     ) -> lm_pb2.LoadInfo:
         if self._pooling is not None:
             return lm_pb2.LoadInfo()  # no KV cache, no scheduler queue
-        return self.loop.call(_load_info)
+        return await asyncio.to_thread(self.loop.call, _load_info)
 
 
 def _pooling_info(model_name: str, model: PoolingModel) -> lm_pb2.LMInfo:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import signal
 from collections.abc import Sequence
 from concurrent import futures
 
@@ -125,7 +127,6 @@ def serve_until_signal(
     grace_seconds: float,
 ) -> None:
     """Blocks until SIGTERM/SIGINT, then drains: NOT_SERVING, finish in-flight RPCs, stop."""
-    import signal
     import threading
 
     stop = threading.Event()
@@ -135,3 +136,24 @@ def serve_until_signal(
     logger.info("draining: health is NOT_SERVING, in-flight calls get %.0fs", grace_seconds)
     set_serving(health_servicer, service_names, serving=False)
     server.stop(grace_seconds).wait()
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (needs a running event loop)."""
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, event.set)
+    return event
+
+
+async def drain(
+    server: grpc.aio.Server,
+    health_servicer: health.HealthServicer,
+    service_names: Sequence[str],
+    grace_seconds: float,
+) -> None:
+    """NOT_SERVING first (balancers stop sending), then in-flight calls get `grace_seconds`."""
+    logger.info("draining: health is NOT_SERVING, in-flight calls get %.0fs", grace_seconds)
+    set_serving(health_servicer, service_names, serving=False)
+    await server.stop(grace_seconds)

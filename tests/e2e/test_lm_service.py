@@ -154,3 +154,22 @@ def test_info_load_and_reflection(lm: Service, stub: lm_pb2_grpc.LanguageModelSt
     names = {s.name for s in reply.list_services_response.service}
     assert {"meshserve.v1.LanguageModel", "grpc.health.v1.Health"} <= names
     ch.close()
+
+
+def test_health_answers_with_more_streams_than_any_thread_pool(
+    lm: Service, stub: lm_pb2_grpc.LanguageModelStub
+) -> None:
+    """100 open streams (more than max_num_seqs and any worker pool): health and load answer,
+    and cancelling every stream returns every block."""
+    from protos.serving import health_status
+
+    idle = _idle_free_blocks(stub)
+    calls = [stub.Generate(_request([1, 7, i % 300], 200, ignore_eos=True)) for i in range(100)]
+    started = time.monotonic()
+    assert health_status(lm.address, timeout=2.0) == "SERVING"
+    load = stub.GetLoad(lm_pb2.GetLoadRequest(), timeout=2.0)
+    assert load.num_running + load.num_waiting > 0
+    assert time.monotonic() - started < 4.0
+    for call in calls:
+        call.cancel()
+    assert _idle_free_blocks(stub, timeout=15.0) == idle
