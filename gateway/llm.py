@@ -271,20 +271,32 @@ class LLM:
     def _chat_request(
         self, conversation: list[Mapping[str, Any]], params: SamplingParams, add_gen: bool
     ) -> GenerationRequest:
+        if not conversation:
+            raise InvalidRequest("a conversation needs at least one message")
         messages, media = [], []
-        for message in conversation:
-            content = message.get("content")
+        for index, message in enumerate(conversation):
+            content = message.get("content") if isinstance(message, Mapping) else None
             if isinstance(content, str) or content is None:
                 messages.append(dict(message))
                 continue
+            if not isinstance(content, list | tuple):
+                raise InvalidRequest(
+                    f"message {index}: content must be a string or a list of parts, "
+                    f"got {type(content).__name__}"
+                )
             parts = []
             for part in content:
-                kind = part.get("type")
+                kind = part.get("type") if isinstance(part, Mapping) else None
                 if kind in ("image", "video", "audio"):
                     media.append(_media_input(kind, part.get(kind)))
                     parts.append({"type": kind})
-                else:
+                elif kind == "text":
                     parts.append(dict(part))
+                else:
+                    raise InvalidRequest(
+                        f"message {index}: unknown content part {part!r}; parts are "
+                        '{"type": "text" | "image" | "video" | "audio", ...}'
+                    )
             messages.append({**message, "content": parts})
         return GenerationRequest(
             f"offline-{next(self._ids)}",

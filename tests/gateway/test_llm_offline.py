@@ -182,3 +182,12 @@ def test_text_only_prompts(llava: LLM) -> None:
     outs = llava.generate(["Hello, my name is", {"prompt_token_ids": [1, 40, 41]}], GREEDY)
     assert len(outs) == 2 and all(len(o.outputs[0].token_ids) == MAX_TOKENS for o in outs)
     assert outs[0].outputs[0].text and outs[0].outputs[0].finish_reason == "length"
+
+
+def test_chat_input_mistakes_are_sentences(llava: LLM) -> None:
+    with pytest.raises(InvalidRequest, match="at least one message"):
+        llava.chat([[]], GREEDY)
+    with pytest.raises(InvalidRequest, match="content must be a string or a list"):
+        llava.chat([{"role": "user", "content": 5}], GREEDY)
+    with pytest.raises(InvalidRequest, match="unknown content part"):
+        llava.chat([{"role": "user", "content": [{"type": "foo"}]}], GREEDY)
