@@ -7,7 +7,7 @@ import logging
 import os
 import time
 
-from protos.serving import parse_bytes
+from protos.serving import add_server_args, parse_bytes
 
 logger = logging.getLogger("meshserve.encoder")
 DEFAULT_PORT = 50071
@@ -22,13 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--modality", required=True, choices=["image", "video", "audio"])
     p.add_argument("--model", required=True, help="HF model id or local path")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument(
-        "--port",
-        type=int,
-        default=DEFAULT_PORT,
-        help=f"port (default {DEFAULT_PORT}; 0 = any free)",
-    )
+    add_server_args(p, DEFAULT_PORT)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument(
@@ -64,12 +58,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, default=768, help="frames kept per video")
     p.add_argument("--max-video-seconds", type=float, default=3600.0)
     p.add_argument("--max-audio-seconds", type=float, default=600.0)
-    p.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=30.0,
-        help="on SIGTERM, how long in-flight calls may finish (default 30)",
-    )
     p.set_defaults(func=run)
 
 

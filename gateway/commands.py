@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from protos.serving import parse_bytes
+from protos.serving import add_server_args, parse_bytes
 
 DEFAULT_PORT = 50051
 
@@ -66,19 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="encoder service address(es) per modality, e.g. image=127.0.0.1:50071; "
         "repeat for each modality",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument(
-        "--port",
-        type=int,
-        default=DEFAULT_PORT,
-        help=f"port (default {DEFAULT_PORT}; 0 = any free)",
-    )
-    p.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=30.0,
-        help="on SIGTERM, how long in-flight streams may finish (default 30)",
-    )
+    add_server_args(p, DEFAULT_PORT)
     p.add_argument("--trust-remote-code", action="store_true")
     add_served_model_args(p)
     p.set_defaults(func=run_gateway)

@@ -14,7 +14,7 @@ from gateway.pooling import PoolingOrchestrator, Prompt
 from gateway.types import GenerationRequest, MediaInput
 from lm_service.config import EngineConfig
 from lm_service.pooling import POOLING_TASKS
-from lm_service.sampling_params import SamplingParams
+from lm_service.sampling_params import SamplingParams, per_prompt
 from protos.errors import InvalidRequest, Unsupported
 
 T = TypeVar("T")
@@ -136,7 +136,7 @@ class LLM:
         "multi_modal_data": {...}} or {"prompt_token_ids": [...]}; or a list of them."""
         self._require_task("generate", "generate")
         items = prompts if isinstance(prompts, list | tuple) else [prompts]
-        params = _per_prompt(sampling_params, len(items))
+        params = per_prompt(sampling_params, len(items))
         requests = [self._request(p, sp) for p, sp in zip(items, params, strict=True)]
         return self._run(self._collect_all(requests))
 
@@ -367,13 +367,3 @@ def _media_input(modality: str, value: Any) -> MediaInput:
             grid_thw=tuple(int(g) for g in grid) if grid is not None else None,
         )
     return MediaInput(modality, decoded=value)
-
-
-def _per_prompt(
-    params: SamplingParams | Sequence[SamplingParams] | None, n: int
-) -> list[SamplingParams]:
-    if params is None or isinstance(params, SamplingParams):
-        return [params or SamplingParams()] * n
-    if len(params) != n:
-        raise InvalidRequest(f"got {len(params)} sampling params for {n} prompts")
-    return list(params)

@@ -11,7 +11,7 @@ from typing import Any
 
 from lm_service.config import DTYPES, MODEL_IMPLS, EngineConfig
 from protos.errors import InvalidRequest
-from protos.serving import parse_bytes
+from protos.serving import add_server_args, parse_bytes
 
 logger = logging.getLogger("meshserve.lm")
 DEFAULT_PORT = 50061
@@ -108,19 +108,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="serve the language model (paged KV cache, continuous batching)",
         description="Serve the language backbone over gRPC (meshserve.v1.LanguageModel).",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument(
-        "--port",
-        type=int,
-        default=DEFAULT_PORT,
-        help=f"port (default {DEFAULT_PORT}; 0 = any free)",
-    )
-    p.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=30.0,
-        help="on SIGTERM, how long in-flight streams may finish (default 30)",
-    )
+    add_server_args(p, DEFAULT_PORT)
     p.add_argument(
         "--task",
         choices=TASKS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from protos.errors import InvalidRequest
@@ -146,3 +147,14 @@ class SamplingParams:
             all(isinstance(text, str) and text for text in self.stop),
             f"stop must be non-empty strings, got {list(self.stop)}",
         )
+
+
+def per_prompt(
+    params: SamplingParams | Sequence[SamplingParams] | None, n: int
+) -> list[SamplingParams]:
+    """One SamplingParams for every prompt, or a list with one per prompt (vLLM's rule)."""
+    if params is None or isinstance(params, SamplingParams):
+        return [params or SamplingParams()] * n
+    if len(params) != n:
+        raise InvalidRequest(f"got {len(params)} sampling params for {n} prompts")
+    return list(params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -157,3 +158,20 @@ async def drain(
     logger.info("draining: health is NOT_SERVING, in-flight calls get %.0fs", grace_seconds)
     set_serving(health_servicer, service_names, serving=False)
     await server.stop(grace_seconds)
+
+
+def add_server_args(parser: argparse.ArgumentParser, default_port: int) -> None:
+    """--host, --port and --grace-seconds, the same for every service."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=default_port,
+        help=f"port (default {default_port}; 0 = any free)",
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, how long in-flight calls may finish (default 30)",
+    )

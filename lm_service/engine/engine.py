@@ -20,7 +20,7 @@ from lm_service.engine.runner import ModelRunner
 from lm_service.engine.sampler import Sampler, SamplingMetadata
 from lm_service.engine.scheduler import Scheduler, SchedulerConfig
 from lm_service.models.registry import load_model
-from lm_service.sampling_params import SamplingParams
+from lm_service.sampling_params import SamplingParams, per_prompt
 from protos.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class Engine:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
         """Runs every prompt to completion; outputs come back in prompt order."""
-        params = _per_prompt(sampling_params, len(prompts))
+        params = per_prompt(sampling_params, len(prompts))
         ids = [self.add_request(None, p, sp) for p, sp in zip(prompts, params, strict=True)]
         requests = [self._requests[rid] for rid in ids]
         while any(rid in self._requests for rid in ids):
@@ -233,16 +233,6 @@ def _check_span(index: int, span: MultiModalSpan, num_prompt: int, hidden: int) 
         raise InvalidRequest(
             f"media span {index} needs embeddings of shape [{span.length}, {hidden}], got {shape}"
         )
-
-
-def _per_prompt(
-    params: SamplingParams | Sequence[SamplingParams] | None, n: int
-) -> list[SamplingParams]:
-    if params is None or isinstance(params, SamplingParams):
-        return [params or SamplingParams()] * n
-    if len(params) != n:
-        raise InvalidRequest(f"got {len(params)} sampling params for {n} prompts")
-    return list(params)
 
 
 def _max_model_len(requested: int | None, text_config: object) -> int:
