@@ -7,6 +7,7 @@ loop thread; other threads talk to it through a command queue and read per-reque
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -208,10 +209,8 @@ async def stream_outputs(
     event_loop = asyncio.get_running_loop()
     stream = AsyncRequestStream(request_id, event_loop)
     deadline = None if timeout is None else event_loop.time() + timeout
-    finished = False
-    try:
-        # inside the try: a cancel while the engine thread adds the request must still abort it
-        await asyncio.to_thread(
+    submit = asyncio.ensure_future(
+        asyncio.to_thread(
             loop.submit,
             request_id,
             prompt_token_ids,
@@ -220,6 +219,10 @@ async def stream_outputs(
             mrope_positions,
             stream,
         )
+    )
+    finished = False
+    try:
+        await asyncio.shield(submit)
         while not finished:
             left = None if deadline is None else deadline - event_loop.time()
             outputs = await asyncio.wait_for(stream.next_outputs(), left)
@@ -227,7 +230,11 @@ async def stream_outputs(
             yield outputs
     finally:
         if not finished:
-            loop.abort(request_id)  # no-op when the request never made it in
+            # Cancelled while the engine thread was still adding it: wait for the add, so
+            # that the abort lands after it instead of racing ahead as a no-op.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(submit)
+            loop.abort(request_id)
 
 
 def _deliver(stream: RequestStream, item: StepOutput | BaseException) -> bool:

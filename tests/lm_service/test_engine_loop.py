@@ -1,0 +1,85 @@
+"""The engine loop thread: it outlives failing commands and vanished readers, and a request
+cancelled while it is being added is still aborted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from lm_service import Engine, EngineConfig, SamplingParams
+from lm_service.engine_loop import EngineLoop, RequestStream, stream_outputs
+from tests.tiny_models import tiny_model_path
+
+LONG = SamplingParams(max_tokens=500, temperature=0.0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[EngineLoop]:
+    engine = Engine(EngineConfig(model=str(tiny_model_path("llama")), block_size=4, num_blocks=128))
+    loop = EngineLoop(engine).start()
+    yield loop
+    loop.stop()
+
+
+def _idle(loop: EngineLoop, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not loop.call(lambda engine: engine.has_unfinished()):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class GoneReader(RequestStream):
+    def put(self, item: object) -> None:
+        raise RuntimeError("Event loop is closed")
+
+
+def test_a_vanished_reader_aborts_its_request_and_the_loop_goes_on(loop: EngineLoop) -> None:
+    loop.submit("gone", [1, 2, 3], LONG, stream=GoneReader("gone"))
+    assert _idle(loop)
+    tokens = [
+        t
+        for out in loop.submit("ok", [1, 2, 3], SamplingParams(max_tokens=5))
+        for t in out.new_token_ids
+    ]
+    assert len(tokens) == 5
+
+
+def test_a_failing_command_reaches_its_caller_only(loop: EngineLoop) -> None:
+    with pytest.raises(ZeroDivisionError):
+        loop.call(lambda engine: 1 / 0)
+    assert loop.call(lambda engine: engine.num_blocks) == 128
+
+
+class SlowHandoff(EngineLoop):
+    """The executor thread reaches the engine late: the window where a cancel could race."""
+
+    def submit(self, *args: object, **kwargs: object) -> RequestStream:
+        time.sleep(0.2)
+        return super().submit(*args, **kwargs)
+
+
+def test_cancel_while_submitting_still_aborts(loop: EngineLoop) -> None:
+    slow = SlowHandoff(loop.engine)
+    slow._commands, slow._streams = loop._commands, loop._streams  # the running loop's thread
+
+    async def cancel_at_once() -> None:
+        async def consume() -> None:
+            async for _ in stream_outputs(slow, "victim", [1, 5, 6], LONG):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0)  # the task is inside asyncio.to_thread(loop.submit, ...)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_at_once())
+    # at once, not after 500 tokens: the abort came after the add, not before it
+    assert _idle(loop, timeout=0.3)
+    free = loop.call(lambda engine: engine.scheduler.block_pool.num_free_blocks)
+    assert free == 128
