@@ -65,13 +65,17 @@ def local_backends(
     encoder_device: str = "cpu",
     cache_bytes: int = 256 << 20,
     override_pooler_config: Any = None,
-) -> tuple[LocalEncoderBackend, LocalLMBackend]:
+) -> tuple[LocalEncoderBackend, LMBackend]:
     """In-process encoders (one per modality the model takes) and engine loop; for a pooling
     task, no encoders (text only for now) and a pooling model instead of the engine."""
     from encoder_service import Encoder
     from lm_service.engine.engine import Engine
     from lm_service.engine_loop import EngineLoop
 
+    if served.task == "transcription":
+        return transcription_backends(
+            served, engine_config.dtype, engine_config.device, engine_config.trust_remote_code
+        )
     if served.task in POOLING_TASKS:
         return LocalEncoderBackend({}), local_pooling_backend(
             engine_config, served.task, override_pooler_config
@@ -99,6 +103,20 @@ def local_pooling_backend(
 
     config = PoolingConfig.from_engine_config(engine_config, task, override_pooler_config)
     return LocalLMBackend(pooling=PoolingModel.from_config(config))
+
+
+def transcription_backends(
+    served: ServedModel,
+    dtype: str = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> tuple[LocalEncoderBackend, Any]:
+    """No encoders and, in the LM's place, a Transcriber running the whole model in process
+    (the paged engine does not run encoder-decoder models)."""
+    from gateway.transcription import Transcriber
+
+    model = Transcriber.from_pretrained(served.model, dtype, device, trust_remote_code)
+    return LocalEncoderBackend({}), model
 
 
 def check_lm_task(served: ServedModel, info: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from protos.serving import add_server_args, parse_bytes
 
@@ -55,8 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="HF model id or local path (tokenizer, config)")
     p.add_argument(
         "--lm",
-        required=True,
-        help="LM service address(es): HOST:PORT[,HOST:PORT...] or dns:///NAME:PORT",
+        default=None,
+        help="LM service address(es): HOST:PORT[,HOST:PORT...] or dns:///NAME:PORT; "
+        "required except for --task transcription, which runs the model in this process",
     )
     p.add_argument(
         "--encoder",
@@ -69,6 +71,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_server_args(p, DEFAULT_PORT)
     p.add_argument("--trust-remote-code", action="store_true")
     add_served_model_args(p)
+    g = p.add_argument_group("transcription (--task transcription runs the model in process)")
+    g.add_argument("--dtype", default="float32", help="weights and activations (default float32)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     p.set_defaults(func=run_gateway)
 
 
@@ -79,12 +84,17 @@ def run_gateway(args: argparse.Namespace) -> int:
         remote_backends,
         serve,
         served_model,
+        transcription_backends,
     )
 
+    in_process = args.task == "transcription"
+    if (args.lm is None) != in_process:
+        print(f"meshserve gateway: error: {_lm_flag_problem(in_process)}", file=sys.stderr)
+        return 2
     served = served_model(args.model, args.task, args.limit_mm_per_prompt, args.trust_remote_code)
     targets = parse_encoder_targets(args.encoder)
     missing = [m for m in media_modalities(served) if m not in targets]
-    if missing:
+    if missing and not in_process:
         print(
             f"meshserve gateway: note: no --encoder for {', '.join(missing)}; "
             f"prompts with {missing[0]} will be refused"
@@ -92,7 +102,12 @@ def run_gateway(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         # grpc.aio channels belong to the event loop they are made in: make them inside it.
-        encoders, lm = remote_backends([a for a in args.lm.split(",") if a], targets)
+        if in_process:  # the paged LM service does not run encoder-decoder models
+            encoders, lm = transcription_backends(
+                served, args.dtype, args.device, args.trust_remote_code
+            )
+        else:
+            encoders, lm = remote_backends([a for a in args.lm.split(",") if a], targets)
         orchestrator = build_orchestrator(
             served,
             encoders,
@@ -104,3 +119,12 @@ def run_gateway(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _lm_flag_problem(in_process: bool) -> str:
+    if in_process:
+        return (
+            "--task transcription runs its model in the gateway itself; drop --lm "
+            "(an LM service cannot run encoder-decoder models)"
+        )
+    return "--lm is required (the LM service's address); only --task transcription omits it"

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from gateway.app import build_orchestrator, local_backends, served_model
 from gateway.pooling import PoolingOrchestrator, Prompt
+from gateway.transcription import TranscriptionRequest
 from gateway.types import GenerationRequest, MediaInput
 from lm_service.config import EngineConfig
 from lm_service.pooling import POOLING_TASKS
@@ -88,7 +89,8 @@ class LLM:
 
     Args:
         model: HF model id or local path.
-        task: "generate", or a pooling task: "embed", "classify", "score", "reward".
+        task: "generate", a pooling task ("embed", "classify", "score", "reward"), or
+            "transcription" (a Whisper-style model; see `transcribe`).
         limit_mm_per_prompt: e.g. {"image": 2}; default 1 item per modality.
         override_pooler_config: pooling tasks: e.g. {"pooling_type": "MEAN", "normalize": False}.
         engine_args: any other EngineConfig field (dtype, model_impl, block_size, ...).
@@ -103,8 +105,8 @@ class LLM:
         override_pooler_config: Mapping[str, Any] | str | None = None,
         **engine_args: Any,
     ) -> None:
-        if task not in ("generate", *POOLING_TASKS):
-            tasks = ", ".join(("generate", *POOLING_TASKS))
+        if task not in ("generate", *POOLING_TASKS, "transcription"):
+            tasks = ", ".join(("generate", *POOLING_TASKS, "transcription"))
             raise Unsupported(f"the offline LLM serves task {tasks}; not {task!r}")
         if override_pooler_config and task == "generate":
             raise InvalidRequest("override_pooler_config applies to pooling tasks only")
@@ -197,8 +199,32 @@ class LLM:
             for s, ids in zip(result.scores, result.prompt_token_ids, strict=True)
         ]
 
+    # --- transcription -----------------------------------------------------------------
+    def transcribe(
+        self,
+        audio: bytes | tuple[Any, int],
+        language: str | None = None,
+        task: str = "transcribe",
+        sampling_params: SamplingParams | None = None,
+    ) -> RequestOutput:
+        """Speech to text: `audio` is the file bytes or (waveform, sampling_rate); `language`
+        e.g. "en" (None: the model detects it); `task` "transcribe" or "translate"."""
+        self._require_task("transcribe", "transcription")
+        request = TranscriptionRequest(
+            f"offline-{next(self._ids)}",
+            bytes(audio) if isinstance(audio, bytes | bytearray) else audio,
+            sampling_params or SamplingParams(),
+            language,
+            task,
+        )
+        chunk = self._run(self._lm.transcribe(request))
+        completion = CompletionOutput(0, chunk.text, chunk.token_ids, None, chunk.finish_reason)
+        return RequestOutput(request.request_id, None, None, (completion,), num_cached_tokens=0)
+
     def apply_model(self, func: Callable[[Any], T]) -> list[T]:
         """Runs `func` on the model of each worker (there is one here), like vLLM."""
+        if self.served.task == "transcription":
+            return [func(self._lm.model.model)]
         if self._lm.pooling is not None:
             return [func(self._lm.pooling.model)]
         engine = self._lm.loop.engine

@@ -9,8 +9,10 @@ import grpc
 
 from gateway.orchestrator import Orchestrator
 from gateway.pooling import POOLING_TASKS, PoolingOrchestrator, not_served
+from gateway.transcription import Transcriber, TranscriptionRequest
 from gateway.types import GenerationRequest, Usage
 from gateway.wire import chat_from_pb, chunk_to_pb, generate_from_pb, media_from_pb
+from lm_service.wire import sampling_from_pb
 from protos.errors import Unsupported
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from protos.status import aio_grpc_errors
@@ -34,7 +36,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return self._pooling
 
     def _require_generate(self) -> None:
-        if self.orchestrator.served.task in POOLING_TASKS:
+        if self.orchestrator.served.task in (*POOLING_TASKS, "transcription"):
             raise self._not_served("generate")
 
     @aio_grpc_errors
@@ -129,11 +131,29 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Transcribe(
         self, request: gateway_pb2.TranscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
-        raise self._not_served("transcription")
-        yield  # an async generator, like the other streams
+        transcriber = self.orchestrator.lm
+        if not isinstance(transcriber, Transcriber):
+            raise self._not_served("transcription")
+        chunk = await transcriber.transcribe(
+            _transcription_from_pb(request, context.time_remaining())
+        )
+        yield chunk_to_pb(chunk)
 
     def _not_served(self, task: str) -> Unsupported:
         return not_served(self.orchestrator.served, task)
+
+
+def _transcription_from_pb(
+    request: gateway_pb2.TranscribeRequest, timeout: float | None
+) -> TranscriptionRequest:
+    return TranscriptionRequest(
+        request_id=request.request_id,
+        audio=request.audio,
+        sampling_params=sampling_from_pb(request.sampling),
+        language=request.language or None,
+        task=request.task or "transcribe",
+        timeout=timeout,
+    )
 
 
 def _texts(inputs: Sequence[gateway_pb2.PoolingInput]) -> list[str]:

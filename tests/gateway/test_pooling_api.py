@@ -61,7 +61,7 @@ def test_offline_task_mismatches_say_what_to_do(minilm_llm: LLM) -> None:
         minilm_llm.embed([])
     with pytest.raises(Unsupported, match="text only"):
         minilm_llm.embed({"prompt": "x", "multi_modal_data": {"image": b"..."}})
-    with pytest.raises(Unsupported, match="offline LLM serves task"):
+    with pytest.raises(Unsupported, match="needs a speech-to-text model"):
         LLM(model=str(minilm_path()), task="transcription")
 
 
