@@ -161,10 +161,10 @@ async def serve(
     gateway_pb2_grpc.add_GatewayServicer_to_server(
         GatewayServicer(orchestrator, info.model_impl, info.max_model_len), server
     )
-    health = serving.add_health_and_reflection(server, [SERVICE_NAME])
+    health = await serving.add_aio_health_and_reflection(server, [SERVICE_NAME])
     bound = serving.bind(server, host, port)
     await server.start()
-    serving.set_serving(health, [SERVICE_NAME], serving=True)
+    await serving.set_serving_aio(health, [SERVICE_NAME], serving=True)
     served = orchestrator.served
     logger.info(
         "gateway ready on %s:%d  model=%s  arch=%s  spec=%s  limits=%s",
@@ -178,6 +178,6 @@ async def serve(
     if ready is not None:
         ready.set()
     await (stop or serving.stop_on_signals()).wait()
-    await serving.drain(server, health, [SERVICE_NAME], grace_seconds)
+    await serving.drain(server, health, grace_seconds)
     await orchestrator.encoders.close()
     await orchestrator.lm.close()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import time
 from typing import Any
 
 from lm_service.config import DTYPES, MODEL_IMPLS, EngineConfig
 from protos.errors import InvalidRequest
-from protos.serving import add_server_args, parse_bytes
+from protos.serving import add_server_args, json_object, parse_bytes
 
 logger = logging.getLogger("meshserve.lm")
 DEFAULT_PORT = 50061
@@ -69,14 +68,14 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--hf-overrides",
-        type=json.loads,
+        type=json_object,
         default={},
         help="JSON merged into the HF config, e.g. '{\"max_position_embeddings\": 4096}'",
     )
     g.add_argument("--revision", default=None, help="model revision (branch, tag or commit)")
     g.add_argument(
         "--override-pooler-config",
-        type=json.loads,
+        type=json_object,
         default=None,
         help="pooling tasks: JSON that replaces the model's pooler defaults, e.g. "
         '\'{"pooling_type": "MEAN", "normalize": false}\'',
@@ -141,19 +140,25 @@ async def _serve(args: argparse.Namespace, config: EngineConfig) -> None:
     server = grpc.aio.server(options=serving.SERVER_OPTIONS)
     servicer = LanguageModelServicer(args.model)
     lm_pb2_grpc.add_LanguageModelServicer_to_server(servicer, server)
-    health = serving.add_health_and_reflection(server, [SERVICE_NAME])
+    health = await serving.add_aio_health_and_reflection(server, [SERVICE_NAME])
     port = serving.bind(server, args.host, args.port)
     await server.start()  # answers NOT_SERVING while the model loads
     started = time.monotonic()
-    if args.task == "generate":
-        loop = await asyncio.to_thread(_load_engine, config)
-        servicer.attach(loop)
-        description = _engine_description(loop.engine, config)
-    else:
-        model = await asyncio.to_thread(_load_pooling, config, args)
-        servicer.attach_pooling(model)
-        description = f"arch={model.architecture}  task={args.task}  pooler={model.pooler_config}"
-    serving.set_serving(health, [SERVICE_NAME], serving=True)
+    try:
+        if args.task == "generate":
+            loop = await asyncio.to_thread(_load_engine, config)
+            servicer.attach(loop)
+            description = _engine_description(loop.engine, config)
+        else:
+            model = await asyncio.to_thread(_load_pooling, config, args)
+            servicer.attach_pooling(model)
+            description = (
+                f"arch={model.architecture}  task={args.task}  pooler={model.pooler_config}"
+            )
+    except BaseException:
+        await server.stop(0)  # the loading error is the message; no half-open server
+        raise
+    await serving.set_serving_aio(health, [SERVICE_NAME], serving=True)
     logger.info(
         "lm ready on %s:%d  model=%s  %s  (%.1fs)",
         args.host,
@@ -163,7 +168,7 @@ async def _serve(args: argparse.Namespace, config: EngineConfig) -> None:
         time.monotonic() - started,
     )
     await serving.stop_on_signals().wait()
-    await serving.drain(server, health, [SERVICE_NAME], args.grace_seconds)
+    await serving.drain(server, health, args.grace_seconds)
     if args.task == "generate":
         loop.stop()
     else:

@@ -7,7 +7,6 @@ loop thread; other threads talk to it through a command queue and read per-reque
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import threading
@@ -230,11 +229,12 @@ async def stream_outputs(
             yield outputs
     finally:
         if not finished:
-            # Cancelled while the engine thread was still adding it: wait for the add, so
-            # that the abort lands after it instead of racing ahead as a no-op.
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(submit)
-            loop.abort(request_id)
+            if submit.done():
+                loop.abort(request_id)
+            else:
+                # cancelled while the engine thread is still adding it: abort once the add is
+                # in, or the abort would race ahead of it as a no-op
+                submit.add_done_callback(lambda _: loop.abort(request_id))
 
 
 def _deliver(stream: RequestStream, item: StepOutput | BaseException) -> bool:

@@ -433,6 +433,18 @@ def _split(
     return (backbone, *_classifier_head(model, backbone, architecture))
 
 
+def _check_step_ids(pooler: PoolerConfig, vocab_size: int) -> None:
+    """STEP pooling's token ids must exist, or every request would fail later."""
+    if pooler.pooling_type is not PoolingType.STEP:
+        return
+    ids = [pooler.step_tag_id, *pooler.returned_token_ids]
+    bad = [i for i in ids if i is None or not 0 <= i < vocab_size]
+    if bad:
+        raise InvalidRequest(
+            f"override_pooler_config: token id {bad[0]} is outside the vocabulary [0, {vocab_size})"
+        )
+
+
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
@@ -505,6 +517,7 @@ class PoolingModel:
         self.takes_token_types = _takes_token_types(parts.backbone)
         self.device = next(parts.model.parameters()).device
         self._batcher: Any = None
+        _check_step_ids(self.pooler_config, self.vocab_size)
 
     @classmethod
     def from_config(cls, config: PoolingConfig) -> PoolingModel:

@@ -7,10 +7,12 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from collections.abc import Sequence
 from concurrent import futures
 
 import grpc
+from grpc_health.v1 import _async as aio_health
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -135,7 +137,8 @@ def serve_until_signal(
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     logger.info("draining: health is NOT_SERVING, in-flight calls get %.0fs", grace_seconds)
-    set_serving(health_servicer, service_names, serving=False)
+    health_servicer.enter_graceful_shutdown()  # NOT_SERVING; kept answerable for a moment
+    time.sleep(min(2.0, grace_seconds))
     server.stop(grace_seconds).wait()
 
 
@@ -148,15 +151,46 @@ def stop_on_signals() -> asyncio.Event:
     return event
 
 
+async def add_aio_health_and_reflection(
+    server: grpc.aio.Server, service_names: Sequence[str]
+) -> aio_health.HealthServicer:
+    """`add_health_and_reflection` for grpc.aio servers.
+
+    NOTE: the sync HealthServicer on an aio server parks one executor thread per open Watch
+    (every `dns:///` client holds one): threads run out and shutdown never ends.
+    """
+    servicer = aio_health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    await set_serving_aio(servicer, service_names, serving=False)
+    reflection.enable_server_reflection(
+        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return servicer
+
+
+async def set_serving_aio(
+    servicer: aio_health.HealthServicer, service_names: Sequence[str], *, serving: bool
+) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", *service_names):
+        await servicer.set(name, status)
+
+
 async def drain(
     server: grpc.aio.Server,
-    health_servicer: health.HealthServicer,
-    service_names: Sequence[str],
+    health_servicer: aio_health.HealthServicer,
     grace_seconds: float,
+    announce_seconds: float = 2.0,
 ) -> None:
-    """NOT_SERVING first (balancers stop sending), then in-flight calls get `grace_seconds`."""
+    """NOT_SERVING first, kept answerable for a moment so balancers and probes see it; then
+    in-flight calls get `grace_seconds` while no new ones are accepted."""
     logger.info("draining: health is NOT_SERVING, in-flight calls get %.0fs", grace_seconds)
-    set_serving(health_servicer, service_names, serving=False)
+    await health_servicer.enter_graceful_shutdown()  # NOT_SERVING, Watch streams end
+    await asyncio.sleep(min(announce_seconds, grace_seconds))
     await server.stop(grace_seconds)
 
 
@@ -175,3 +209,16 @@ def add_server_args(parser: argparse.ArgumentParser, default_port: int) -> None:
         default=30.0,
         help="on SIGTERM, how long in-flight calls may finish (default 30)",
     )
+
+
+def json_object(text: str) -> dict:
+    """argparse type for flags that take a JSON object (--hf-overrides, ...)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object like '{{\"key\": 1}}', got {text!r}"
+        )
+    return value

@@ -173,3 +173,32 @@ def test_health_answers_with_more_streams_than_any_thread_pool(
     for call in calls:
         call.cancel()
     assert _idle_free_blocks(stub, timeout=15.0) == idle
+
+
+def test_sigterm_drains_even_with_a_watching_client() -> None:
+    """A gateway's dns:/// channel holds a health Watch open; SIGTERM must still drain and
+    exit: NOT_SERVING is visible, an in-flight stream finishes, the process exits 0."""
+    import signal
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from protos.serving import health_status
+
+    service = start("lm", ["--model", str(tiny_model_path("llama")), "--num-blocks", "64",
+                           "--grace-seconds", "5"])  # fmt: skip
+    watcher = channel(f"dns:///localhost:{service.address.rsplit(':', 1)[1]}")
+    try:
+        watch = health_pb2_grpc.HealthStub(watcher).Watch(health_pb2.HealthCheckRequest())
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        stub = lm_pb2_grpc.LanguageModelStub(channel(service.address))
+        call = stub.Generate(_request([1, 2, 3], 60, ignore_eos=True))
+        first = next(call)
+        service.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert health_status(service.address) == "NOT_SERVING"
+        rest = [t for reply in call for t in reply.token_ids]
+        assert len(first.token_ids) + len(rest) == 60  # the in-flight stream finished
+        assert service.process.wait(20) == 0
+    finally:
+        watcher.close()
+        service.stop()
