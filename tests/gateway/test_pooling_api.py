@@ -238,3 +238,21 @@ _CALLS = {
         _pool(lm_pb2.POOLING_TASK_EMBED, [101] * 300), timeout=10
     ),
 }
+
+
+def test_gateway_normalize_true_normalizes_what_the_lm_left_raw() -> None:
+    """The e2e test above uses MiniLM, which the LM normalizes already; here the LM's pooler
+    leaves vectors raw, so only the gateway's normalize=True can make them unit length."""
+    from gateway.llm import _pooling_prompts
+
+    llm = LLM(model=str(tiny_model_path("bert")), task="embed",
+              override_pooler_config={"normalize": False})  # fmt: skip
+    try:
+        raw = torch.tensor(llm.embed("hello world")[0].outputs.embedding)
+        assert abs(float(raw.norm()) - 1.0) > 1e-3
+        result = llm._run(llm._pooling.embed(_pooling_prompts("hello world"), True, None))
+        normalized = result.outputs[0].data
+        assert float(normalized.norm()) == pytest.approx(1.0, abs=1e-5)
+        assert torch.allclose(normalized, raw / raw.norm(), atol=1e-6)
+    finally:
+        llm.close()
