@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import gateway
+from protos.serving import free_port  # noqa: F401 - the stack's ports come from here
 
 MEDIA_COMPONENTS = ("image", "video", "audio")
 REPLICA_COMPONENTS = ("lm", *MEDIA_COMPONENTS)
@@ -98,13 +98,6 @@ def parse_replicas(text: str | None) -> dict[str, int]:
             raise ValueError(f"--replicas {name}={count}: every service needs at least 1")
         replicas[name] = int(count)
     return replicas
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the child binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def plan_stack(

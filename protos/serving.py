@@ -48,7 +48,10 @@ def make_server(max_workers: int = 64) -> grpc.Server:
 
 def bind(server: grpc.Server | grpc.aio.Server, host: str, port: int) -> int:
     """Binds insecure `host:port` (port 0 picks a free one); returns the bound port."""
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpc.aio raises where the sync server returns 0
+        bound = 0
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}: the address is in use or not available")
     return bound
@@ -222,3 +225,25 @@ def json_object(text: str) -> dict:
             f"expected a JSON object like '{{\"key\": 1}}', got {text!r}"
         )
     return value
+
+
+# Below Linux's ephemeral range (32768-60999): a port picked here cannot be taken in the
+# meantime by some process's outgoing connection, which ephemeral ports can.
+_SERVICE_PORTS = range(20000, 32768)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the service binds it a moment later)."""
+    import random
+    import socket
+
+    for port in random.sample(_SERVICE_PORTS, 200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(
+        f"no free port between {_SERVICE_PORTS.start} and {_SERVICE_PORTS.stop} on {host}"
+    )
