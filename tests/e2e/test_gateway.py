@@ -165,7 +165,8 @@ def test_chat_stream_text_and_cache_hit(qwen2_vl: Stack) -> None:
     request = gateway_pb2.ChatRequest(messages=[message], sampling=_sampling())
     first = list(qwen2_vl.stub.Chat(request))
     second = list(qwen2_vl.stub.Chat(request))
-    assert [r.token_ids for r in first] == [r.token_ids for r in second]
+    # the same tokens (how they are split into stream messages depends on timing)
+    assert [t for r in first for t in r.token_ids] == [t for r in second for t in r.token_ids]
     assert first[-1].media_cache_hits == [False] and second[-1].media_cache_hits == [True]
     assert "".join(r.text for r in first)
     assert second[-1].usage.cached_prompt_tokens > 0
