@@ -50,6 +50,22 @@ from tokenizers import (  # noqa: E402
 
 BUILDER_VERSION = "2"
 
+# Qwen2.5-VL is built in memory by the tests that need it (no saved checkpoint): its tiny
+# vision tower, with 2.5-VL's window attention and one full-attention block.
+QWEN2_5_VL_VISION = dict(
+    depth=2,
+    hidden_size=64,
+    intermediate_size=128,
+    num_heads=4,
+    out_hidden_size=64,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=56,
+    fullatt_block_indexes=[1],
+    tokens_per_second=2,
+)
+
 TEXT_MODELS: tuple[str, ...] = (
     "llama",
     "mistral",

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from encoder_service import Encoder
+from tests.tiny_models import QWEN2_5_VL_VISION
 
 
 @pytest.fixture(scope="session")
@@ -45,19 +46,7 @@ def qwen2_5_vl_path(qwen2_vl_path: Path, tmp_path_factory: pytest.TempPathFactor
             num_key_value_heads=2,
             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
         ),
-        vision_config=dict(
-            depth=2,
-            hidden_size=64,
-            intermediate_size=128,
-            num_heads=4,
-            out_hidden_size=64,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=56,
-            fullatt_block_indexes=[1],
-            tokens_per_second=2,
-        ),
+        vision_config=dict(QWEN2_5_VL_VISION),
         image_token_id=10,
         video_token_id=11,
         vision_start_token_id=12,

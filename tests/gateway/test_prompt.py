@@ -17,7 +17,7 @@ from PIL import Image
 from gateway.mrope import VisionRun, mrope_position_delta, mrope_positions
 from gateway.prompt import BuiltPrompt, MediaSlot, PlaceholderRange, PromptBuilder
 from protos.errors import InvalidRequest
-from tests.tiny_models import LLAVA_IMAGE_TOKENS, SAMPLING_RATE, tiny_model_path
+from tests.tiny_models import LLAVA_IMAGE_TOKENS, QWEN2_5_VL_VISION, SAMPLING_RATE, tiny_model_path
 
 QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 QWEN_VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
@@ -388,19 +388,7 @@ def qwen2_5_vl(qwen2_vl: PromptBuilder) -> PromptBuilder:
     source = qwen2_vl.config
     config = Qwen2_5_VLConfig(
         text_config=source.text_config.to_dict(),
-        vision_config=dict(
-            depth=2,
-            hidden_size=64,
-            intermediate_size=128,
-            num_heads=4,
-            out_hidden_size=64,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=56,
-            fullatt_block_indexes=[1],
-            tokens_per_second=2,
-        ),
+        vision_config=dict(QWEN2_5_VL_VISION),
         image_token_id=source.image_token_id,
         video_token_id=source.video_token_id,
         vision_start_token_id=source.vision_start_token_id,

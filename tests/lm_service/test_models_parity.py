@@ -25,6 +25,7 @@ from lm_service.models.registry import load_model  # noqa: E402
 from tests.tiny_models import (  # noqa: E402
     LLAMA_FAMILY,
     MULTIMODAL_MODELS,
+    QWEN2_5_VL_VISION,
     TEXT_MODELS,
     rescale_init,
     tiny_model_path,
@@ -200,18 +201,7 @@ def qwen2_5_vl_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     text_config.pop("model_type", None)
     config = Qwen2_5_VLConfig(
         text_config=text_config,
-        vision_config=dict(
-            depth=2,
-            hidden_size=64,
-            intermediate_size=128,
-            num_heads=4,
-            out_hidden_size=64,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=56,
-            fullatt_block_indexes=[1],
-        ),
+        vision_config=dict(QWEN2_5_VL_VISION),
     )
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(config)
