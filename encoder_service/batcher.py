@@ -77,6 +77,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._num_incoming = 0  # callers preparing items they will submit
         self._closed = False
         self.num_batches = 0
+        self.name = name
         self._worker = threading.Thread(target=self._loop, name=name, daemon=True)
         self._worker.start()
 
@@ -106,7 +107,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             if not items:
                 return []
             if self._closed:
-                raise Unavailable("the encoder is shutting down")
+                raise Unavailable(f"{self.name} is shutting down")
             self._pending.append(request)
             self._cond.notify_all()
         request.done.wait()

@@ -70,17 +70,18 @@ def add_health_and_reflection(
     return servicer
 
 
+def _status(serving: bool) -> int:
+    if serving:
+        return health_pb2.HealthCheckResponse.SERVING
+    return health_pb2.HealthCheckResponse.NOT_SERVING
+
+
 def set_serving(
     servicer: health.HealthServicer, service_names: Sequence[str], *, serving: bool
 ) -> None:
     """Flips the overall status ("") and each named service's status together."""
-    status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if serving
-        else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
     for name in ("", *service_names):
-        servicer.set(name, status)
+        servicer.set(name, _status(serving))
 
 
 # For `dns:///name:port` targets: balance over every address behind the name, and let gRPC's
@@ -174,13 +175,8 @@ async def add_aio_health_and_reflection(
 async def set_serving_aio(
     servicer: aio_health.HealthServicer, service_names: Sequence[str], *, serving: bool
 ) -> None:
-    status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if serving
-        else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
     for name in ("", *service_names):
-        await servicer.set(name, status)
+        await servicer.set(name, _status(serving))
 
 
 async def drain(

@@ -204,10 +204,9 @@ class Engine:
         stop_ids = tuple(params.stop_token_ids)
         if not params.ignore_eos:
             stop_ids += tuple(t for t in self.eos_token_ids[1:] if t not in stop_ids)
-        wanted = room if params.max_tokens is None else params.max_tokens
-        return dataclasses.replace(
-            params, max_tokens=max(1, min(wanted, room)), stop_token_ids=stop_ids
-        )
+        # NOTE: max_tokens is not clamped here: the scheduler ends every request at
+        # max_model_len (finish reason "length"), whatever max_tokens says.
+        return dataclasses.replace(params, stop_token_ids=stop_ids)
 
 
 def _request_output(request: Request) -> RequestOutput:
