@@ -26,7 +26,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
 
 demo: $(STAMP)
-	$(PY) -m gateway.demo
+	$(PY) -m gateway.tools.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from encoder_service import Encoder, MediaItem
+from encoder_service import Encoder
+from protos.encoder_messages import MediaItem
 from tests.tiny_models import tiny_model_path
 
 CASES = (("llava", "image"), ("qwen2_vl", "image"), ("qwen2_vl", "video"), ("qwen2_audio", "audio"))

@@ -2,7 +2,7 @@
 cache and micro-batching. The core imports no grpc; `server.py` is the thin servicer.
 
     enc = Encoder.from_pretrained(path, modality="image")
-    out = enc.encode([MediaItem(data=png_bytes)])
+    out = enc.encode([MediaItem(data=png_bytes)])  # protos.encoder_messages.MediaItem
     out[0].embeddings  # [num_tokens, hidden]
 """
 
@@ -14,13 +14,9 @@ from typing import Any
 _LAZY = {
     "MicroBatcher": "encoder_service.batcher",
     "CachedEncoding": "encoder_service.cache",
-    "CacheStats": "encoder_service.cache",
     "EmbeddingCache": "encoder_service.cache",
     "content_hash": "encoder_service.cache",
     "Encoder": "encoder_service.encoder",
-    "EncodeResult": "encoder_service.encoder",
-    "EncoderInfo": "encoder_service.encoder",
-    "MediaItem": "encoder_service.encoder",
     "MediaError": "encoder_service.errors",
     "MediaLimitExceeded": "encoder_service.errors",
     "MediaLimits": "encoder_service.media",

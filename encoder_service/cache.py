@@ -8,9 +8,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
+
+from protos.encoder_messages import CacheStats
 
 _HASH_VERSION = b"meshserve-media-v1"
 
@@ -47,15 +49,6 @@ class CachedEncoding:
     @property
     def num_bytes(self) -> int:
         return self.embeddings.numel() * self.embeddings.element_size()
-
-
-class CacheStats(NamedTuple):
-    hits: int
-    misses: int
-    evictions: int
-    num_entries: int
-    num_bytes: int
-    max_bytes: int
 
 
 class EmbeddingCache:

@@ -14,67 +14,24 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from encoder_service.batcher import MicroBatcher, Ticket
-from encoder_service.cache import CachedEncoding, CacheStats, EmbeddingCache, content_hash
+from encoder_service.cache import CachedEncoding, EmbeddingCache, content_hash
 from encoder_service.errors import MediaError
 from encoder_service.media import MediaLimits
 from encoder_service.registry import check_modality, load_tower
 from encoder_service.towers import Modality, Tower, TowerInput
+from protos.encoder_messages import EncodeResult, EncoderInfo, MediaItem
 
 _VIDEO_OPTIONS = ("fps", "num_frames")
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class MediaItem:
-    """One image, video or audio clip to encode: exactly one of `data`, `embeddings`, `decoded`.
-
-    Args:
-        data: the file's bytes (PNG, JPEG, MP4, WAV, ...).
-        embeddings: precomputed [num_tokens, hidden] embeddings, passed through after checks.
-        decoded: an already decoded object: PIL image / [H, W, 3] uint8 array (image),
-            [T, H, W, 3] uint8 array or list of PIL frames (video), (waveform, sampling_rate)
-            (audio).
-        options: processing options; videos take "fps" or "num_frames".
-        metadata: facts about the item: "fps" of decoded video frames; "grid_thw" (and for
-            Qwen2.5-VL videos "second_per_grid_t") of precomputed Qwen2-VL embeddings.
-    """
-
-    data: bytes | None = None
-    embeddings: torch.Tensor | None = None
-    decoded: Any = None
-    options: Mapping[str, Any] = field(default_factory=dict)
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-
-
-class EncodeResult(NamedTuple):
-    embeddings: torch.Tensor  # [num_tokens, hidden], read-only: shared with the cache
-    num_tokens: int
-    content_hash: str
-    cache_hit: bool
-    metadata: Mapping[str, Any]  # e.g. {"grid_thw": (t, h, w)} for Qwen2-VL
-
-
-class EncoderInfo(NamedTuple):
-    model_id: str
-    architecture: str
-    modality: str
-    hidden_size: int
-    dtype: str
-    device: str
-    cache: CacheStats
-    num_requests: int  # encode calls
-    num_items: int  # items received
-    num_encoded: int  # items actually run through the tower
-    num_tower_calls: int  # tower forward calls (batches)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

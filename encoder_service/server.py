@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from encoder_service.encoder import Encoder
-from encoder_service.wire import MODALITY_NAMES, info_to_pb, item_from_pb, result_to_pb
+from protos.encoder_codec import MODALITY_NAMES, info_to_pb, item_from_pb, result_to_pb
 from protos.errors import InvalidRequest, Unavailable
 from protos.meshserve.v1 import encoder_pb2, encoder_pb2_grpc
 from protos.status import grpc_errors

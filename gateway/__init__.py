@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gateway.llm import LLM
-    from lm_service.sampling_params import SamplingParams
+    from protos.sampling_params import SamplingParams
 
 __all__ = ["LLM", "SamplingParams"]
 
@@ -18,7 +18,7 @@ def __getattr__(name: str) -> Any:
 
         return LLM
     if name == "SamplingParams":
-        from lm_service.sampling_params import SamplingParams
+        from protos.sampling_params import SamplingParams
 
         return SamplingParams
     raise AttributeError(f"module 'gateway' has no attribute {name!r}")

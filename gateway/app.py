@@ -7,12 +7,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gateway.backends import EncoderBackend, LMBackend, LocalEncoderBackend, LocalLMBackend
-from gateway.limits import validate_limits
-from gateway.media_store import MediaStore
-from gateway.modalities import spec_for
-from gateway.orchestrator import Orchestrator, ServedModel
-from gateway.prompt import PromptBuilder
+from gateway.backends.base import EncoderBackend, LMBackend
+from gateway.backends.local import LocalEncoderBackend, LocalLMBackend
+from gateway.pipeline.media_store import MediaStore
+from gateway.pipeline.orchestrator import Orchestrator, ServedModel
+from gateway.prompt.builder import PromptBuilder
+from gateway.rules.limits import validate_limits
+from gateway.rules.modalities import spec_for
 from lm_service.pooling import POOLING_TASKS
 from protos.errors import Unsupported
 
@@ -113,7 +114,7 @@ def transcription_backends(
 ) -> tuple[LocalEncoderBackend, Any]:
     """No encoders and, in the LM's place, a Transcriber running the whole model in process
     (the paged engine does not run encoder-decoder models)."""
-    from gateway.transcription import Transcriber
+    from gateway.backends.transcriber import Transcriber
 
     model = Transcriber.from_pretrained(served.model, dtype, device, trust_remote_code)
     return LocalEncoderBackend({}), model
@@ -132,7 +133,7 @@ def check_lm_task(served: ServedModel, info: Any) -> None:
 def remote_backends(
     lm_targets: Sequence[str], encoder_targets: Mapping[str, Sequence[str]]
 ) -> tuple[EncoderBackend, LMBackend]:
-    from gateway.remote import RemoteEncoderBackend, RemoteLMBackend
+    from gateway.backends.remote import RemoteEncoderBackend, RemoteLMBackend
 
     return RemoteEncoderBackend(encoder_targets), RemoteLMBackend(lm_targets)
 
@@ -148,7 +149,7 @@ async def serve(
     """Runs the Gateway gRPC server until SIGTERM/SIGINT (or `stop`), then drains."""
     import grpc
 
-    from gateway.server import SERVICE_NAME, GatewayServicer
+    from gateway.api.grpc_servicer import SERVICE_NAME, GatewayServicer
     from protos import serving
     from protos.meshserve.v1 import gateway_pb2_grpc
 

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gateway.app import build_orchestrator, local_backends, served_model
-from gateway.pooling import PoolingOrchestrator, Prompt
-from gateway.transcription import TranscriptionRequest
-from gateway.types import GenerationRequest, MediaInput
+from gateway.backends.transcriber import TranscriptionRequest
+from gateway.pipeline.pooling import PoolingOrchestrator, Prompt
+from gateway.pipeline.types import GenerationRequest, MediaInput
 from lm_service.config import EngineConfig
 from lm_service.pooling import POOLING_TASKS
-from lm_service.sampling_params import SamplingParams, per_prompt
 from protos.errors import InvalidRequest, Unsupported
+from protos.sampling_params import SamplingParams, per_prompt
 
 T = TypeVar("T")
 

@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lm_service.config import EngineConfig
     from lm_service.engine.engine import Engine
-    from lm_service.sampling_params import SamplingParams
+    from protos.sampling_params import SamplingParams
 
 __all__ = ["Engine", "EngineConfig", "SamplingParams"]
 
 _LAZY = {
     "Engine": "lm_service.engine.engine",
     "EngineConfig": "lm_service.config",
-    "SamplingParams": "lm_service.sampling_params",
+    "SamplingParams": "protos.sampling_params",
 }
 
 

@@ -178,7 +178,7 @@ async def _serve(args: argparse.Namespace, config: EngineConfig) -> None:
 def _load_engine(config: EngineConfig) -> Any:
     from lm_service.engine.engine import Engine
     from lm_service.engine_loop import EngineLoop
-    from lm_service.sampling_params import SamplingParams
+    from protos.sampling_params import SamplingParams
 
     engine = Engine(config)
     first = engine.eos_token_ids[0] if engine.eos_token_ids[0] >= 0 else 0

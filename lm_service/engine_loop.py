@@ -17,9 +17,8 @@ from typing import Any
 import torch
 
 from lm_service.engine.engine import Engine
-from lm_service.engine.outputs import StepOutput
-from lm_service.engine.request import MultiModalSpan
-from lm_service.sampling_params import SamplingParams
+from protos.lm_messages import MultiModalSpan, StepOutput
+from protos.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 

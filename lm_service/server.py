@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import grpc
 
 from lm_service.engine_loop import EngineLoop, stream_outputs
-from lm_service.wire import (
+from protos.errors import Unavailable, Unsupported
+from protos.lm_codec import (
     mrope_from_pb,
     pool_inputs_from_pb,
     pool_outputs_to_pb,
@@ -21,7 +22,6 @@ from lm_service.wire import (
     spans_from_pb,
     step_to_pb,
 )
-from protos.errors import Unavailable, Unsupported
 from protos.meshserve.v1 import lm_pb2, lm_pb2_grpc
 from protos.status import aio_grpc_errors
 

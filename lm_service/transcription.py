@@ -12,8 +12,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from lm_service.sampling_params import SamplingParams
 from protos.errors import InvalidRequest, Unsupported
+from protos.sampling_params import SamplingParams
 
 TASKS = ("transcribe", "translate")
 

@@ -65,7 +65,7 @@ def _spawn(command: str, args: Sequence[str]) -> Service:
     log = Path(tempfile.mkstemp(prefix=f"meshserve-{command}-", suffix=".log")[1])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", command, *args, "--port", str(port)],
+        [sys.executable, "-m", "gateway.tools.cli", command, *args, "--port", str(port)],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         cwd=ROOT,

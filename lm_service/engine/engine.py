@@ -14,14 +14,15 @@ import torch
 from kernels.cpu_allocator import tune_cpu_allocator
 from lm_service.config import EngineConfig
 from lm_service.engine.kv_cache import allocate_kv_caches, num_blocks_for
-from lm_service.engine.outputs import RequestOutput, StepOutput
-from lm_service.engine.request import MultiModalSpan, Request
+from lm_service.engine.outputs import RequestOutput
+from lm_service.engine.request import Request
 from lm_service.engine.runner import ModelRunner
 from lm_service.engine.sampler import Sampler, SamplingMetadata
 from lm_service.engine.scheduler import Scheduler, SchedulerConfig
 from lm_service.models.registry import load_model
-from lm_service.sampling_params import SamplingParams, per_prompt
 from protos.errors import InvalidRequest
+from protos.lm_messages import MultiModalSpan, StepOutput
+from protos.sampling_params import SamplingParams, per_prompt
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from lm_service.sampling_params import SamplingParams
 from protos.errors import InvalidRequest
+from protos.lm_messages import MultiModalSpan
+from protos.sampling_params import SamplingParams
 
 
 class FinishReason(enum.StrEnum):
@@ -65,34 +66,6 @@ class LogprobEntry(NamedTuple):
     rank: int
     top_token_ids: tuple[int, ...]
     top_logprobs: tuple[float, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class MultiModalSpan:
-    """Placeholder positions of one media item in the prompt.
-
-    Args:
-        offset: first prompt position the item's embeddings replace.
-        length: number of positions.
-        content_hash: the encoder's hash of the item; keys the prefix cache.
-        embeddings: [length, hidden] tensor, or None while it lives elsewhere.
-    """
-
-    offset: int
-    length: int
-    content_hash: str
-    embeddings: Any = field(default=None, compare=False, hash=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.offset < 0 or self.length < 1:
-            raise InvalidRequest(
-                f"multimodal span needs offset >= 0 and length >= 1, "
-                f"got offset={self.offset} length={self.length}"
-            )
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.length
 
 
 @dataclass(eq=False, slots=True)

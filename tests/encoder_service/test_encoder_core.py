@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from encoder_service import Encoder, MediaError, MediaItem
+from encoder_service import Encoder, MediaError
+from protos.encoder_messages import MediaItem
 from protos.errors import InvalidRequest
 from tests.encoder_service.samples import encode_image, make_video, random_frames
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from encoder_service import Encoder, MediaItem, MicroBatcher
+from encoder_service import Encoder, MicroBatcher
+from protos.encoder_messages import MediaItem
 from protos.errors import Unavailable
 from tests.encoder_service.samples import encode_image, random_frames
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from encoder_service import Encoder, MediaItem
+from encoder_service import Encoder
 from encoder_service.towers import Qwen2AudioTower
+from protos.encoder_messages import MediaItem
 from tests.encoder_service.samples import encode_image, make_video, random_frames, tone
 
 ATOL = 1e-5

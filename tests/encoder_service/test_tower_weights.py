@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from encoder_service import Encoder, MediaItem
+from encoder_service import Encoder
 from encoder_service.registry import load_tower
+from protos.encoder_messages import MediaItem
 from protos.errors import InvalidRequest, Unsupported
 from tests.encoder_service.samples import encode_image, random_frames
 

@@ -8,7 +8,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from gateway.detokenizer import IncrementalDetokenizer
+from gateway.pipeline.detokenizer import IncrementalDetokenizer
 
 REPLACEMENT = "\ufffd"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>"]

@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoImageProcessor
 
 from gateway import LLM, SamplingParams
-from gateway.prompt import MediaSlot, PromptBuilder
+from gateway.prompt.builder import MediaSlot, PromptBuilder
 from protos.errors import InvalidRequest
 from tests import mm_reference as ref
 from tests.parity import check_logprobs_close, our_tops

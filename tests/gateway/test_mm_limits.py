@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.limits import InvalidLimit, parse_limit_mm_per_prompt, validate_limits
-from gateway.modalities import ModalitySpec, TooManyItems, spec_for
+from gateway.rules.limits import InvalidLimit, parse_limit_mm_per_prompt, validate_limits
+from gateway.rules.modalities import ModalitySpec, TooManyItems, spec_for
 from protos.errors import InvalidRequest
 
 

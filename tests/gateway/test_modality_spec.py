@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.modalities import (
+from gateway.rules.modalities import (
     SPECS,
     EmptyPrompt,
     InvalidNotation,

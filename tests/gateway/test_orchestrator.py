@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from encoder_service.encoder import EncodeResult
-from gateway.backends import EncoderBackend, LMBackend, LMInfo, LMRequest
-from gateway.media_store import MediaStore
-from gateway.modalities import spec_for
-from gateway.orchestrator import Orchestrator, ServedModel
-from gateway.prompt import PromptBuilder
-from gateway.types import GenerationRequest, MediaInput
-from lm_service.engine.outputs import StepOutput
-from lm_service.sampling_params import SamplingParams
+from gateway.backends.base import EncoderBackend, LMBackend, LMInfo, LMRequest
+from gateway.pipeline.media_store import MediaStore
+from gateway.pipeline.orchestrator import Orchestrator, ServedModel
+from gateway.pipeline.types import GenerationRequest, MediaInput
+from gateway.prompt.builder import PromptBuilder
+from gateway.rules.modalities import spec_for
+from protos.encoder_messages import EncodeResult
+from protos.lm_messages import StepOutput
+from protos.sampling_params import SamplingParams
 from tests.tiny_models import tiny_model_path
 
 

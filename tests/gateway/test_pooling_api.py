@@ -14,8 +14,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from gateway import LLM
 from gateway.app import check_lm_task, served_model
-from gateway.backends import LMInfo, LocalLMBackend
-from gateway.pooling import PoolingOrchestrator
+from gateway.backends.base import LMInfo
+from gateway.backends.local import LocalLMBackend
+from gateway.pipeline.pooling import PoolingOrchestrator
 from lm_service.pooling import PoolingConfig, PoolingModel
 from protos.errors import InvalidRequest, Unsupported
 from protos.meshserve.v1 import gateway_pb2, gateway_pb2_grpc, lm_pb2, lm_pb2_grpc

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gateway.mrope import VisionRun, mrope_position_delta, mrope_positions
-from gateway.prompt import BuiltPrompt, MediaSlot, PlaceholderRange, PromptBuilder
+from gateway.prompt.builder import BuiltPrompt, MediaSlot, PlaceholderRange, PromptBuilder
+from gateway.prompt.mrope import VisionRun, mrope_position_delta, mrope_positions
 from protos.errors import InvalidRequest
 from tests.tiny_models import LLAVA_IMAGE_TOKENS, QWEN2_5_VL_VISION, SAMPLING_RATE, tiny_model_path
 

@@ -12,9 +12,9 @@ import grpc
 import pytest
 import torch
 
-from encoder_service.encoder import MediaItem
-from gateway.remote import RemoteEncoderBackend
+from gateway.backends.remote import RemoteEncoderBackend
 from protos import serving
+from protos.encoder_messages import MediaItem
 from protos.meshserve.v1 import encoder_pb2, encoder_pb2_grpc
 from protos.tensor_codec import tensor_to_proto
 
@@ -104,7 +104,7 @@ def test_cli_reports_user_mistakes_without_a_traceback() -> None:
         [
             sys.executable,
             "-m",
-            "gateway.cli",
+            "gateway.tools.cli",
             "gateway",
             "--model",
             str(tiny_model_path("llava")),

@@ -19,9 +19,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway.chat_client import ChatResult, chat_request, embeds_part, format_stats, stream_chat
-from gateway.cli import build_parser, main
-from gateway.launcher import (
+from gateway.tools.chat import ChatResult, chat_request, embeds_part, format_stats, stream_chat
+from gateway.tools.cli import build_parser, main
+from gateway.tools.launcher import (
     Stack,
     StackOptions,
     StackPlan,
@@ -30,7 +30,7 @@ from gateway.launcher import (
     parse_replicas,
     plan_stack,
 )
-from gateway.stack import encoder_flags, engine_flags, gateway_flags
+from gateway.tools.up import encoder_flags, engine_flags, gateway_flags
 from protos.meshserve.v1 import (
     common_pb2,
     encoder_pb2,
@@ -321,7 +321,7 @@ class UpProcess:
         self.log_path = log_path
         self.stderr = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "up", *argv],
+            [sys.executable, "-m", "gateway.tools.cli", "up", *argv],
             stdout=subprocess.PIPE,
             stderr=self.stderr,
             text=True,

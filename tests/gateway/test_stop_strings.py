@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from gateway.stop import StopChecker
+from gateway.pipeline.stop import StopChecker
 from protos.errors import InvalidRequest
 
 

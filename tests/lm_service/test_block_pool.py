@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from lm_service.engine.block_pool import BlockPool, block_extra_keys, hash_block
-from lm_service.engine.request import MultiModalSpan, Request
+from lm_service.engine.request import Request
+from protos.lm_messages import MultiModalSpan
 
 BLOCK_SIZE = 4
 

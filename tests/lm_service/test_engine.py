@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lm_service import Engine, EngineConfig, SamplingParams
-from lm_service.engine.request import MultiModalSpan
 from protos.errors import InvalidRequest, Overloaded
+from protos.lm_messages import MultiModalSpan
 from tests.tiny_models import tiny_model_path
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)

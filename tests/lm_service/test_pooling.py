@@ -30,8 +30,8 @@ from lm_service.pooling import (
     resolve_pooler_config,
     sentence_transformers_pooling,
 )
-from lm_service.wire import pool_inputs_from_pb, pool_request_to_pb, pooling_task_from_pb
 from protos.errors import InvalidRequest, Unsupported
+from protos.lm_codec import pool_inputs_from_pb, pool_request_to_pb, pooling_task_from_pb
 from tests.tiny_models import minilm_path, tiny_model_path
 
 ATOL = 1e-5

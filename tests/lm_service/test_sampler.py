@@ -12,7 +12,7 @@ from lm_service.engine.sampler import (
     SamplingMetadata,
     apply_penalties,
 )
-from lm_service.sampling_params import SamplingParams
+from protos.sampling_params import SamplingParams
 
 VOCAB = 32
 EOS = 1

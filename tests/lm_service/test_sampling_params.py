@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from lm_service.sampling_params import SamplingParams
 from protos.errors import InvalidRequest
+from protos.sampling_params import SamplingParams
 
 
 def test_defaults_match_vllm() -> None:

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from lm_service.engine.request import FinishReason, MultiModalSpan, Request, RequestStatus
+from lm_service.engine.request import FinishReason, Request, RequestStatus
 from lm_service.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
-from lm_service.sampling_params import SamplingParams
 from protos.errors import InvalidRequest, Overloaded
+from protos.lm_messages import MultiModalSpan
+from protos.sampling_params import SamplingParams
 
 EOS = 2
 

@@ -10,7 +10,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from encoder_service import cli as encoder_cli
-    from gateway import commands, stack
+    from gateway.tools import chat, gateway_command, up
     from lm_service import cli as lm_cli
 
     parser = argparse.ArgumentParser(
@@ -24,11 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="DEBUG, INFO, WARNING (default INFO)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    stack.add_up_parser(sub)
-    commands.add_parser(sub)
+    up.add_up_parser(sub)
+    gateway_command.add_parser(sub)
     encoder_cli.add_parser(sub)
     lm_cli.add_parser(sub)
-    stack.add_chat_parser(sub)
+    chat.add_chat_parser(sub)
     return parser
 
 

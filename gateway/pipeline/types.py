@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lm_service.sampling_params import SamplingParams
+from protos.sampling_params import SamplingParams
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.backends import LMBackend, LMInfo, LMRequest
-from gateway.types import GenerationChunk, StageTimings, Usage
-from lm_service.engine.outputs import StepOutput
-from lm_service.sampling_params import SamplingParams
+from gateway.backends.base import LMBackend, LMInfo, LMRequest
+from gateway.pipeline.types import GenerationChunk, StageTimings, Usage
 from lm_service.transcription import TranscriptionModel, check_task
 from protos.errors import Unsupported
+from protos.lm_messages import StepOutput
+from protos.sampling_params import SamplingParams
 
 
 @dataclass(frozen=True, slots=True)

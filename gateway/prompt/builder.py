@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from gateway.mrope import VisionRun, mrope_position_delta, mrope_positions
+from gateway.prompt.mrope import VisionRun, mrope_position_delta, mrope_positions
 from protos.errors import InvalidRequest
 
 MODALITIES: tuple[str, ...] = ("image", "video", "audio")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from lm_service.engine.outputs import StepOutput
-from lm_service.engine.request import MultiModalSpan
-from lm_service.sampling_params import SamplingParams
 from protos.errors import InvalidRequest
+from protos.lm_messages import MultiModalSpan, StepOutput
 from protos.meshserve.v1 import common_pb2, lm_pb2
+from protos.sampling_params import SamplingParams
 from protos.tensor_codec import tensor_from_proto, tensor_to_proto
 
 FINISH_CODES = {
@@ -121,7 +120,7 @@ def step_to_pb(outputs: list[StepOutput]) -> lm_pb2.LMGenerateResponse:
 
 
 def lm_request_to_pb(request: Any) -> lm_pb2.LMGenerateRequest:
-    """gateway.backends.LMRequest -> proto."""
+    """gateway.backends.base.LMRequest -> proto."""
     message = lm_pb2.LMGenerateRequest(
         request_id=request.request_id,
         prompt_token_ids=request.prompt_token_ids,

@@ -9,16 +9,16 @@ from typing import Any
 
 import grpc
 
-from encoder_service.wire import encode_request_to_pb, encode_results_from_pb
-from gateway.backends import EncoderBackend, LMBackend, LMInfo, LMRequest
-from gateway.replicas import Replica, ReplicaSet, is_unavailable
-from lm_service.engine.outputs import StepOutput
-from lm_service.wire import (
+from gateway.backends.base import EncoderBackend, LMBackend, LMInfo, LMRequest
+from gateway.backends.replicas import Replica, ReplicaSet, is_unavailable
+from protos.encoder_codec import encode_request_to_pb, encode_results_from_pb
+from protos.lm_codec import (
     lm_request_to_pb,
     pool_outputs_from_pb,
     pool_request_to_pb,
     step_from_pb,
 )
+from protos.lm_messages import StepOutput
 from protos.meshserve.v1 import encoder_pb2_grpc, lm_pb2, lm_pb2_grpc
 
 logger = logging.getLogger(__name__)

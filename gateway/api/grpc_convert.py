@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from gateway.types import GenerationChunk, GenerationRequest, MediaInput
-from lm_service.wire import FINISH_CODES, logprobs_to_pb, sampling_from_pb
+from gateway.pipeline.types import GenerationChunk, GenerationRequest, MediaInput
 from protos.errors import InvalidRequest
+from protos.lm_codec import FINISH_CODES, logprobs_to_pb, sampling_from_pb
 from protos.meshserve.v1 import common_pb2, gateway_pb2
 from protos.tensor_codec import tensor_from_proto
 

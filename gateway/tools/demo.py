@@ -178,7 +178,7 @@ def running_stack(model: Path, port: int) -> Iterator[str]:
     argv = ["up", "--model", str(model), "--port", str(port), "--num-blocks", "256"]
     say(f"$ meshserve {' '.join(argv)}")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", *argv, "--grace-seconds", "5"],
+        [sys.executable, "-m", "gateway.tools.cli", *argv, "--grace-seconds", "5"],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
@@ -231,7 +231,7 @@ def send(address: str, request: DemoRequest) -> bool:
     """Streams one chat request; prints the answer and timings; False when it failed."""
     import grpc
 
-    from gateway.chat_client import chat_request, format_stats, media_part, stream_chat
+    from gateway.tools.chat import chat_request, format_stats, media_part, stream_chat
     from protos.meshserve.v1 import gateway_pb2_grpc
     from protos.serving import channel
 
@@ -261,7 +261,7 @@ def _echo(text: str) -> None:
 
 
 def run_demo(run: DemoRun) -> bool:
-    from gateway.launcher import free_port
+    from gateway.tools.launcher import free_port
 
     say(f"\n== {run.label}: random weights, built locally ==")
     model = build_checkpoint(run.name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from gateway.modalities import MEDIA_MODALITIES, Modality, ModalitySpec, owner_name
+from gateway.rules.modalities import MEDIA_MODALITIES, Modality, ModalitySpec, owner_name
 from protos.errors import InvalidRequest
 
 LimitsInput = str | Mapping[str, int] | None

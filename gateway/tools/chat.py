@@ -180,6 +180,18 @@ def format_stats(result: ChatResult) -> str:
 # ------------------------------------------------------------------------------------ CLI
 
 
+def add_chat_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "chat",
+        help="send one prompt (with media) to a gateway and stream the answer",
+        description="A gRPC client of meshserve.v1.Gateway/Chat: sends text plus images, "
+        "videos, audio or precomputed embeddings, streams the answer, then prints the time "
+        "to first token, tokens/s, the gateway's stage timings and encoder cache hits.",
+    )
+    add_chat_args(p)
+    p.set_defaults(func=run_chat)
+
+
 def add_chat_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="the user's text")
     parser.add_argument(

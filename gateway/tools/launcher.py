@@ -1,7 +1,7 @@
 """`meshserve up`'s process manager: one child per service, health-gated start, ordered stop.
 
 The plan (which services, which ports, which flags) is pure data built by `plan_stack`; the
-`Stack` starts it as `python -m gateway.cli <service> ...` children, each in its own process
+`Stack` starts it as `python -m gateway.tools.cli <service> ...` children, each in its own process
 group with its log in a file, waits for grpc.health.v1 SERVING, watches for deaths and stops
 the gateway first (it drains) and the backends after it.
 """
@@ -43,7 +43,7 @@ class Interrupted(StackError):
 
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
-    """One child process: `python -m gateway.cli <argv...>` serving on host:port."""
+    """One child process: `python -m gateway.tools.cli <argv...>` serving on host:port."""
 
     name: str  # "lm", "encoder-image", "encoder-image-2", "gateway"
     component: str  # "lm", "image", "video", "audio" or "gateway"
@@ -208,7 +208,7 @@ class Child:
     def start(self) -> None:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", *self.spec.argv],
+                [sys.executable, "-m", "gateway.tools.cli", *self.spec.argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

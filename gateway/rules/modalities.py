@@ -8,7 +8,7 @@ The notation, from the seed's multimodal section:
 - `/` separates mutually exclusive alternatives (`T / I`: text only or image only, never both);
 - `E` after a letter: precomputed embeddings are accepted for that modality;
 - a trailing `+` after a letter: several items of that modality may be given in one prompt
-  (how many is capped by `--limit-mm-per-prompt`, default 1, see `gateway.limits`).
+  (how many is capped by `--limit-mm-per-prompt`, default 1, see `gateway.rules.limits`).
 
 `SPECS` holds the spec of every multimodal architecture in the seed's tables, per task.
 `spec_for()` answers for any architecture: one without a row is text-only (`T`), because the
@@ -149,7 +149,7 @@ class ModalitySpec:
             counts: number of items per media modality name ("image": 2).
             has_text: whether the prompt has text.
             embeds: media modality names given as precomputed embeddings.
-            limits: effective `limit_mm_per_prompt` (see `gateway.limits.validate_limits`);
+            limits: effective `limit_mm_per_prompt` (see `gateway.rules.limits.validate_limits`);
                 a modality missing from it may have 1 item.
             architecture, task: only used to name the rule in error messages.
         Raises:

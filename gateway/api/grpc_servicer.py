@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
-from gateway.orchestrator import Orchestrator
-from gateway.pooling import POOLING_TASKS, PoolingOrchestrator, not_served
-from gateway.transcription import Transcriber, TranscriptionRequest
-from gateway.types import GenerationRequest, Usage
-from gateway.wire import chat_from_pb, chunk_to_pb, generate_from_pb, media_from_pb
-from lm_service.wire import sampling_from_pb
+from gateway.api.grpc_convert import chat_from_pb, chunk_to_pb, generate_from_pb, media_from_pb
+from gateway.backends.transcriber import Transcriber, TranscriptionRequest
+from gateway.pipeline.orchestrator import Orchestrator
+from gateway.pipeline.pooling import POOLING_TASKS, PoolingOrchestrator, not_served
+from gateway.pipeline.types import GenerationRequest, Usage
 from protos.errors import Unsupported
+from protos.lm_codec import sampling_from_pb
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from protos.status import aio_grpc_errors
 

@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from gateway.backends import LMBackend
-from gateway.types import Usage
+from gateway.backends.base import LMBackend
+from gateway.pipeline.types import Usage
 from lm_service.pooling import POOLING_TASKS, PoolingInput
 from protos.errors import InvalidRequest, Unsupported
 
@@ -60,7 +60,7 @@ class PoolingOrchestrator:
     """Runs pooling requests for one served model; written once for local and remote LMs.
 
     Args:
-        served: gateway.orchestrator.ServedModel (its `task` decides what is answered).
+        served: gateway.pipeline.orchestrator.ServedModel (its `task` decides what is answered).
         tokenizer: the model's HF tokenizer.
         id2label: class names of a classifier.
     """

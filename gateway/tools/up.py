@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.commands import DEFAULT_PORT, add_served_model_args
+from gateway.tools.gateway_command import DEFAULT_PORT, add_served_model_args
 from protos.serving import parse_bytes
 
 if TYPE_CHECKING:
-    from gateway.launcher import Child, Stack, StackPlan, StopSignal
+    from gateway.tools.launcher import Child, Stack, StackPlan, StopSignal
 
 ENGINE_FLAGS_SKIPPED = ("model", "help")
 
@@ -79,20 +79,6 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_up)
 
 
-def add_chat_parser(subparsers: argparse._SubParsersAction) -> None:
-    from gateway.chat_client import add_chat_args, run_chat
-
-    p = subparsers.add_parser(
-        "chat",
-        help="send one prompt (with media) to a gateway and stream the answer",
-        description="A gRPC client of meshserve.v1.Gateway/Chat: sends text plus images, "
-        "videos, audio or precomputed embeddings, streams the answer, then prints the time "
-        "to first token, tokens/s, the gateway's stage timings and encoder cache hits.",
-    )
-    add_chat_args(p)
-    p.set_defaults(func=run_chat)
-
-
 # ---------------------------------------------------------------------------------- flags
 
 
@@ -144,7 +130,7 @@ def gateway_flags(args: argparse.Namespace) -> tuple[str, ...]:
 
 def run_up(args: argparse.Namespace) -> int:
     from gateway.app import media_modalities, served_model
-    from gateway.launcher import parse_replicas
+    from gateway.tools.launcher import parse_replicas
 
     try:
         replicas = parse_replicas(args.replicas)
@@ -171,7 +157,7 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def run_processes(args: argparse.Namespace, modalities: list[str], replicas: dict) -> int:
-    from gateway.launcher import StackOptions, StopSignal, free_port, make_log_dir, plan_stack
+    from gateway.tools.launcher import StackOptions, StopSignal, free_port, make_log_dir, plan_stack
 
     options = StackOptions(
         model=args.model,
@@ -198,7 +184,7 @@ def run_processes(args: argparse.Namespace, modalities: list[str], replicas: dic
 
 
 def _run_stack(plan: StackPlan, log_dir: Path, stop: StopSignal, args: argparse.Namespace) -> int:
-    from gateway.launcher import Interrupted, Stack, StackError, println
+    from gateway.tools.launcher import Interrupted, Stack, StackError, println
 
     stack = Stack(plan, log_dir, stop)
     names = ", ".join(child.spec.name for child in stack.children)
@@ -255,7 +241,7 @@ class _progress:
 
 
 def _print_ready(stack: Stack, model: str) -> None:
-    from gateway.launcher import describe, println
+    from gateway.tools.launcher import describe, println
 
     for child in stack.children:
         println(describe(child.spec, child.pid, model))
@@ -296,7 +282,7 @@ def run_embedded(args: argparse.Namespace, served: Any) -> int:
     )
     port = args.port
     if port == 0:
-        from gateway.launcher import free_port
+        from gateway.tools.launcher import free_port
 
         port = free_port(args.host)
     asyncio.run(
@@ -309,7 +295,7 @@ async def _serve_embedded(
     orchestrator: Any, host: str, port: int, grace: float, cache_bytes: int
 ) -> None:
     from gateway.app import serve
-    from gateway.launcher import format_bytes
+    from gateway.tools.launcher import format_bytes
 
     ready = asyncio.Event()
     server = asyncio.create_task(serve(orchestrator, host, port, grace, ready=ready))

@@ -12,16 +12,22 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from encoder_service import MediaItem
-from gateway.backends import EncoderBackend, LMBackend, LMRequest
-from gateway.detokenizer import IncrementalDetokenizer
-from gateway.media_store import MediaStore
-from gateway.modalities import ModalitySpec
-from gateway.prompt import BuiltPrompt, MediaSlot, PromptBuilder
-from gateway.stop import StopChecker
-from gateway.types import GenerationChunk, GenerationRequest, MediaInput, StageTimings, Usage
-from lm_service.engine.request import MultiModalSpan
+from gateway.backends.base import EncoderBackend, LMBackend, LMRequest
+from gateway.pipeline.detokenizer import IncrementalDetokenizer
+from gateway.pipeline.media_store import MediaStore
+from gateway.pipeline.stop import StopChecker
+from gateway.pipeline.types import (
+    GenerationChunk,
+    GenerationRequest,
+    MediaInput,
+    StageTimings,
+    Usage,
+)
+from gateway.prompt.builder import BuiltPrompt, MediaSlot, PromptBuilder
+from gateway.rules.modalities import ModalitySpec
+from protos.encoder_messages import MediaItem
 from protos.errors import InvalidRequest, Unsupported
+from protos.lm_messages import MultiModalSpan
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from encoder_service.encoder import EncodeResult, EncoderInfo, MediaItem
+from protos.encoder_messages import EncodeResult, EncoderInfo, MediaItem
 from protos.errors import InvalidRequest
 from protos.meshserve.v1 import common_pb2, encoder_pb2
 from protos.tensor_codec import tensor_from_proto, tensor_to_proto

@@ -1,0 +1,1 @@
+"""The request path: validate, encode, prompt, stream from the LM, detokenize, stop strings."""

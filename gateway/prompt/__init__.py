@@ -1,0 +1,1 @@
+"""Prompt building: chat templates, media placeholders expanded to the encoders' tokens, M-RoPE."""

@@ -1,0 +1,1 @@
+"""Operator tools for the whole mesh: the `meshserve` CLI, `up` and its launcher, `chat`, the demo."""
