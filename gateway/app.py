@@ -13,18 +13,17 @@ from gateway.pipeline.media_store import MediaStore
 from gateway.pipeline.orchestrator import Orchestrator, ServedModel
 from gateway.prompt.builder import PromptBuilder
 from gateway.rules.limits import validate_limits
-from gateway.rules.modalities import spec_for
-from lm_service.pooling import POOLING_TASKS
+from gateway.rules.spec_table import spec_for
 from protos.errors import Unsupported
+from protos.modality import MEDIA_MODALITIES
+from protos.tasks import POOLING_TASKS, Task
 
 logger = logging.getLogger("meshserve.gateway")
-
-MEDIA_MODALITIES = ("image", "video", "audio")
 
 
 def served_model(
     model: str,
-    task: str = "generate",
+    task: Task | str = Task.GENERATE,
     limit_mm_per_prompt: Any = None,
     trust_remote_code: bool = False,
 ) -> ServedModel:
@@ -34,6 +33,7 @@ def served_model(
     """
     from transformers import AutoConfig
 
+    task = Task.parse(task)
     config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     architecture = (getattr(config, "architectures", None) or [type(config).__name__])[0]
     spec = spec_for(architecture, task)
@@ -43,7 +43,7 @@ def served_model(
 
 def media_modalities(served: ServedModel) -> list[str]:
     """The media modalities the served model accepts (those with a limit above 0)."""
-    return [m for m in MEDIA_MODALITIES if served.limits.get(m, 0) > 0]
+    return [m.value for m in MEDIA_MODALITIES if served.limits.get(m, 0) > 0]
 
 
 def build_orchestrator(

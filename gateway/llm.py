@@ -14,9 +14,10 @@ from gateway.backends.transcriber import TranscriptionRequest
 from gateway.pipeline.pooling import PoolingOrchestrator, Prompt
 from gateway.pipeline.types import GenerationRequest, MediaInput
 from lm_service.config import EngineConfig
-from lm_service.pooling import POOLING_TASKS
 from protos.errors import InvalidRequest, Unsupported
+from protos.modality import MEDIA_MODALITIES
 from protos.sampling_params import SamplingParams, per_prompt
+from protos.tasks import POOLING_TASKS, Task
 
 T = TypeVar("T")
 
@@ -99,16 +100,16 @@ class LLM:
     def __init__(
         self,
         model: str,
-        task: str = "generate",
+        task: Task | str = Task.GENERATE,
         limit_mm_per_prompt: Mapping[str, int] | str | None = None,
         trust_remote_code: bool = False,
         override_pooler_config: Mapping[str, Any] | str | None = None,
         **engine_args: Any,
     ) -> None:
-        if task not in ("generate", *POOLING_TASKS, "transcription"):
-            tasks = ", ".join(("generate", *POOLING_TASKS, "transcription"))
+        if task not in tuple(Task):
+            tasks = ", ".join(Task)
             raise Unsupported(f"the offline LLM serves task {tasks}; not {task!r}")
-        if override_pooler_config and task == "generate":
+        if override_pooler_config and task == Task.GENERATE:
             raise InvalidRequest("override_pooler_config applies to pooling tasks only")
         self.served = served_model(model, task, limit_mm_per_prompt, trust_remote_code)
         config = EngineConfig(model=model, trust_remote_code=trust_remote_code, **engine_args)
@@ -313,7 +314,7 @@ class LLM:
             parts = []
             for part in content:
                 kind = part.get("type") if isinstance(part, Mapping) else None
-                if kind in ("image", "video", "audio"):
+                if kind in MEDIA_MODALITIES:
                     media.append(_media_input(kind, part.get(kind)))
                     parts.append({"type": kind})
                 elif kind == "text":
@@ -355,7 +356,7 @@ def _pooling_prompts(prompts: Any) -> list[Prompt]:
 def _media_from_data(data: Mapping[str, Any]) -> tuple[MediaInput, ...]:
     """vLLM's multi_modal_data -> media inputs, modality by modality in prompt order."""
     media: list[MediaInput] = []
-    for modality in ("image", "video", "audio"):
+    for modality in MEDIA_MODALITIES:
         value = data.get(modality)
         if value is None:
             continue

@@ -195,7 +195,8 @@ def _engine_description(engine: Any, config: EngineConfig) -> str:
 
 def _load_pooling(config: EngineConfig, args: argparse.Namespace) -> Any:
     """`--task embed|classify|score|reward`: a dense pooling model, no KV cache."""
-    from lm_service.pooling import PoolingConfig, PoolingInput, PoolingModel
+    from lm_service.pooling import PoolingConfig, PoolingModel
+    from protos.lm_messages import PoolingInput
 
     pooling_config = PoolingConfig.from_engine_config(
         config, args.task, args.override_pooler_config

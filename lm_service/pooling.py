@@ -48,6 +48,7 @@ from torch import nn
 from lm_service.models.base import resolve_dtype
 from lm_service.models.loader import load_config, resolve_model_path
 from protos.errors import InvalidRequest, Unsupported
+from protos.lm_messages import PoolingInput
 
 logger = logging.getLogger(__name__)
 
@@ -82,19 +83,6 @@ class PoolingType(enum.Enum):
     CLS = "CLS"
     MEAN = "MEAN"
     STEP = "STEP"
-
-
-@dataclass(frozen=True, slots=True)
-class PoolingInput:
-    """One input of a Pool call.
-
-    Args:
-        token_ids: the prompt, special tokens included.
-        token_type_ids: BERT-style segment ids of a (text_1, text_2) pair; same length, or None.
-    """
-
-    token_ids: tuple[int, ...]
-    token_type_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

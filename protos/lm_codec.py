@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from protos.errors import InvalidRequest
-from protos.lm_messages import MultiModalSpan, StepOutput
+from protos.lm_messages import MultiModalSpan, PoolingInput, StepOutput
 from protos.meshserve.v1 import common_pb2, lm_pb2
 from protos.sampling_params import SamplingParams
 from protos.tensor_codec import tensor_from_proto, tensor_to_proto
@@ -161,9 +161,7 @@ def pooling_task_from_pb(code: int) -> str:
 
 
 def pool_inputs_from_pb(inputs: Any) -> list[Any]:
-    """PoolInput messages -> lm_service.pooling.PoolingInput (no token types when unset)."""
-    from lm_service.pooling import PoolingInput
-
+    """PoolInput messages -> protos.lm_messages.PoolingInput (no token types when unset)."""
     return [
         PoolingInput(tuple(item.token_ids), tuple(item.token_type_ids) or None) for item in inputs
     ]

@@ -50,3 +50,16 @@ class StepOutput:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolingInput:
+    """One input of a Pool call.
+
+    Args:
+        token_ids: the prompt, special tokens included.
+        token_type_ids: BERT-style segment ids of a (text_1, text_2) pair; same length, or None.
+    """
+
+    token_ids: tuple[int, ...]
+    token_type_ids: tuple[int, ...] | None = None

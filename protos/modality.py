@@ -15,6 +15,10 @@ class Modality(enum.StrEnum):
     VIDEO = "video"
     AUDIO = "audio"
 
+    def __repr__(self) -> str:
+        # Sentences for users quote the word ('embed'), not the enum member.
+        return repr(self.value)
+
     @property
     def label(self) -> str:
         """The user-facing name: "text", "image", "video", "audio"."""

@@ -17,6 +17,10 @@ class Task(enum.StrEnum):
     REWARD = "reward"
     TRANSCRIPTION = "transcription"
 
+    def __repr__(self) -> str:
+        # Sentences for users quote the word ('embed'), not the enum member.
+        return repr(self.value)
+
     @property
     def is_pooling(self) -> bool:
         """Pooling tasks return vectors from one forward pass instead of generating text."""

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 
 from gateway.backends.base import LMBackend
 from gateway.pipeline.types import Usage
-from lm_service.pooling import POOLING_TASKS, PoolingInput
 from protos.errors import InvalidRequest, Unsupported
+from protos.lm_messages import PoolingInput
+from protos.tasks import POOLING_TASKS
 
 Prompt = str | Sequence[int]  # text, or token ids (special tokens included)
 

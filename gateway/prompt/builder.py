@@ -6,8 +6,7 @@ repeated once per embedding row, the whole text is tokenized once, and the run o
 each item is recorded so the LM can scatter that item's embeddings there.
 
 Per-family differences (which token is repeated, what surrounds it in a raw prompt, M-RoPE) live
-in `FAMILIES`; an architecture without a row is LLaVA-style when its config names an image token
-(`image_token_index`), else text-only.
+in `gateway.prompt.placeholders`; chat templates in `gateway.prompt.chat_template`.
 
 Tokenization follows the HF processor (`add_special_tokens=True`), except that a prompt that
 already starts with the tokenizer's BOS token gets no second one; this is the rule of HF's
@@ -17,49 +16,26 @@ HF gives for that conversation.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gateway.prompt.chat_template import (
+    normalize_content,
+    part_kind,
+    read_chat_template,
+    uses_content_parts,
+)
 from gateway.prompt.mrope import VisionRun, mrope_position_delta, mrope_positions
+from gateway.prompt.placeholders import ModalityTokens, family_for, resolve_tokens
 from protos.errors import InvalidRequest
+from protos.modality import MEDIA_MODALITIES
 
-MODALITIES: tuple[str, ...] = ("image", "video", "audio")
-
-# OpenAI / HF content part types -> the modality they carry ("text" for text).
-PART_KINDS: Mapping[str, str] = {
-    "text": "text",
-    "input_text": "text",
-    "image": "image",
-    "image_url": "image",
-    "image_embeds": "image",
-    "video": "video",
-    "video_url": "video",
-    "video_embeds": "video",
-    "audio": "audio",
-    "audio_url": "audio",
-    "input_audio": "audio",
-    "audio_embeds": "audio",
-}
-
-# A template that loops over a message's content expects a list of parts (OpenAI format);
-# one that does not expects a string.
-_CONTENT_LOOP = re.compile(
-    r"for\s+\w+\s+in\s+(?:\w+(?:\[\s*['\"]content['\"]\s*\]|\.content)|content\b)"
-)
-_CHAT_TEMPLATE_FILES: tuple[str, ...] = (
-    "chat_template.jinja",
-    "chat_template.json",
-    "processor_config.json",
-)
-
-
-# ----------------------------------------------------------------------------- data
+MODALITIES: tuple[str, ...] = tuple(m.value for m in MEDIA_MODALITIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,180 +104,6 @@ class BuiltPrompt:
         if self.mrope_positions is None:
             return 0
         return mrope_position_delta(self.mrope_positions)
-
-
-# ----------------------------------------------------------------------------- family table
-
-
-@dataclass(frozen=True, slots=True)
-class PlaceholderFormat:
-    """How one item of a modality is written in a raw prompt.
-
-    Args:
-        pad_id_fields: config fields that hold the pad token id; the first one set wins.
-        default_pad: the pad token when no field is set.
-        prefix, suffix: text around the pad token in a raw prompt ("<|vision_start|>").
-    """
-
-    pad_id_fields: tuple[str, ...]
-    default_pad: str
-    prefix: str = ""
-    suffix: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class PromptFamily:
-    """Per-family prompt rules.
-
-    Args:
-        formats: modality -> placeholder format; a modality missing here is refused.
-        mrope: the model uses M-RoPE; image/video token counts come from `grid_thw`.
-        time_scaled_video: video temporal positions step by `second_per_grid_t *
-            tokens_per_second` (Qwen2.5-VL) instead of 1 (Qwen2-VL).
-    """
-
-    formats: Mapping[str, PlaceholderFormat] = field(default_factory=dict)
-    mrope: bool = False
-    time_scaled_video: bool = False
-
-
-LLAVA_IMAGE = PlaceholderFormat(("image_token_index", "image_token_id"), "<image>")
-QWEN_VL_IMAGE = PlaceholderFormat(
-    ("image_token_id",), "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
-)
-QWEN_VL_VIDEO = PlaceholderFormat(
-    ("video_token_id",), "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
-)
-QWEN_AUDIO = PlaceholderFormat(
-    ("audio_token_index", "audio_token_id"), "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
-)
-
-LLAVA = PromptFamily({"image": LLAVA_IMAGE})
-TEXT_ONLY = PromptFamily()
-FAMILIES: Mapping[str, PromptFamily] = {
-    "LlavaForConditionalGeneration": LLAVA,
-    "Qwen2VLForConditionalGeneration": PromptFamily(
-        {"image": QWEN_VL_IMAGE, "video": QWEN_VL_VIDEO}, mrope=True
-    ),
-    "Qwen2_5_VLForConditionalGeneration": PromptFamily(
-        {"image": QWEN_VL_IMAGE, "video": QWEN_VL_VIDEO}, mrope=True, time_scaled_video=True
-    ),
-    "Qwen2AudioForConditionalGeneration": PromptFamily({"audio": QWEN_AUDIO}),
-}
-
-
-def family_for(architecture: str, config: Any) -> PromptFamily:
-    """The family row of `architecture`; LLaVA-style if the config names an image token."""
-    if architecture in FAMILIES:
-        return FAMILIES[architecture]
-    if any(getattr(config, name, None) is not None for name in LLAVA_IMAGE.pad_id_fields):
-        return LLAVA
-    return TEXT_ONLY
-
-
-@dataclass(frozen=True, slots=True)
-class ModalityTokens:
-    """A modality's placeholder resolved against one tokenizer."""
-
-    pad_token: str  # repeated once per embedding row
-    pad_token_id: int
-    placeholder: str  # one item in a raw prompt: prefix + pad_token + suffix
-
-
-def resolve_tokens(fmt: PlaceholderFormat, config: Any, tokenizer: Any) -> ModalityTokens:
-    """Look up the pad token of `fmt` in the config (by id) or fall back to its default."""
-    pad_id = next(
-        (getattr(config, f) for f in fmt.pad_id_fields if getattr(config, f, None) is not None),
-        None,
-    )
-    pad_token = tokenizer.convert_ids_to_tokens(pad_id) if pad_id is not None else fmt.default_pad
-    token_id = tokenizer.convert_tokens_to_ids(pad_token)
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        raise ValueError(f"the tokenizer has no placeholder token {pad_token!r}")
-    return ModalityTokens(pad_token, int(token_id), fmt.prefix + pad_token + fmt.suffix)
-
-
-# ----------------------------------------------------------------------------- chat templates
-
-
-def read_chat_template(model: str | Path, tokenizer: Any) -> str | None:
-    """The model's chat template: the tokenizer's, else one saved next to the processor."""
-    template = _pick_template(getattr(tokenizer, "chat_template", None))
-    if template:
-        return template
-    for filename in _CHAT_TEMPLATE_FILES:
-        text = _read_model_file(model, filename)
-        if text is None:
-            continue
-        template = text if filename.endswith(".jinja") else json.loads(text).get("chat_template")
-        template = _pick_template(template)
-        if template:
-            return template
-    return None
-
-
-def _pick_template(template: Any) -> str | None:
-    """A template string from a string, a {name: template} dict or a [{name, template}] list."""
-    if isinstance(template, list):
-        template = {entry["name"]: entry["template"] for entry in template}
-    if isinstance(template, dict):
-        template = template.get("default") or next(iter(template.values()), None)
-    return template or None
-
-
-def _read_model_file(model: str | Path, filename: str) -> str | None:
-    path = Path(model) / filename
-    if path.is_file():
-        return path.read_text()
-    if Path(model).is_dir():
-        return None
-    from transformers.utils.hub import cached_file
-
-    resolved = cached_file(
-        str(model),
-        filename,
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-    )
-    return Path(resolved).read_text() if resolved else None
-
-
-def uses_content_parts(template: str) -> bool:
-    """Whether a chat template loops over `message['content']` (expects a list of parts)."""
-    return _CONTENT_LOOP.search(template) is not None
-
-
-def part_kind(part: Any) -> str:
-    """ "text", "image", "video" or "audio" for one content part; InvalidRequest otherwise."""
-    kind = PART_KINDS.get(part.get("type", "")) if isinstance(part, Mapping) else None
-    if kind is None:
-        shown = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-        raise InvalidRequest(
-            f"Unknown content part type {shown!r}; expected text, image, video or audio"
-        )
-    return kind
-
-
-def normalize_content(content: Any, as_parts: bool, placeholder: Callable[[str], str]) -> Any:
-    """A message's content in the shape the template expects.
-
-    With `as_parts`, a list of `{"type": "text", "text": ...}` / `{"type": <modality>}` parts;
-    otherwise a string where each media part becomes the model's placeholder (joined by "\\n").
-    """
-    if content is None:
-        return None
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if as_parts else content
-    parts = [(part_kind(part), part) for part in content]
-    if as_parts:
-        return [
-            {"type": "text", "text": str(p.get("text", ""))} if k == "text" else {"type": k}
-            for k, p in parts
-        ]
-    return "\n".join(str(p.get("text", "")) if k == "text" else placeholder(k) for k, p in parts)
-
-
-# ----------------------------------------------------------------------------- builder
 
 
 class PromptBuilder:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from gateway.rules.modalities import MEDIA_MODALITIES, Modality, ModalitySpec, owner_name
+from gateway.rules.modalities import ModalitySpec, owner_name
 from protos.errors import InvalidRequest
+from protos.modality import MEDIA_MODALITIES, Modality
 
 LimitsInput = str | Mapping[str, int] | None
 

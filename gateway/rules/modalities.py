@@ -10,7 +10,7 @@ The notation, from the seed's multimodal section:
 - a trailing `+` after a letter: several items of that modality may be given in one prompt
   (how many is capped by `--limit-mm-per-prompt`, default 1, see `gateway.rules.limits`).
 
-`SPECS` holds the spec of every multimodal architecture in the seed's tables, per task.
+`gateway.rules.spec_table` holds every multimodal architecture's spec, per task; its
 `spec_for()` answers for any architecture: one without a row is text-only (`T`), because the
 Transformers fallback runs only the language backbone (the seed: vision-language support for the
 fallback "is planned"), so an image sent to such a model is refused by `check()` with the rule
@@ -20,15 +20,12 @@ all is not decided here (the model registry does that).
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 
 from protos.errors import InvalidRequest, LimitExceeded
-
-TASKS: tuple[str, ...] = ("generate", "embed", "classify", "score", "reward", "transcription")
+from protos.modality import Modality
 
 
 class InvalidNotation(ValueError):
@@ -47,31 +44,6 @@ class EmptyPrompt(InvalidRequest):
     """A prompt with neither text nor any media item."""
 
 
-class Modality(Enum):
-    """One input modality; the value is its letter in the seed's notation."""
-
-    TEXT = "T"
-    IMAGE = "I"
-    VIDEO = "V"
-    AUDIO = "A"
-
-    @property
-    def label(self) -> str:
-        """The user-facing name: "text", "image", "video", "audio"."""
-        return self.name.lower()
-
-    @classmethod
-    def from_label(cls, label: str) -> Modality:
-        """The modality named `label` ("image"); raises InvalidRequest for an unknown name."""
-        for modality in cls:
-            if modality.label == label:
-                return modality
-        names = ", ".join(m.label for m in cls)
-        raise InvalidRequest(f"Unknown modality {label!r}; expected one of {names}")
-
-
-MEDIA_MODALITIES: tuple[Modality, ...] = (Modality.IMAGE, Modality.VIDEO, Modality.AUDIO)
-
 # NOTE: a term's trailing "+" means "several items" only when it is followed by the joining "+"
 # or ends the alternative; otherwise the "+" joins ("I+V" is I joined with V).
 _TERM = re.compile(r"([A-Za-z])(E?)(\+(?=\+|$))?")
@@ -88,7 +60,7 @@ class ModalityTerm:
     def __str__(self) -> str:
         embeds = "E" if self.embeds_allowed else ""
         multiple = "+" if self.multiple else ""
-        return f"{self.modality.value}{embeds}{multiple}"
+        return f"{self.modality.letter}{embeds}{multiple}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +209,7 @@ def _parse_alternative(part: str, notation: str) -> tuple[ModalityTerm, ...]:
 def _term(match: re.Match[str], notation: str) -> ModalityTerm:
     letter, embeds, multiple = match.group(1), match.group(2), match.group(3)
     try:
-        modality = Modality(letter)
+        modality = Modality.from_letter(letter)
     except ValueError:
         raise InvalidNotation(
             _notation_error(notation, f"unknown modality letter {letter!r}")
@@ -250,7 +222,7 @@ def _term(match: re.Match[str], notation: str) -> ModalityTerm:
 
 
 def _require_distinct(terms: list[ModalityTerm], notation: str) -> None:
-    letters = [term.modality.value for term in terms]
+    letters = [term.modality.letter for term in terms]
     if len(set(letters)) != len(letters):
         raise InvalidNotation(
             _notation_error(notation, "a modality appears twice in one alternative")
@@ -324,88 +296,3 @@ def _ordered(modalities: Collection[Modality]) -> list[Modality]:
 def _join(modalities: list[Modality]) -> str:
     labels = [m.label for m in modalities]
     return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
-
-
-# The seed's multimodal tables, row by row: (architecture, task) -> spec. Architectures the seed
-# marks with "^" (set through --hf-overrides) are listed without the caret.
-SPECS: dict[tuple[str, str], str] = {
-    # "Text generation (--task generate)"
-    ("AriaForConditionalGeneration", "generate"): "T + I+",
-    ("Blip2ForConditionalGeneration", "generate"): "T + IE",
-    ("ChameleonForConditionalGeneration", "generate"): "T + I",
-    ("DeepseekVLV2ForCausalLM", "generate"): "T + I+",
-    ("Florence2ForConditionalGeneration", "generate"): "T + I",
-    ("FuyuForCausalLM", "generate"): "T + I",
-    ("Gemma3ForConditionalGeneration", "generate"): "T + I+",
-    ("GLM4VForCausalLM", "generate"): "T + I",
-    ("H2OVLChatModel", "generate"): "T + IE+",
-    ("Idefics3ForConditionalGeneration", "generate"): "T + I",
-    ("InternVLChatModel", "generate"): "T + IE+",
-    ("LlavaForConditionalGeneration", "generate"): "T + IE+",
-    ("LlavaNextForConditionalGeneration", "generate"): "T + IE+",
-    ("LlavaNextVideoForConditionalGeneration", "generate"): "T + V",
-    ("LlavaOnevisionForConditionalGeneration", "generate"): "T + I+ + V+",
-    ("MiniCPMO", "generate"): "T + IE+ + VE+ + AE+",
-    ("MiniCPMV", "generate"): "T + IE+ + VE+",
-    ("MllamaForConditionalGeneration", "generate"): "T + I+",
-    ("MolmoForCausalLM", "generate"): "T + I+",
-    ("NVLM_D_Model", "generate"): "T + I+",
-    ("PaliGemmaForConditionalGeneration", "generate"): "T + IE",
-    ("Phi3VForCausalLM", "generate"): "T + IE+",
-    ("Phi4MMForCausalLM", "generate"): "T + I+ / T + A+ / I+ + A+",
-    ("PixtralForConditionalGeneration", "generate"): "T + I+",
-    ("QwenVLForConditionalGeneration", "generate"): "T + IE+",
-    ("Qwen2AudioForConditionalGeneration", "generate"): "T + A+",
-    ("Qwen2VLForConditionalGeneration", "generate"): "T + IE+ + VE+",
-    ("Qwen2_5_VLForConditionalGeneration", "generate"): "T + IE+ + VE+",
-    ("UltravoxModel", "generate"): "T + AE+",
-    # The seed's note: TIGER-Lab/Mantis-8B-siglip-llama3 (a LLaVA-1.5 row) runs with
-    # --hf-overrides '{"architectures": ["MantisForConditionalGeneration"]}'.
-    ("MantisForConditionalGeneration", "generate"): "T + IE+",
-    # "Text embedding (--task embed)", multimodal table
-    ("LlavaNextForConditionalGeneration", "embed"): "T / I",
-    ("Phi3VForCausalLM", "embed"): "T + I",
-    ("Qwen2VLForConditionalGeneration", "embed"): "T + I",
-    # "Transcription (--task transcription)": the seed's row has no input column. Whisper is a
-    # speech-to-text encoder-decoder: the content is exactly one audio clip; the optional prompt
-    # or language of a Transcribe request conditions the decoder and is not prompt content, so
-    # the check runs with has_text=False. The seed names the row "Whisper"; HF configs say
-    # "WhisperForConditionalGeneration". Both are listed.
-    ("Whisper", "transcription"): "A",
-    ("WhisperForConditionalGeneration", "transcription"): "A",
-}
-
-TEXT_ONLY = "T"
-
-# A task without its own row borrows another task's row of the same architecture: the seed says
-# any generative model converts to a pooling model (as_embedding_model, as_classification_model,
-# as_reward_model), keeping its processor; score on a non-cross-encoder compares embeddings.
-_FALLBACK_TASKS: dict[str, tuple[str, ...]] = {
-    "generate": (),
-    "embed": ("generate",),
-    "classify": ("generate",),
-    "reward": ("generate",),
-    "score": ("embed", "generate"),
-    "transcription": ("generate",),
-}
-
-
-def spec_for(architecture: str, task: str = "generate") -> ModalitySpec:
-    """The modality spec of `architecture` (as in config.architectures[0]) for `task`.
-
-    Looks up (architecture, task), then the task's fallbacks (see `_FALLBACK_TASKS`); an
-    architecture with no row at all is text-only (`T`).
-    """
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    name = architecture.rstrip("^")
-    for candidate in (task, *_FALLBACK_TASKS[task]):
-        notation = SPECS.get((name, candidate))
-        if notation is not None:
-            return _parse_cached(notation)
-    return _parse_cached(TEXT_ONLY)
-
-
-@functools.cache
-def _parse_cached(notation: str) -> ModalitySpec:
-    return ModalitySpec.parse(notation)

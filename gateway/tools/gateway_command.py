@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from protos.serving import add_server_args, parse_bytes
+from protos.tasks import Task
 
 DEFAULT_PORT = 50051
 
@@ -29,8 +30,8 @@ def add_served_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("served model")
     g.add_argument(
         "--task",
-        default="generate",
-        choices=["generate", "embed", "classify", "score", "reward", "transcription"],
+        default=Task.GENERATE.value,
+        choices=[task.value for task in Task],
         help="the task to serve (default generate)",
     )
     g.add_argument(

@@ -9,17 +9,16 @@ from pathlib import Path
 import pytest
 
 from gateway.rules.modalities import (
-    SPECS,
     EmptyPrompt,
     InvalidNotation,
-    Modality,
     ModalityNotAccepted,
     ModalitySpec,
     ModalityTerm,
     TooManyItems,
-    spec_for,
 )
+from gateway.rules.spec_table import SPECS, spec_for
 from protos.errors import InvalidRequest, LimitExceeded
+from protos.modality import Modality
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_NAME = "supported_models.zh.md"
@@ -340,7 +339,7 @@ def test_bad_item_names() -> None:
 
 def test_modality_labels() -> None:
     assert [m.label for m in Modality] == ["text", "image", "video", "audio"]
-    assert [m.value for m in Modality] == ["T", "I", "V", "A"]
+    assert [m.letter for m in Modality] == ["T", "I", "V", "A"]
     assert Modality.from_label("video") is Modality.VIDEO
     spec = ModalitySpec.parse("T + I+ / T + AE")
     assert spec.modalities == {Modality.TEXT, Modality.IMAGE, Modality.AUDIO}

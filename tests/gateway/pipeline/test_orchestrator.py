@@ -13,7 +13,7 @@ from gateway.pipeline.media_store import MediaStore
 from gateway.pipeline.orchestrator import Orchestrator, ServedModel
 from gateway.pipeline.types import GenerationRequest, MediaInput
 from gateway.prompt.builder import PromptBuilder
-from gateway.rules.modalities import spec_for
+from gateway.rules.spec_table import spec_for
 from protos.encoder_messages import EncodeResult
 from protos.lm_messages import StepOutput
 from protos.sampling_params import SamplingParams

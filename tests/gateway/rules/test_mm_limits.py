@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.rules.limits import InvalidLimit, parse_limit_mm_per_prompt, validate_limits
-from gateway.rules.modalities import ModalitySpec, TooManyItems, spec_for
+from gateway.rules.modalities import ModalitySpec, TooManyItems
+from gateway.rules.spec_table import spec_for
 from protos.errors import InvalidRequest
 
 

@@ -1,0 +1,99 @@
+"""Per-family placeholder rules: which token stands for a media item, what surrounds it.
+
+An architecture without a row in `FAMILIES` is LLaVA-style when its config names an image token
+(`image_token_index`), else text-only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceholderFormat:
+    """How one item of a modality is written in a raw prompt.
+
+    Args:
+        pad_id_fields: config fields that hold the pad token id; the first one set wins.
+        default_pad: the pad token when no field is set.
+        prefix, suffix: text around the pad token in a raw prompt ("<|vision_start|>").
+    """
+
+    pad_id_fields: tuple[str, ...]
+    default_pad: str
+    prefix: str = ""
+    suffix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFamily:
+    """Per-family prompt rules.
+
+    Args:
+        formats: modality -> placeholder format; a modality missing here is refused.
+        mrope: the model uses M-RoPE; image/video token counts come from `grid_thw`.
+        time_scaled_video: video temporal positions step by `second_per_grid_t *
+            tokens_per_second` (Qwen2.5-VL) instead of 1 (Qwen2-VL).
+    """
+
+    formats: Mapping[str, PlaceholderFormat] = field(default_factory=dict)
+    mrope: bool = False
+    time_scaled_video: bool = False
+
+
+LLAVA_IMAGE = PlaceholderFormat(("image_token_index", "image_token_id"), "<image>")
+QWEN_VL_IMAGE = PlaceholderFormat(
+    ("image_token_id",), "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
+)
+QWEN_VL_VIDEO = PlaceholderFormat(
+    ("video_token_id",), "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
+)
+QWEN_AUDIO = PlaceholderFormat(
+    ("audio_token_index", "audio_token_id"), "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
+)
+
+LLAVA = PromptFamily({"image": LLAVA_IMAGE})
+TEXT_ONLY = PromptFamily()
+FAMILIES: Mapping[str, PromptFamily] = {
+    "LlavaForConditionalGeneration": LLAVA,
+    "Qwen2VLForConditionalGeneration": PromptFamily(
+        {"image": QWEN_VL_IMAGE, "video": QWEN_VL_VIDEO}, mrope=True
+    ),
+    "Qwen2_5_VLForConditionalGeneration": PromptFamily(
+        {"image": QWEN_VL_IMAGE, "video": QWEN_VL_VIDEO}, mrope=True, time_scaled_video=True
+    ),
+    "Qwen2AudioForConditionalGeneration": PromptFamily({"audio": QWEN_AUDIO}),
+}
+
+
+def family_for(architecture: str, config: Any) -> PromptFamily:
+    """The family row of `architecture`; LLaVA-style if the config names an image token."""
+    if architecture in FAMILIES:
+        return FAMILIES[architecture]
+    if any(getattr(config, name, None) is not None for name in LLAVA_IMAGE.pad_id_fields):
+        return LLAVA
+    return TEXT_ONLY
+
+
+@dataclass(frozen=True, slots=True)
+class ModalityTokens:
+    """A modality's placeholder resolved against one tokenizer."""
+
+    pad_token: str  # repeated once per embedding row
+    pad_token_id: int
+    placeholder: str  # one item in a raw prompt: prefix + pad_token + suffix
+
+
+def resolve_tokens(fmt: PlaceholderFormat, config: Any, tokenizer: Any) -> ModalityTokens:
+    """Look up the pad token of `fmt` in the config (by id) or fall back to its default."""
+    pad_id = next(
+        (getattr(config, f) for f in fmt.pad_id_fields if getattr(config, f, None) is not None),
+        None,
+    )
+    pad_token = tokenizer.convert_ids_to_tokens(pad_id) if pad_id is not None else fmt.default_pad
+    token_id = tokenizer.convert_tokens_to_ids(pad_token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no placeholder token {pad_token!r}")
+    return ModalityTokens(pad_token, int(token_id), fmt.prefix + pad_token + fmt.suffix)
