@@ -7,7 +7,6 @@ pays, a fast path chosen at run time (flash-attn on CUDA, imported lazily).
 from kernels.activation import gelu_tanh_and_mul, silu_and_mul
 from kernels.attention import (
     AttentionBackend,
-    AttentionMetadata,
     PagedAttention,
     paged_attention,
     write_kv_cache,
@@ -19,6 +18,7 @@ from kernels.forward_context import (
     get_forward_context,
     has_forward_context,
 )
+from kernels.metadata import AttentionMetadata
 from kernels.norms import fused_add_rms_norm, rms_norm
 from kernels.rotary import RotaryEmbedding
 
