@@ -67,7 +67,7 @@ def paged_attention(
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
 ) -> torch.Tensor:
-    """Same contract as `kernels.attention.paged_attention`, on flash-attn.
+    """Same contract as `kernels.torch_attention.paged_attention`, on flash-attn.
 
     Args:
         query: `[T, num_heads, head_dim]` (fp16/bf16, CUDA).
