@@ -1,9 +1,10 @@
 """The attention layer over the paged KV cache, and the backends that serve it.
 
-KV layout (owned by the backends here): per layer `k_cache, v_cache: [num_blocks, block_size,
-num_kv_heads, head_dim]`. Token `p` of a request lives in slot `block_table[p // block_size] *
-block_size + p % block_size`. Allocate caches with `torch.zeros`: padded reads of unused slots
-are masked out, but a NaN there would still poison the masked-out products.
+KV layout (owned by `AttentionBackend`, asked by the engine before it allocates): per layer
+`k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]`. Token `p` of a request
+lives in slot `block_table[p // block_size] * block_size + p % block_size`. Allocate caches with
+`torch.zeros`: padded reads of unused slots are masked out, but a NaN there would still poison
+the masked-out products.
 
 Backends: the torch reference (`kernels.torch_attention`, any device, the ground truth) and
 flash-attn's paged kernel (`kernels.flash`, CUDA), picked per layer by `select_backend`.
@@ -12,6 +13,7 @@ flash-attn's paged kernel (`kernels.flash`, CUDA), picked per layer by `select_b
 from __future__ import annotations
 
 import enum
+import math
 
 import torch
 
@@ -41,14 +43,57 @@ def write_kv_cache(
 
 
 class AttentionBackend(enum.Enum):
+    """Which kernel attends a layer; each backend owns the KV layout it reads.
+
+    Both read the same layout; flash-attn also needs `block_size` to be a multiple of
+    `flash.PAGED_BLOCK_MULTIPLE` (`backend_for` picks it only then).
+    """
+
     TORCH = "torch"
     FLASH_ATTN = "flash_attn"
+
+    @property
+    def block_size_multiple(self) -> int:
+        """`block_size` must be a multiple of this."""
+        return flash.PAGED_BLOCK_MULTIPLE if self is AttentionBackend.FLASH_ATTN else 1
+
+    def kv_cache_shape(
+        self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int
+    ) -> tuple[int, int, int, int]:
+        """The shape of one layer's `k_cache` (its `v_cache` has the same)."""
+        if block_size < 1 or block_size % self.block_size_multiple:
+            raise ValueError(
+                f"the {self.value} backend needs block_size to be a positive multiple of "
+                f"{self.block_size_multiple}, got {block_size}"
+            )
+        return (num_blocks, block_size, num_kv_heads, head_dim)
+
+    def kv_cache_bytes_per_block(
+        self, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
+    ) -> int:
+        """Bytes of K and V of one block of one layer."""
+        shape = self.kv_cache_shape(1, block_size, num_kv_heads, head_dim)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return 2 * math.prod(shape) * itemsize
+
+
+def backend_for(
+    device: torch.device,
+    dtype: torch.dtype,
+    head_dim: int,
+    block_size: int,
+    logits_soft_cap: float | None = None,
+) -> AttentionBackend:
+    """The fast path when flash-attn can serve this geometry on `device`, else the reference."""
+    if flash.is_supported(device, dtype, head_dim, block_size, logits_soft_cap):
+        return AttentionBackend.FLASH_ATTN
+    return AttentionBackend.TORCH
 
 
 def select_backend(
     query: torch.Tensor, k_cache: torch.Tensor, logits_soft_cap: float | None = None
 ) -> AttentionBackend:
-    """The fast path when flash-attn can run this layer, else the torch reference.
+    """`backend_for` one layer, read off its queries and its cache.
 
     Args:
         query: `[T, num_heads, head_dim]`, a sample of the layer's queries (device, dtype).
@@ -56,9 +101,7 @@ def select_backend(
         logits_soft_cap: the layer's soft cap (needs flash-attn >= 2.6).
     """
     head_dim, block_size = query.shape[-1], k_cache.shape[1]
-    if flash.is_supported(query.device, query.dtype, head_dim, block_size, logits_soft_cap):
-        return AttentionBackend.FLASH_ATTN
-    return AttentionBackend.TORCH
+    return backend_for(query.device, query.dtype, head_dim, block_size, logits_soft_cap)
 
 
 class PagedAttention(torch.nn.Module):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.attention import AttentionBackend, PagedAttention, write_kv_cache
+from kernels import flash
+from kernels.attention import AttentionBackend, PagedAttention, backend_for, write_kv_cache
 from kernels.forward_context import ForwardContext, forward_context
 from kernels.metadata import AttentionMetadata
 from tests.kernels.dense_attention import naive_attention
@@ -108,3 +109,48 @@ def test_layer_needs_a_forward_context():
 def test_heads_must_divide():
     with pytest.raises(ValueError, match="multiple"):
         PagedAttention(6, 4, HEAD_DIM, 1.0, layer_idx=0)
+
+
+# ---------------------------------------------------------------- the layout the backends own
+
+
+@pytest.mark.parametrize("backend", list(AttentionBackend))
+def test_backend_reports_the_layout_the_kernels_read(backend):
+    block_size = flash.PAGED_BLOCK_MULTIPLE  # valid for every backend
+    assert backend.kv_cache_shape(7, block_size, 2, HEAD_DIM) == (7, block_size, 2, HEAD_DIM)
+
+
+@pytest.mark.parametrize("backend", list(AttentionBackend))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_bytes_per_block_is_k_and_v_of_one_block(backend, dtype):
+    block_size, num_kv_heads = 2 * backend.block_size_multiple, 3
+    one_block = torch.zeros(backend.kv_cache_shape(1, block_size, num_kv_heads, 8), dtype=dtype)
+    got = backend.kv_cache_bytes_per_block(block_size, num_kv_heads, 8, dtype)
+    assert got == 2 * one_block.element_size() * one_block.numel()
+    assert got == 2 * block_size * num_kv_heads * 8 * dtype.itemsize
+
+
+def test_flash_backend_demands_its_block_size_multiple():
+    assert AttentionBackend.TORCH.block_size_multiple == 1
+    assert AttentionBackend.FLASH_ATTN.block_size_multiple == flash.PAGED_BLOCK_MULTIPLE
+    assert AttentionBackend.TORCH.kv_cache_shape(4, 16, 2, 64) == (4, 16, 2, 64)
+    with pytest.raises(ValueError, match="multiple of 256"):
+        AttentionBackend.FLASH_ATTN.kv_cache_shape(4, 16, 2, 64)
+    with pytest.raises(ValueError, match="positive"):
+        AttentionBackend.TORCH.kv_cache_shape(4, 0, 2, 64)
+
+
+@pytest.mark.parametrize("block_size", [1, 16, 256, 512])
+def test_backend_for_picks_only_a_backend_whose_layout_fits(monkeypatch, block_size):
+    def varlen_func(q, k, v, block_table=None):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(flash, "_load_varlen_func", lambda: varlen_func)
+    cuda = torch.device("cuda")
+    backend = backend_for(cuda, torch.bfloat16, 64, block_size)
+    fits = block_size % flash.PAGED_BLOCK_MULTIPLE == 0
+    assert backend is (AttentionBackend.FLASH_ATTN if fits else AttentionBackend.TORCH)
+    assert backend.kv_cache_shape(2, block_size, 1, 64) == (2, block_size, 1, 64)
+    assert backend_for(torch.device("cpu"), torch.bfloat16, 64, block_size) is (
+        AttentionBackend.TORCH
+    )
