@@ -5,13 +5,7 @@ pays, a fast path chosen at run time (flash-attn on CUDA, imported lazily).
 """
 
 from kernels.activation import gelu_tanh_and_mul, silu_and_mul
-from kernels.attention import (
-    AttentionBackend,
-    AttentionMetadata,
-    PagedAttention,
-    paged_attention,
-    write_kv_cache,
-)
+from kernels.attention import AttentionBackend, PagedAttention, write_kv_cache
 from kernels.cpu_allocator import tune_cpu_allocator
 from kernels.forward_context import (
     ForwardContext,
@@ -19,8 +13,10 @@ from kernels.forward_context import (
     get_forward_context,
     has_forward_context,
 )
+from kernels.metadata import AttentionMetadata
 from kernels.norms import fused_add_rms_norm, rms_norm
 from kernels.rotary import RotaryEmbedding
+from kernels.torch_attention import paged_attention
 
 __all__ = [
     "AttentionBackend",

@@ -1,139 +1,25 @@
-"""Paged attention: the KV layout, the per-step metadata, the torch reference and the layer.
+"""The attention layer over the paged KV cache, and the backends that serve it.
 
-KV layout (owned here): per layer `k_cache, v_cache: [num_blocks, block_size, num_kv_heads,
-head_dim]`. Token `p` of a request lives in slot `block_table[p // block_size] * block_size +
-p % block_size`. Allocate caches with `torch.zeros`: padded reads of unused slots are masked
-out, but a NaN there would still poison the masked-out products.
+KV layout (owned by `AttentionBackend`, asked by the engine before it allocates): per layer
+`k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]`. Token `p` of a request
+lives in slot `block_table[p // block_size] * block_size + p % block_size`. Allocate caches with
+`torch.zeros`: padded reads of unused slots are masked out, but a NaN there would still poison
+the masked-out products.
 
-The torch reference runs on any device and is the ground truth:
-- decode requests (one new token) are batched: their K/V are gathered block-wise through the
-  block table into `[B, S, num_kv_heads, head_dim]` and attended in one masked SDPA call, with
-  the query heads of a KV group laid out as the query rows of that KV head (no KV expansion);
-- each prefill chunk runs SDPA against its whole sequence: `is_causal` when the chunk is the
-  whole sequence and no window cuts it, an explicit mask otherwise.
-Host copies of the lengths (`*_cpu`) drive all the Python-level decisions, so nothing syncs
-with the device. A decode's output is bit-identical alone or batched with longer sequences
-(masked padding adds exact zeros). The gather copies each decode's K/V once per layer: on CPU
-call `kernels.cpu_allocator.tune_cpu_allocator()` at start-up, or those copies page-fault.
+Backends: the torch reference (`kernels.torch_attention`, any device, the ground truth) and
+flash-attn's paged kernel (`kernels.flash`, CUDA), picked per layer by `select_backend`.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
-import itertools
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
 
 import torch
-import torch.nn.functional as F
 
 from kernels import flash
 from kernels.forward_context import get_forward_context
-
-
-@dataclass(frozen=True, slots=True)
-class AttentionMetadata:
-    """One engine step, flattened: B requests, T new tokens in total.
-
-    Request i's new tokens are rows `query_start_loc[i]:query_start_loc[i + 1]` of the step's
-    tensors and are the LAST `q_len_i` of its `seq_len_i` tokens.
-    """
-
-    query_start_loc: torch.Tensor  # [B + 1] int32 on device
-    seq_lens: torch.Tensor  # [B] int32: tokens in the KV cache AFTER this step
-    block_table: torch.Tensor  # [B, max_blocks_per_seq] int32, padded with 0
-    slot_mapping: torch.Tensor  # [T] int64: where each new token's K/V goes
-    max_query_len: int
-    max_seq_len: int
-    query_start_loc_cpu: tuple[int, ...]  # host copy of query_start_loc
-    seq_lens_cpu: tuple[int, ...]  # host copy of seq_lens
-
-    @property
-    def num_reqs(self) -> int:
-        return len(self.seq_lens_cpu)
-
-    @property
-    def num_tokens(self) -> int:
-        return self.query_start_loc_cpu[-1]
-
-    @classmethod
-    def build(
-        cls,
-        query_lens: Sequence[int],
-        seq_lens: Sequence[int],
-        block_tables: Sequence[Sequence[int]],
-        block_size: int,
-        device: torch.device | str | None = None,
-    ) -> AttentionMetadata:
-        """Metadata for a step from per-request host lists (tests and the runner use it).
-
-        Args:
-            query_lens: new tokens of each request in this step.
-            seq_lens: tokens of each request in the cache after this step (>= query_len).
-            block_tables: each request's block ids, covering at least `seq_len` tokens.
-            block_size: tokens per KV block.
-            device: where the tensors go (CPU when None).
-        """
-        _check_batch(query_lens, seq_lens, block_tables, block_size)
-        query_start_loc = [0, *itertools.accumulate(query_lens)]
-        block_table = _padded_block_table(block_tables)  # [B, max_blocks] on CPU
-        slot_mapping = _slot_mapping(query_lens, seq_lens, block_table, block_size)
-        return cls(
-            query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32, device=device),
-            seq_lens=torch.tensor(list(seq_lens), dtype=torch.int32, device=device),
-            block_table=block_table.to(device),
-            slot_mapping=slot_mapping.to(device),
-            max_query_len=max(query_lens, default=0),
-            max_seq_len=max(seq_lens, default=0),
-            query_start_loc_cpu=tuple(query_start_loc),
-            seq_lens_cpu=tuple(int(n) for n in seq_lens),
-        )
-
-
-def _check_batch(
-    query_lens: Sequence[int],
-    seq_lens: Sequence[int],
-    block_tables: Sequence[Sequence[int]],
-    block_size: int,
-) -> None:
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    if not len(query_lens) == len(seq_lens) == len(block_tables):
-        raise ValueError(
-            f"one entry per request expected: {len(query_lens)} query lens, "
-            f"{len(seq_lens)} seq lens, {len(block_tables)} block tables"
-        )
-    for i, (q_len, seq_len, table) in enumerate(
-        zip(query_lens, seq_lens, block_tables, strict=True)
-    ):
-        if not 0 <= q_len <= seq_len:
-            raise ValueError(f"request {i}: query_len {q_len} must be in [0, seq_len={seq_len}]")
-        if len(table) * block_size < seq_len:
-            raise ValueError(
-                f"request {i}: {len(table)} blocks of {block_size} cannot hold {seq_len} tokens"
-            )
-
-
-def _padded_block_table(block_tables: Sequence[Sequence[int]]) -> torch.Tensor:
-    width = max((len(table) for table in block_tables), default=0) or 1
-    rows = [list(table) + [0] * (width - len(table)) for table in block_tables]
-    return torch.tensor(rows, dtype=torch.int32).view(len(rows), width)  # [B, width]
-
-
-def _slot_mapping(
-    query_lens: Sequence[int],
-    seq_lens: Sequence[int],
-    block_table: torch.Tensor,  # [B, width] int32 on CPU
-    block_size: int,
-) -> torch.Tensor:
-    q_lens = torch.tensor(list(query_lens), dtype=torch.int64)  # [B]
-    first_pos = torch.tensor(list(seq_lens), dtype=torch.int64) - q_lens  # [B]
-    req = torch.repeat_interleave(torch.arange(len(q_lens)), q_lens)  # [T]
-    starts = torch.cumsum(q_lens, 0) - q_lens  # [B]
-    pos = torch.arange(req.numel()) - starts[req] + first_pos[req]  # [T] position in sequence
-    blocks = block_table.long()[req, pos // block_size]  # [T]
-    return blocks * block_size + pos % block_size  # [T] int64
+from kernels.torch_attention import paged_attention
 
 
 def write_kv_cache(
@@ -156,258 +42,58 @@ def write_kv_cache(
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value.to(v_cache.dtype))
 
 
-# ---------------------------------------------------------------- torch reference
-
-
-@dataclass(frozen=True, slots=True)
-class _PrefillChunk:
-    req: int
-    row_start: int
-    row_end: int
-    seq_len: int
-
-
-@dataclass(frozen=True, slots=True)
-class _BatchPlan:
-    """How the reference splits a step: batched decodes, then one SDPA per prefill chunk."""
-
-    decode_reqs: tuple[int, ...]  # requests with exactly one new token
-    decode_rows: tuple[int, ...]  # their token rows
-    decode_is_span: bool  # decode requests AND their rows are consecutive: slice, no gather
-    max_decode_seq_len: int
-    prefills: tuple[_PrefillChunk, ...]
-
-
-@functools.lru_cache(maxsize=8)
-def _plan(query_start_loc: tuple[int, ...], seq_lens: tuple[int, ...]) -> _BatchPlan:
-    # NOTE: a memo of a pure function of host tuples; every layer of a step reuses it.
-    decode_reqs: list[int] = []
-    prefills: list[_PrefillChunk] = []
-    for req, seq_len in enumerate(seq_lens):
-        start, end = query_start_loc[req], query_start_loc[req + 1]
-        if end - start == 1:
-            decode_reqs.append(req)
-        elif end > start:
-            prefills.append(_PrefillChunk(req, start, end, seq_len))
-    decode_rows = tuple(query_start_loc[req] for req in decode_reqs)
-    n = len(decode_reqs)
-    is_span = n > 0 and decode_reqs[-1] - decode_reqs[0] == n - 1
-    return _BatchPlan(
-        decode_reqs=tuple(decode_reqs),
-        decode_rows=decode_rows,
-        decode_is_span=is_span,
-        max_decode_seq_len=max((seq_lens[req] for req in decode_reqs), default=0),
-        prefills=tuple(prefills),
-    )
-
-
-def paged_attention(
-    query: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    meta: AttentionMetadata,
-    *,
-    scale: float,
-    sliding_window: int | None = None,
-    logits_soft_cap: float | None = None,
-) -> torch.Tensor:
-    """Causal attention of each request's new tokens over its whole cached sequence.
-
-    Args:
-        query: `[T, num_heads, head_dim]`.
-        k_cache, v_cache: `[num_blocks, block_size, num_kv_heads, head_dim]`, already holding
-            this step's K/V (see `write_kv_cache`).
-        meta: the step.
-        scale: softmax scale (usually `head_dim ** -0.5`).
-        sliding_window: HF semantics: the query at position p sees keys k with
-            `p - k < sliding_window`. None: unlimited.
-        logits_soft_cap: Gemma2's `cap * tanh(scores / cap)` before the softmax. None: off.
-
-    Returns:
-        `[T, num_heads, head_dim]`.
-    """
-    _check_heads(query, k_cache)
-    plan = _plan(meta.query_start_loc_cpu, meta.seq_lens_cpu)
-    options = _Options(scale, sliding_window, logits_soft_cap)
-    if query.shape[0] == 0:
-        return query.new_empty(query.shape)
-    if len(plan.decode_reqs) == meta.num_reqs == query.shape[0]:  # a pure decode step
-        num_blocks = -(-plan.max_decode_seq_len // k_cache.shape[1])
-        block_table = meta.block_table[:, :num_blocks]
-        return _decode_attention(query, k_cache, v_cache, block_table, meta.seq_lens, options)
-    out = query.new_empty(query.shape)  # [T, H, D] contiguous
-    if plan.decode_reqs:
-        _decode_into(out, query, k_cache, v_cache, meta, plan, options)
-    for chunk in plan.prefills:
-        out[chunk.row_start : chunk.row_end] = _prefill_chunk(
-            query[chunk.row_start : chunk.row_end], k_cache, v_cache, meta, chunk, options
-        )
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class _Options:
-    scale: float
-    sliding_window: int | None
-    logits_soft_cap: float | None
-
-
-def _check_heads(query: torch.Tensor, k_cache: torch.Tensor) -> None:
-    num_heads, num_kv_heads = query.shape[1], k_cache.shape[2]
-    if num_heads % num_kv_heads:
-        raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
-    if query.shape[2] != k_cache.shape[3]:
-        raise ValueError(f"query head_dim {query.shape[2]} != cache head_dim {k_cache.shape[3]}")
-
-
-def _gather_blocks(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
-    """`[num_blocks, bs, Hkv, D]` x `[..., n]` block ids -> `[..., n * bs, Hkv, D]`."""
-    block_size, num_kv_heads, head_dim = cache.shape[1:]
-    # NOTE: int64 ids: index_select with int32 ids is several times slower on CPU
-    flat = cache.index_select(0, block_ids.reshape(-1).long())  # [N * n, bs, Hkv, D]
-    return flat.view(
-        *block_ids.shape[:-1], block_ids.shape[-1] * block_size, num_kv_heads, head_dim
-    )
-
-
-def _decode_into(
-    out: torch.Tensor,
-    query: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    meta: AttentionMetadata,
-    plan: _BatchPlan,
-    options: _Options,
-) -> None:
-    """All one-token requests at once; writes their rows of `out`."""
-    n, device = len(plan.decode_reqs), query.device
-    num_blocks = -(-plan.max_decode_seq_len // k_cache.shape[1])
-    if plan.decode_is_span:
-        reqs, rows = slice(plan.decode_reqs[0], plan.decode_reqs[0] + n), None
-        block_table, seq_lens = meta.block_table[reqs, :num_blocks], meta.seq_lens[reqs]
-        q = query[plan.decode_rows[0] : plan.decode_rows[0] + n]  # [n, H, D]
-    else:
-        req_ids = torch.tensor(plan.decode_reqs, device=device)
-        rows = torch.tensor(plan.decode_rows, device=device)
-        block_table = meta.block_table.index_select(0, req_ids)[:, :num_blocks]
-        seq_lens, q = meta.seq_lens.index_select(0, req_ids), query.index_select(0, rows)
-    result = _decode_attention(q, k_cache, v_cache, block_table, seq_lens, options)  # [n, H, D]
-    if rows is None:
-        out[plan.decode_rows[0] : plan.decode_rows[0] + n] = result
-    else:
-        out.index_copy_(0, rows, result)
-
-
-def _decode_attention(
-    query: torch.Tensor,  # [n, H, D]
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_table: torch.Tensor,  # [n, num_blocks]
-    seq_lens: torch.Tensor,  # [n]
-    options: _Options,
-) -> torch.Tensor:
-    n, num_heads, head_dim = query.shape
-    num_kv_heads = k_cache.shape[2]
-    keys = _gather_blocks(k_cache, block_table).transpose(1, 2)  # [n, Hkv, S, D]
-    values = _gather_blocks(v_cache, block_table).transpose(1, 2)  # [n, Hkv, S, D]
-    key_pos = torch.arange(keys.shape[2], device=query.device)  # [S]
-    last = seq_lens.to(torch.int64)[:, None] - 1  # [n, 1] the query's position
-    mask = key_pos <= last  # [n, S]
-    if options.sliding_window is not None:
-        mask &= last - key_pos < options.sliding_window
-    # the G query heads of a KV group act as G query rows of that KV head: no KV expansion
-    q = query.view(n, num_kv_heads, num_heads // num_kv_heads, head_dim)  # [n, Hkv, G, D]
-    out = _attend(q, keys, values, mask[:, None, None, :], options)  # [n, Hkv, G, D]
-    return out.reshape(n, num_heads, head_dim).contiguous()  # SDPA may mirror q's strides
-
-
-def _prefill_chunk(
-    query: torch.Tensor,  # [L, H, D]
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    meta: AttentionMetadata,
-    chunk: _PrefillChunk,
-    options: _Options,
-) -> torch.Tensor:
-    q_len, seq_len = query.shape[0], chunk.seq_len
-    num_blocks = -(-seq_len // k_cache.shape[1])
-    block_ids = meta.block_table[chunk.req, :num_blocks]
-    keys = _gather_blocks(k_cache, block_ids)[:seq_len].transpose(0, 1)  # [Hkv, S, D]
-    values = _gather_blocks(v_cache, block_ids)[:seq_len].transpose(0, 1)  # [Hkv, S, D]
-    window = options.sliding_window
-    whole = q_len == seq_len and (window is None or window >= seq_len)
-    mask = None if whole else _prefill_mask(q_len, seq_len, window, query.device)  # [L, S]
-    q = query.transpose(0, 1)  # [H, L, D]
-    return _attend_gqa(q, keys, values, mask, options).transpose(0, 1)  # [L, H, D]
-
-
-def _prefill_mask(
-    q_len: int, seq_len: int, window: int | None, device: torch.device
-) -> torch.Tensor:
-    """`[L, S]` bool: query i sits at position `seq_len - q_len + i`."""
-    q_pos = torch.arange(seq_len - q_len, seq_len, device=device)[:, None]  # [L, 1]
-    k_pos = torch.arange(seq_len, device=device)[None, :]  # [1, S]
-    mask = k_pos <= q_pos
-    if window is not None:
-        mask &= q_pos - k_pos < window
-    return mask
-
-
-def _attend_gqa(
-    q: torch.Tensor,  # [H, L, D]
-    keys: torch.Tensor,  # [Hkv, S, D]
-    values: torch.Tensor,  # [Hkv, S, D]
-    mask: torch.Tensor | None,  # [L, S] bool, None: plain causal over the whole sequence
-    options: _Options,
-) -> torch.Tensor:
-    if options.logits_soft_cap is None:
-        return F.scaled_dot_product_attention(
-            q[None],
-            keys[None],
-            values[None],
-            attn_mask=mask,
-            is_causal=mask is None,
-            scale=options.scale,
-            enable_gqa=q.shape[0] != keys.shape[0],
-        )[0]
-    num_heads, q_len, head_dim = q.shape
-    num_kv_heads = keys.shape[0]
-    if mask is None:
-        mask = _prefill_mask(q_len, q_len, None, q.device)
-    grouped = q.view(num_kv_heads, num_heads // num_kv_heads, q_len, head_dim)  # [Hkv, G, L, D]
-    out = _attend(grouped, keys[:, None], values[:, None], mask, options)  # [Hkv, G, L, D]
-    return out.reshape(num_heads, q_len, head_dim)
-
-
-def _attend(
-    q: torch.Tensor,  # [..., M, D]
-    keys: torch.Tensor,  # [..., S, D] broadcastable against q
-    values: torch.Tensor,  # [..., S, D]
-    mask: torch.Tensor,  # bool, broadcastable to [..., M, S]
-    options: _Options,
-) -> torch.Tensor:
-    if options.logits_soft_cap is None:
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=options.scale)
-    cap = options.logits_soft_cap
-    scores = torch.matmul(q, keys.transpose(-1, -2)).float() * options.scale  # [..., M, S]
-    scores = torch.tanh(scores / cap) * cap
-    scores = scores.masked_fill(~mask, float("-inf"))
-    probs = scores.softmax(dim=-1).to(values.dtype)
-    return torch.matmul(probs, values)  # [..., M, D]
-
-
-# ---------------------------------------------------------------- the layer
-
-
 class AttentionBackend(enum.Enum):
+    """Which kernel attends a layer; each backend owns the KV layout it reads.
+
+    Both read the same layout; flash-attn also needs `block_size` to be a multiple of
+    `flash.PAGED_BLOCK_MULTIPLE` (`backend_for` picks it only then).
+    """
+
     TORCH = "torch"
     FLASH_ATTN = "flash_attn"
+
+    @property
+    def block_size_multiple(self) -> int:
+        """`block_size` must be a multiple of this."""
+        return flash.PAGED_BLOCK_MULTIPLE if self is AttentionBackend.FLASH_ATTN else 1
+
+    def kv_cache_shape(
+        self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int
+    ) -> tuple[int, int, int, int]:
+        """The shape of one layer's `k_cache` (its `v_cache` has the same)."""
+        if block_size < 1 or block_size % self.block_size_multiple:
+            raise ValueError(
+                f"the {self.value} backend needs block_size to be a positive multiple of "
+                f"{self.block_size_multiple}, got {block_size}"
+            )
+        return (num_blocks, block_size, num_kv_heads, head_dim)
+
+    def kv_cache_bytes_per_block(
+        self, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
+    ) -> int:
+        """Bytes of K and V of one block of one layer."""
+        shape = self.kv_cache_shape(1, block_size, num_kv_heads, head_dim)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return 2 * math.prod(shape) * itemsize
+
+
+def backend_for(
+    device: torch.device,
+    dtype: torch.dtype,
+    head_dim: int,
+    block_size: int,
+    logits_soft_cap: float | None = None,
+) -> AttentionBackend:
+    """The fast path when flash-attn can serve this geometry on `device`, else the reference."""
+    if flash.is_supported(device, dtype, head_dim, block_size, logits_soft_cap):
+        return AttentionBackend.FLASH_ATTN
+    return AttentionBackend.TORCH
 
 
 def select_backend(
     query: torch.Tensor, k_cache: torch.Tensor, logits_soft_cap: float | None = None
 ) -> AttentionBackend:
-    """The fast path when flash-attn can run this layer, else the torch reference.
+    """`backend_for` one layer, read off its queries and its cache.
 
     Args:
         query: `[T, num_heads, head_dim]`, a sample of the layer's queries (device, dtype).
@@ -415,9 +101,7 @@ def select_backend(
         logits_soft_cap: the layer's soft cap (needs flash-attn >= 2.6).
     """
     head_dim, block_size = query.shape[-1], k_cache.shape[1]
-    if flash.is_supported(query.device, query.dtype, head_dim, block_size, logits_soft_cap):
-        return AttentionBackend.FLASH_ATTN
-    return AttentionBackend.TORCH
+    return backend_for(query.device, query.dtype, head_dim, block_size, logits_soft_cap)
 
 
 class PagedAttention(torch.nn.Module):

@@ -11,14 +11,11 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from kernels.attention import AttentionMetadata
-
+from kernels.metadata import AttentionMetadata
 
 PAGED_BLOCK_MULTIPLE = 256  # flash-attn 2's constraint on the paged KV block size
 
@@ -70,7 +67,7 @@ def paged_attention(
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
 ) -> torch.Tensor:
-    """Same contract as `kernels.attention.paged_attention`, on flash-attn.
+    """Same contract as `kernels.torch_attention.paged_attention`, on flash-attn.
 
     Args:
         query: `[T, num_heads, head_dim]` (fp16/bf16, CUDA).

@@ -13,12 +13,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from kernels.attention import AttentionMetadata
+from kernels.metadata import AttentionMetadata
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from kernels.attention import backend_for
 from kernels.cpu_allocator import tune_cpu_allocator
 from lm_service.config import EngineConfig
 from lm_service.engine.kv_cache import allocate_kv_caches, num_blocks_for
@@ -55,13 +56,19 @@ class Engine:
         self.hidden_size = int(text_config.hidden_size)
         self.max_model_len = _max_model_len(config.max_model_len, text_config)
         spec = self.loaded.model.kv_cache_spec()
+        # NOTE: both backends read one layout; a layer that later falls back to the reference
+        # (a soft cap this flash-attn lacks) still reads what this backend allocated
+        backend = backend_for(self.device, spec.dtype, spec.head_dim, config.block_size)
         self.num_blocks = config.num_blocks or num_blocks_for(
             spec,
+            backend,
             config.block_size,
             config.kv_cache_memory,
             config.max_num_seqs * self.max_model_len,
         )
-        kv_caches = allocate_kv_caches(spec, self.num_blocks, config.block_size, self.device)
+        kv_caches = allocate_kv_caches(
+            spec, backend, self.num_blocks, config.block_size, self.device
+        )
         self.runner = ModelRunner(self.loaded.model, kv_caches, config.block_size, self.device)
         self.scheduler = Scheduler(
             SchedulerConfig(

@@ -1,41 +1,58 @@
-"""Sizing and allocating the paged KV cache from a model's KVCacheSpec."""
+"""Sizing and allocating the paged KV cache: the engine's policy over the backend's layout.
+
+The attention backend (`kernels.attention.AttentionBackend`) says what one layer's cache looks
+like and what a block costs; this module only decides how many blocks to hold.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from kernels.attention import AttentionBackend
+from lm_service.models.base import KVCacheSpec
 from protos.errors import InvalidRequest
 
 
-def bytes_per_block(spec: object, block_size: int) -> int:
+def bytes_per_block(spec: KVCacheSpec, backend: AttentionBackend, block_size: int) -> int:
     """K and V of one block across all layers."""
-    itemsize = torch.empty((), dtype=spec.dtype).element_size()
-    per_layer = 2 * block_size * spec.num_kv_heads * spec.head_dim * itemsize
+    per_layer = backend.kv_cache_bytes_per_block(
+        block_size, spec.num_kv_heads, spec.head_dim, spec.dtype
+    )
     return per_layer * spec.num_layers
 
 
-def num_blocks_for(spec: object, block_size: int, memory: int, max_useful_tokens: int) -> int:
+def num_blocks_for(
+    spec: KVCacheSpec,
+    backend: AttentionBackend,
+    block_size: int,
+    memory: int,
+    max_useful_tokens: int,
+) -> int:
     """Blocks that fit `memory` bytes, capped at what `max_useful_tokens` could ever use."""
-    fit = memory // bytes_per_block(spec, block_size)
+    block_bytes = bytes_per_block(spec, backend, block_size)
     useful = -(-max_useful_tokens // block_size)
-    num_blocks = min(fit, useful)
+    num_blocks = min(memory // block_bytes, useful)
     if num_blocks < 1:
         raise InvalidRequest(
             f"kv_cache_memory of {memory} bytes holds no KV block "
-            f"({bytes_per_block(spec, block_size)} bytes each); raise --kv-cache-memory"
+            f"({block_bytes} bytes each); raise --kv-cache-memory"
         )
     return num_blocks
 
 
 def allocate_kv_caches(
-    spec: object, num_blocks: int, block_size: int, device: torch.device
+    spec: KVCacheSpec,
+    backend: AttentionBackend,
+    num_blocks: int,
+    block_size: int,
+    device: torch.device,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer (k_cache, v_cache), each [num_blocks, block_size, num_kv_heads, head_dim].
+    """Per layer (k_cache, v_cache), each of `backend.kv_cache_shape(...)`.
 
     NOTE: zeroed, not empty: padded block-table entries gather these rows, and garbage NaNs
     there would leak through a masked softmax (0 * NaN = NaN).
     """
-    shape = (num_blocks, block_size, spec.num_kv_heads, spec.head_dim)
+    shape = backend.kv_cache_shape(num_blocks, block_size, spec.num_kv_heads, spec.head_dim)
     return [
         (
             torch.zeros(shape, dtype=spec.dtype, device=device),

@@ -7,8 +7,8 @@ from typing import NamedTuple
 
 import torch
 
-from kernels.attention import AttentionMetadata
 from kernels.forward_context import ForwardContext, forward_context
+from kernels.metadata import AttentionMetadata
 
 
 class StepInputs(NamedTuple):

@@ -23,13 +23,9 @@ import torch
 from torch import nn
 
 from kernels import flash
-from kernels.attention import (
-    AttentionBackend,
-    paged_attention,
-    select_backend,
-    write_kv_cache,
-)
+from kernels.attention import AttentionBackend, select_backend, write_kv_cache
 from kernels.forward_context import get_forward_context
+from kernels.torch_attention import paged_attention
 from lm_service.models.base import BaseCausalLM, KVCacheSpec
 from lm_service.models.loader import is_multimodal, language_model_weights, text_config_of
 from protos.errors import Unsupported

@@ -6,14 +6,10 @@ import pytest
 import torch
 
 from kernels import flash
-from kernels.attention import (
-    AttentionBackend,
-    AttentionMetadata,
-    PagedAttention,
-    paged_attention,
-    write_kv_cache,
-)
+from kernels.attention import AttentionBackend, PagedAttention, write_kv_cache
 from kernels.forward_context import ForwardContext, forward_context
+from kernels.metadata import AttentionMetadata
+from kernels.torch_attention import paged_attention
 
 
 def test_not_selected_without_cuda_or_for_float32():

@@ -7,13 +7,13 @@ import threading
 import pytest
 import torch
 
-from kernels.attention import AttentionMetadata
 from kernels.forward_context import (
     ForwardContext,
     forward_context,
     get_forward_context,
     has_forward_context,
 )
+from kernels.metadata import AttentionMetadata
 
 
 def make_context() -> ForwardContext:

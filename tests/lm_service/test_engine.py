@@ -7,7 +7,9 @@ import random
 import pytest
 import torch
 
+from kernels.attention import AttentionBackend
 from lm_service import Engine, EngineConfig, SamplingParams
+from lm_service.engine.kv_cache import bytes_per_block
 from protos.errors import InvalidRequest, Overloaded
 from protos.lm_messages import MultiModalSpan
 from tests.tiny_models import tiny_model_path
@@ -124,3 +126,15 @@ def test_max_tokens_is_capped_by_the_context() -> None:
     engine = _engine(max_model_len=20)
     out = engine.generate([[1] * 15], SamplingParams(max_tokens=100, temperature=0.0))[0]
     assert len(out.token_ids) == 5 and out.finish_reason == "length"
+
+
+def test_kv_cache_sized_from_memory_in_the_backends_layout() -> None:
+    memory = 300_000
+    engine = _engine(num_blocks=None, kv_cache_memory=memory)
+    spec = engine.loaded.model.kv_cache_spec()
+    num_blocks = memory // bytes_per_block(spec, AttentionBackend.TORCH, 4)
+    assert 0 < num_blocks < 16 * engine.max_model_len // 4  # the budget binds, not the cap
+    assert engine.num_blocks == num_blocks == engine.scheduler.block_pool.num_free_blocks
+    want = AttentionBackend.TORCH.kv_cache_shape(num_blocks, 4, spec.num_kv_heads, spec.head_dim)
+    assert len(engine.runner.kv_caches) == spec.num_layers
+    assert all(tuple(k.shape) == tuple(v.shape) == want for k, v in engine.runner.kv_caches)

@@ -18,8 +18,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kernels.attention import AttentionMetadata  # noqa: E402
 from kernels.forward_context import ForwardContext, forward_context  # noqa: E402
+from kernels.metadata import AttentionMetadata  # noqa: E402
 from lm_service.models.base import BaseCausalLM  # noqa: E402
 from lm_service.models.registry import load_model  # noqa: E402
 from tests.tiny_models import (  # noqa: E402

@@ -13,8 +13,8 @@ from transformers import BloomConfig, BloomForCausalLM, GemmaConfig, LlamaConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kernels.attention import AttentionMetadata  # noqa: E402
 from kernels.forward_context import ForwardContext, forward_context  # noqa: E402
+from kernels.metadata import AttentionMetadata  # noqa: E402
 from lm_service.models.base import BaseCausalLM, KVCacheSpec, resolve_dtype  # noqa: E402
 from lm_service.models.registry import (  # noqa: E402
     NATIVE_ARCHITECTURES,

@@ -1,0 +1,117 @@
+"""The per-step attention metadata: one engine step flattened for the attention kernels.
+
+Both backends (the torch reference and flash-attn) and the forward context read it; it imports
+no other kernel module, so every arrow in `kernels/` points at it and none back.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionMetadata:
+    """One engine step, flattened: B requests, T new tokens in total.
+
+    Request i's new tokens are rows `query_start_loc[i]:query_start_loc[i + 1]` of the step's
+    tensors and are the LAST `q_len_i` of its `seq_len_i` tokens.
+    """
+
+    query_start_loc: torch.Tensor  # [B + 1] int32 on device
+    seq_lens: torch.Tensor  # [B] int32: tokens in the KV cache AFTER this step
+    block_table: torch.Tensor  # [B, max_blocks_per_seq] int32, padded with 0
+    slot_mapping: torch.Tensor  # [T] int64: where each new token's K/V goes
+    max_query_len: int
+    max_seq_len: int
+    query_start_loc_cpu: tuple[int, ...]  # host copy of query_start_loc
+    seq_lens_cpu: tuple[int, ...]  # host copy of seq_lens
+
+    @property
+    def num_reqs(self) -> int:
+        return len(self.seq_lens_cpu)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.query_start_loc_cpu[-1]
+
+    @classmethod
+    def build(
+        cls,
+        query_lens: Sequence[int],
+        seq_lens: Sequence[int],
+        block_tables: Sequence[Sequence[int]],
+        block_size: int,
+        device: torch.device | str | None = None,
+    ) -> AttentionMetadata:
+        """Metadata for a step from per-request host lists (tests and the runner use it).
+
+        Args:
+            query_lens: new tokens of each request in this step.
+            seq_lens: tokens of each request in the cache after this step (>= query_len).
+            block_tables: each request's block ids, covering at least `seq_len` tokens.
+            block_size: tokens per KV block.
+            device: where the tensors go (CPU when None).
+        """
+        _check_batch(query_lens, seq_lens, block_tables, block_size)
+        query_start_loc = [0, *itertools.accumulate(query_lens)]
+        block_table = _padded_block_table(block_tables)  # [B, max_blocks] on CPU
+        slot_mapping = _slot_mapping(query_lens, seq_lens, block_table, block_size)
+        return cls(
+            query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32, device=device),
+            seq_lens=torch.tensor(list(seq_lens), dtype=torch.int32, device=device),
+            block_table=block_table.to(device),
+            slot_mapping=slot_mapping.to(device),
+            max_query_len=max(query_lens, default=0),
+            max_seq_len=max(seq_lens, default=0),
+            query_start_loc_cpu=tuple(query_start_loc),
+            seq_lens_cpu=tuple(int(n) for n in seq_lens),
+        )
+
+
+def _check_batch(
+    query_lens: Sequence[int],
+    seq_lens: Sequence[int],
+    block_tables: Sequence[Sequence[int]],
+    block_size: int,
+) -> None:
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if not len(query_lens) == len(seq_lens) == len(block_tables):
+        raise ValueError(
+            f"one entry per request expected: {len(query_lens)} query lens, "
+            f"{len(seq_lens)} seq lens, {len(block_tables)} block tables"
+        )
+    for i, (q_len, seq_len, table) in enumerate(
+        zip(query_lens, seq_lens, block_tables, strict=True)
+    ):
+        if not 0 <= q_len <= seq_len:
+            raise ValueError(f"request {i}: query_len {q_len} must be in [0, seq_len={seq_len}]")
+        if len(table) * block_size < seq_len:
+            raise ValueError(
+                f"request {i}: {len(table)} blocks of {block_size} cannot hold {seq_len} tokens"
+            )
+
+
+def _padded_block_table(block_tables: Sequence[Sequence[int]]) -> torch.Tensor:
+    width = max((len(table) for table in block_tables), default=0) or 1
+    rows = [list(table) + [0] * (width - len(table)) for table in block_tables]
+    return torch.tensor(rows, dtype=torch.int32).view(len(rows), width)  # [B, width]
+
+
+def _slot_mapping(
+    query_lens: Sequence[int],
+    seq_lens: Sequence[int],
+    block_table: torch.Tensor,  # [B, width] int32 on CPU
+    block_size: int,
+) -> torch.Tensor:
+    q_lens = torch.tensor(list(query_lens), dtype=torch.int64)  # [B]
+    first_pos = torch.tensor(list(seq_lens), dtype=torch.int64) - q_lens  # [B]
+    req = torch.repeat_interleave(torch.arange(len(q_lens)), q_lens)  # [T]
+    starts = torch.cumsum(q_lens, 0) - q_lens  # [B]
+    pos = torch.arange(req.numel()) - starts[req] + first_pos[req]  # [T] position in sequence
+    blocks = block_table.long()[req, pos // block_size]  # [T]
+    return blocks * block_size + pos % block_size  # [T] int64
