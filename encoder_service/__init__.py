@@ -12,7 +12,6 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "MicroBatcher": "encoder_service.batcher",
     "CachedEncoding": "encoder_service.cache",
     "CacheStats": "encoder_service.cache",
     "EmbeddingCache": "encoder_service.cache",

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from encoder_service.batcher import MicroBatcher, Ticket
 from encoder_service.cache import CachedEncoding, CacheStats, EmbeddingCache, content_hash
 from encoder_service.errors import MediaError
 from encoder_service.media import MediaLimits
 from encoder_service.registry import check_modality, load_tower
 from encoder_service.towers import Modality, Tower, TowerInput
+from protos.micro_batcher import MicroBatcher, Ticket
 
 _VIDEO_OPTIONS = ("fps", "num_frames")
 

@@ -592,7 +592,7 @@ class PoolingModel:
 
     def _micro_batcher(self) -> Any:
         if self._batcher is None:
-            from encoder_service.batcher import MicroBatcher
+            from protos.micro_batcher import MicroBatcher
 
             self._batcher = MicroBatcher(
                 self.run, max_batch_size=self.config.max_batch_size, name="pooling-batcher"
