@@ -15,19 +15,12 @@ from encoder_service.towers import (
     Qwen2VLTower,
     Tower,
 )
+from protos.dtypes import config_dtype, resolve_dtype
 from protos.errors import InvalidRequest, Unsupported
 
 TOWERS: dict[str, type[Tower]] = {
     tower.architecture: tower
     for tower in (LlavaTower, Qwen2VLTower, Qwen2_5_VLTower, Qwen2AudioTower)
-}
-
-_DTYPES = {
-    "float32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "half": torch.float16,
 }
 
 
@@ -60,20 +53,6 @@ def check_modality(tower: type[Tower], modality: str) -> Modality:
     return value
 
 
-def resolve_dtype(dtype: str | torch.dtype, config: Any) -> torch.dtype:
-    """ "auto" takes the checkpoint's dtype (float32 when it names none)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-        if isinstance(saved, torch.dtype):
-            return saved
-        return _DTYPES.get(str(saved), torch.float32)
-    if dtype not in _DTYPES:
-        raise InvalidRequest(f"unknown dtype {dtype!r}; choose auto, {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
-
-
 def load_tower(
     path: str | Path, modality: str, *, dtype: str | torch.dtype, device: str | torch.device
 ) -> tuple[Tower, Modality]:
@@ -84,6 +63,6 @@ def load_tower(
     cls = tower_class(architecture_of(config))
     value = check_modality(cls, modality)
     tower = cls.from_pretrained(
-        path, config, dtype=resolve_dtype(dtype, config), device=torch.device(device)
+        path, config, dtype=resolve_dtype(dtype, config_dtype(config)), device=torch.device(device)
     )
     return tower, value

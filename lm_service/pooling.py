@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lm_service.models.base import resolve_dtype
 from lm_service.models.loader import load_config, resolve_model_path
+from protos.dtypes import config_dtype, resolve_dtype
 from protos.errors import InvalidRequest, Unsupported
 
 logger = logging.getLogger(__name__)
@@ -408,7 +408,7 @@ def _load_hf_model(kind: str, model_path: Path, hf_config: Any, config: PoolingC
         "classifier": transformers.AutoModelForSequenceClassification,
         "causal": transformers.AutoModelForCausalLM,
     }[kind]
-    dtype = resolve_dtype(config.dtype, getattr(hf_config, "dtype", None))
+    dtype = resolve_dtype(config.dtype, config_dtype(hf_config))
     model = auto.from_pretrained(
         str(model_path),
         config=hf_config,
