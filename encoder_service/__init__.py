@@ -26,7 +26,7 @@ _LAZY = {
     "VideoClip": "encoder_service.media",
     "TOWERS": "encoder_service.registry",
     "load_tower": "encoder_service.registry",
-    "Modality": "encoder_service.towers",
+    "Modality": "protos.modality",
     "Tower": "encoder_service.towers",
     "TowerInput": "encoder_service.towers",
 }

@@ -27,8 +27,9 @@ from encoder_service.cache import CachedEncoding, CacheStats, EmbeddingCache, co
 from encoder_service.errors import MediaError
 from encoder_service.media import MediaLimits
 from encoder_service.registry import check_modality, load_tower
-from encoder_service.towers import Modality, Tower, TowerInput
+from encoder_service.towers import Tower, TowerInput
 from protos.micro_batcher import MicroBatcher, Ticket
+from protos.modality import Modality
 
 _VIDEO_OPTIONS = ("fps", "num_frames")
 

@@ -9,7 +9,6 @@ import torch
 
 from encoder_service.towers import (
     LlavaTower,
-    Modality,
     Qwen2_5_VLTower,
     Qwen2AudioTower,
     Qwen2VLTower,
@@ -17,6 +16,7 @@ from encoder_service.towers import (
 )
 from protos.dtypes import config_dtype, resolve_dtype
 from protos.errors import InvalidRequest, Unsupported
+from protos.modality import MEDIA_MODALITIES, Modality
 
 TOWERS: dict[str, type[Tower]] = {
     tower.architecture: tower
@@ -41,12 +41,9 @@ def tower_class(architecture: str) -> type[Tower]:
 
 def check_modality(tower: type[Tower], modality: str) -> Modality:
     """The Modality for `modality`; Unsupported when the architecture cannot encode it."""
-    try:
-        value = Modality(modality)
-    except ValueError:
-        raise InvalidRequest(
-            f"unknown modality {modality!r}; choose image, video or audio"
-        ) from None
+    if modality not in MEDIA_MODALITIES:  # NOTE: "text" is a Modality too; no tower encodes it
+        raise InvalidRequest(f"unknown modality {modality!r}; choose image, video or audio")
+    value = Modality(modality)
     if value not in tower.modalities:
         accepted = " and ".join(tower.modalities)
         raise Unsupported(f"{tower.architecture} encodes {accepted} only: {value} is not supported")
