@@ -39,12 +39,11 @@ from __future__ import annotations
 
 from lm_service.pooling.config import (
     POOLER_KEYS,
-    POOLING_TASKS,
     PoolerConfig,
     PoolingConfig,
-    PoolingTask,
     PoolingType,
     parse_pooler_overrides,
+    parse_pooling_task,
 )
 from lm_service.pooling.defaults import (
     default_max_model_len,
@@ -57,6 +56,7 @@ from lm_service.pooling.inputs import PaddedBatch, PoolingInput, pad_inputs
 from lm_service.pooling.loading import PoolingParts, load_pooling_parts
 from lm_service.pooling.model import PoolingModel
 from lm_service.pooling.pooler import Pooler
+from protos.tasks import POOLING_TASKS  # NOTE: re-exported until gateway/ imports protos.tasks
 
 __all__ = [
     "POOLER_KEYS",
@@ -68,7 +68,6 @@ __all__ = [
     "PoolingInput",
     "PoolingModel",
     "PoolingParts",
-    "PoolingTask",
     "PoolingType",
     "default_max_model_len",
     "default_pooler_config",
@@ -76,6 +75,7 @@ __all__ = [
     "load_pooling_parts",
     "pad_inputs",
     "parse_pooler_overrides",
+    "parse_pooling_task",
     "resolve_pooler_config",
     "sentence_transformers_pooling",
 ]

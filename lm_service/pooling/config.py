@@ -10,28 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protos.errors import InvalidRequest
+from protos.tasks import POOLING_TASKS, Task
 
 
-class PoolingTask(enum.Enum):
-    EMBED = "embed"
-    CLASSIFY = "classify"
-    SCORE = "score"
-    REWARD = "reward"
-
-    @classmethod
-    def parse(cls, value: str | PoolingTask) -> PoolingTask:
-        if isinstance(value, PoolingTask):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            names = ", ".join(t.value for t in cls)
-            raise InvalidRequest(
-                f"unknown pooling task {value!r}; expected one of {names}"
-            ) from None
-
-
-POOLING_TASKS: tuple[str, ...] = tuple(t.value for t in PoolingTask)
+def parse_pooling_task(value: str | Task) -> Task:
+    """`value` as one of the pooling tasks; InvalidRequest names them otherwise."""
+    try:
+        return Task.parse(value, POOLING_TASKS)
+    except InvalidRequest:
+        names = ", ".join(POOLING_TASKS)
+        raise InvalidRequest(
+            f"unknown pooling task {str(value)!r}; expected one of {names}"
+        ) from None
 
 
 class PoolingType(enum.Enum):
@@ -125,7 +115,7 @@ class PoolingConfig:
     """How to load and run a pooling model.
 
     Args:
-        task: a PoolingTask or its name ("embed", ...).
+        task: a pooling Task or its name ("embed", ...).
         override_pooler_config: fields of PoolerConfig that replace the model's defaults, as
             a mapping or JSON text (`pooling_type` by name); parsed on construction.
         max_num_batched_tokens: padded tokens per forward (batch size x longest input).
@@ -134,7 +124,7 @@ class PoolingConfig:
     """
 
     model: str
-    task: PoolingTask
+    task: Task
     dtype: str = "float32"
     device: str = "cpu"
     trust_remote_code: bool = False
@@ -146,7 +136,7 @@ class PoolingConfig:
     max_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "task", PoolingTask.parse(self.task))
+        object.__setattr__(self, "task", parse_pooling_task(self.task))
         overrides = parse_pooler_overrides(self.override_pooler_config)
         object.__setattr__(self, "override_pooler_config", overrides)
         if self.max_num_batched_tokens <= 0 or self.max_batch_size <= 0:
@@ -156,13 +146,13 @@ class PoolingConfig:
     def from_engine_config(
         cls,
         config: Any,
-        task: str | PoolingTask,
+        task: str | Task,
         override_pooler_config: str | Mapping[str, Any] | None = None,
     ) -> PoolingConfig:
         """The pooling config of an EngineConfig (its KV-cache fields do not apply)."""
         return cls(
             model=config.model,
-            task=PoolingTask.parse(task),
+            task=parse_pooling_task(task),
             dtype=config.dtype,
             device=config.device,
             trust_remote_code=config.trust_remote_code,

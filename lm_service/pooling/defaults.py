@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lm_service.pooling.config import PoolerConfig, PoolingTask, PoolingType
+from lm_service.pooling.config import PoolerConfig, PoolingType
 from protos.errors import InvalidRequest
+from protos.tasks import Task
 
 
 def sentence_transformers_pooling(model_path: Path) -> dict[str, Any] | None:
@@ -59,20 +60,20 @@ def is_encoder_only(hf_config: Any) -> bool:
 
 
 def default_pooler_config(
-    task: PoolingTask, head_pooling: PoolingType, st_pooling: Mapping[str, Any] | None
+    task: Task, head_pooling: PoolingType, st_pooling: Mapping[str, Any] | None
 ) -> PoolerConfig:
     """vLLM's per-task default; for embed, a sentence-transformers config wins."""
-    if task is PoolingTask.EMBED:
+    if task is Task.EMBED:
         if st_pooling is not None:
             return PoolerConfig(st_pooling["pooling_type"], normalize=st_pooling["normalize"])
         return PoolerConfig(head_pooling, normalize=True)
-    if task is PoolingTask.REWARD:
+    if task is Task.REWARD:
         return PoolerConfig(PoolingType.ALL)
     return PoolerConfig(head_pooling, softmax=True)
 
 
 def resolve_pooler_config(
-    task: PoolingTask,
+    task: Task,
     head_pooling: PoolingType,
     st_pooling: Mapping[str, Any] | None,
     overrides: Mapping[str, Any],
@@ -80,7 +81,7 @@ def resolve_pooler_config(
     """The default for `task`, with `overrides` on top; refuses combinations that cannot work."""
     config = dataclasses.replace(default_pooler_config(task, head_pooling, st_pooling), **overrides)
     per_token = config.pooling_type in (PoolingType.ALL, PoolingType.STEP)
-    if per_token and task is not PoolingTask.REWARD:
+    if per_token and task is not Task.REWARD:
         raise InvalidRequest(
             f"pooling_type {config.pooling_type.value} gives several rows per input; "
             f"use it with the reward task, not {task.value!r}"

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from lm_service.models.loader import load_config, resolve_model_path
-from lm_service.pooling.config import PoolingConfig, PoolingTask, PoolingType
+from lm_service.pooling.config import PoolingConfig, PoolingType
 from lm_service.pooling.defaults import is_encoder_only
 from protos.dtypes import config_dtype, resolve_dtype
 from protos.errors import Unsupported
+from protos.tasks import Task
 
 Head = Callable[[torch.Tensor], torch.Tensor]  # [..., hidden] -> [..., D]
 
@@ -53,18 +54,18 @@ def load_pooling_parts(config: PoolingConfig) -> PoolingParts:
 def _model_kind(config: PoolingConfig, architecture: str) -> str:
     """ "base" (hidden states), "classifier" (sequence head) or "causal" (LM head, STEP)."""
     task, headed = config.task, architecture.endswith(_HEADED_SUFFIXES)
-    if task in (PoolingTask.CLASSIFY, PoolingTask.SCORE):
+    if task in (Task.CLASSIFY, Task.SCORE):
         if not headed:
             raise Unsupported(_no_head_sentence(architecture, task))
         return "classifier"
-    if task is PoolingTask.REWARD:
+    if task is Task.REWARD:
         step = config.override_pooler_config.get("pooling_type") is PoolingType.STEP
         return "causal" if step else ("classifier" if headed else "base")
     return "base"
 
 
-def _no_head_sentence(architecture: str, task: PoolingTask) -> str:
-    if task is PoolingTask.SCORE:
+def _no_head_sentence(architecture: str, task: Task) -> str:
+    if task is Task.SCORE:
         return (
             f"{architecture} has no classification head, so it cannot score pairs as a "
             "cross-encoder; serve it with --task embed (Score then compares embeddings by cosine)"

@@ -10,7 +10,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lm_service.pooling.config import PoolerConfig, PoolingConfig, PoolingTask, PoolingType
+from lm_service.pooling.config import (
+    PoolerConfig,
+    PoolingConfig,
+    PoolingType,
+    parse_pooling_task,
+)
 from lm_service.pooling.defaults import (
     default_max_model_len,
     resolve_pooler_config,
@@ -21,6 +26,7 @@ from lm_service.pooling.loading import PoolingParts, load_pooling_parts
 from lm_service.pooling.pooler import Pooler, activate
 from protos.errors import InvalidRequest, Unsupported
 from protos.micro_batcher import MicroBatcher
+from protos.tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +88,7 @@ class PoolingModel:
 
     # ------------------------------------------------------------------ public API
 
-    def pool(self, task: str | PoolingTask, inputs: Sequence[PoolingInput]) -> list[torch.Tensor]:
+    def pool(self, task: str | Task, inputs: Sequence[PoolingInput]) -> list[torch.Tensor]:
         """One float32 output per input, in order (shapes: see the package docstring).
 
         Raises:
@@ -90,11 +96,11 @@ class PoolingModel:
             InvalidRequest: no inputs, an empty input, an input longer than max_model_len,
                 token ids outside the vocabulary.
         """
-        self.check_task(PoolingTask.parse(task))
+        self.check_task(parse_pooling_task(task))
         self.validate(inputs)
         return self._micro_batcher().submit(list(inputs))
 
-    def check_task(self, task: PoolingTask) -> None:
+    def check_task(self, task: Task) -> None:
         if task is not self.task:
             raise Unsupported(
                 f"this LM serves {self.config.model} ({self.architecture}) for the "

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lm_service.pooling.config import PoolerConfig, PoolingTask, PoolingType
+from lm_service.pooling.config import PoolerConfig, PoolingType
+from protos.tasks import Task
 
 
 class Pooler:
@@ -42,13 +43,13 @@ class Pooler:
         return [hidden[i][steps[i]] for i in range(hidden.shape[0])]
 
 
-def activate(output: torch.Tensor, config: PoolerConfig, task: PoolingTask) -> torch.Tensor:
+def activate(output: torch.Tensor, config: PoolerConfig, task: Task) -> torch.Tensor:
     """A head's output for one input -> the task's float32 answer: the STEP columns kept, then
     the score activation (score), or normalize / softmax as `config` asks."""
     if config.pooling_type is PoolingType.STEP and config.returned_token_ids:
         output = output[..., list(config.returned_token_ids)]
     output = output.float()
-    if task is PoolingTask.SCORE:
+    if task is Task.SCORE:
         return _score(output, config.softmax)
     if config.normalize:
         output = F.normalize(output, p=2, dim=-1)
