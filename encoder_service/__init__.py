@@ -12,7 +12,6 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "MicroBatcher": "encoder_service.batcher",
     "CachedEncoding": "encoder_service.cache",
     "EmbeddingCache": "encoder_service.cache",
     "content_hash": "encoder_service.cache",
@@ -23,7 +22,7 @@ _LAZY = {
     "VideoClip": "encoder_service.media",
     "TOWERS": "encoder_service.registry",
     "load_tower": "encoder_service.registry",
-    "Modality": "encoder_service.towers",
+    "Modality": "protos.modality",
     "Tower": "encoder_service.towers",
     "TowerInput": "encoder_service.towers",
 }

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from encoder_service.batcher import MicroBatcher, Ticket
 from encoder_service.cache import CachedEncoding, EmbeddingCache, content_hash
 from encoder_service.errors import MediaError
 from encoder_service.media import MediaLimits
 from encoder_service.registry import check_modality, load_tower
-from encoder_service.towers import Modality, Tower, TowerInput
+from encoder_service.towers import Tower, TowerInput
 from protos.encoder_messages import EncodeResult, EncoderInfo, MediaItem
+from protos.micro_batcher import MicroBatcher, Ticket
+from protos.modality import Modality
 
 _VIDEO_OPTIONS = ("fps", "num_frames")
 

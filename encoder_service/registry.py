@@ -9,25 +9,18 @@ import torch
 
 from encoder_service.towers import (
     LlavaTower,
-    Modality,
     Qwen2_5_VLTower,
     Qwen2AudioTower,
     Qwen2VLTower,
     Tower,
 )
+from protos.dtypes import config_dtype, resolve_dtype
 from protos.errors import InvalidRequest, Unsupported
+from protos.modality import MEDIA_MODALITIES, Modality
 
 TOWERS: dict[str, type[Tower]] = {
     tower.architecture: tower
     for tower in (LlavaTower, Qwen2VLTower, Qwen2_5_VLTower, Qwen2AudioTower)
-}
-
-_DTYPES = {
-    "float32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "half": torch.float16,
 }
 
 
@@ -48,30 +41,13 @@ def tower_class(architecture: str) -> type[Tower]:
 
 def check_modality(tower: type[Tower], modality: str) -> Modality:
     """The Modality for `modality`; Unsupported when the architecture cannot encode it."""
-    try:
-        value = Modality(modality)
-    except ValueError:
-        raise InvalidRequest(
-            f"unknown modality {modality!r}; choose image, video or audio"
-        ) from None
+    if modality not in MEDIA_MODALITIES:  # NOTE: "text" is a Modality too; no tower encodes it
+        raise InvalidRequest(f"unknown modality {modality!r}; choose image, video or audio")
+    value = Modality(modality)
     if value not in tower.modalities:
         accepted = " and ".join(tower.modalities)
         raise Unsupported(f"{tower.architecture} encodes {accepted} only: {value} is not supported")
     return value
-
-
-def resolve_dtype(dtype: str | torch.dtype, config: Any) -> torch.dtype:
-    """ "auto" takes the checkpoint's dtype (float32 when it names none)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-        if isinstance(saved, torch.dtype):
-            return saved
-        return _DTYPES.get(str(saved), torch.float32)
-    if dtype not in _DTYPES:
-        raise InvalidRequest(f"unknown dtype {dtype!r}; choose auto, {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
 
 
 def load_tower(
@@ -84,6 +60,6 @@ def load_tower(
     cls = tower_class(architecture_of(config))
     value = check_modality(cls, modality)
     tower = cls.from_pretrained(
-        path, config, dtype=resolve_dtype(dtype, config), device=torch.device(device)
+        path, config, dtype=resolve_dtype(dtype, config_dtype(config)), device=torch.device(device)
     )
     return tower, value

@@ -11,10 +11,10 @@ from typing import Any
 from lm_service.config import DTYPES, MODEL_IMPLS, EngineConfig
 from protos.errors import InvalidRequest
 from protos.serving import add_server_args, json_object, parse_bytes
+from protos.tasks import LM_TASKS
 
 logger = logging.getLogger("meshserve.lm")
 DEFAULT_PORT = 50061
-TASKS = ("generate", "embed", "classify", "score", "reward")
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -110,7 +110,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_server_args(p, DEFAULT_PORT)
     p.add_argument(
         "--task",
-        choices=TASKS,
+        choices=[task.value for task in LM_TASKS],
         default="generate",
         help="generate (default), or a pooling task: embed, classify, score (cross-encoder "
         "pairs) or reward; a pooling LM answers Pool instead of Generate",

@@ -100,7 +100,7 @@ def qwen2_vl_inputs(
     prompt ids the caller built (proven equal to HF's expansion in test_prompt.py)."""
     from transformers import AutoConfig, AutoImageProcessor
 
-    from encoder_service.qwen2_vl_processing import Qwen2VLVideoConfig, preprocess_video
+    from encoder_service.towers.qwen2_vl_processing import Qwen2VLVideoConfig, preprocess_video
 
     config = AutoConfig.from_pretrained(path)
     inputs: dict[str, Any] = {"input_ids": torch.tensor([token_ids])}

@@ -73,7 +73,7 @@ class LMBackend(abc.ABC):
     async def pool(
         self, task: str, inputs: Sequence[Any], timeout: float | None = None
     ) -> list[torch.Tensor]:
-        """lm_service.pooling.PoolingInput list -> one float32 tensor per input, same order:
+        """protos.lm_messages.PoolingInput list -> one float32 tensor per input, same order:
         embed [hidden], classify [num_labels], score [1], reward [rows, D] or [D]."""
         raise Unsupported(f"this LM backend does not serve pooling tasks such as {task!r}")
 

@@ -14,16 +14,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from protos.errors import InvalidRequest
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "half": torch.float16,
-}
-
 
 @dataclass(frozen=True, slots=True)
 class KVCacheSpec:
@@ -115,25 +105,6 @@ class BaseCausalLM(nn.Module, ABC):
     @abstractmethod
     def kv_cache_spec(self) -> KVCacheSpec:
         """The per-layer KV cache this model reads and writes."""
-
-
-def resolve_dtype(dtype: str | torch.dtype, config_dtype: object = None) -> torch.dtype:
-    """'float32' / 'bfloat16' / 'float16' / 'auto' (the checkpoint's float dtype) -> torch.dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return _checkpoint_dtype(config_dtype)
-    if dtype not in DTYPES:
-        raise InvalidRequest(f"dtype must be one of 'auto', {', '.join(map(repr, DTYPES))}")
-    return DTYPES[dtype]
-
-
-def _checkpoint_dtype(config_dtype: object) -> torch.dtype:
-    if isinstance(config_dtype, str):
-        config_dtype = getattr(torch, config_dtype, None)
-    if isinstance(config_dtype, torch.dtype) and config_dtype.is_floating_point:
-        return config_dtype
-    return torch.float32
 
 
 def sliding_windows_of(text_config: object) -> tuple[int | None, ...]:

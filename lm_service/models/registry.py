@@ -14,13 +14,14 @@ from typing import Any, NamedTuple
 
 import torch
 
-from lm_service.models.base import BaseCausalLM, resolve_dtype
+from lm_service.models.base import BaseCausalLM
 from lm_service.models.loader import (
     load_config,
     model_weights,
     resolve_model_path,
     text_config_of,
 )
+from protos.dtypes import config_dtype, resolve_dtype
 from protos.errors import InvalidRequest, Unsupported
 
 MODEL_IMPLS = ("auto", "native", "transformers")
@@ -116,7 +117,7 @@ def load_model(
     text_config = text_config_of(hf_config)
     architecture = architecture_of(hf_config)
     impl = choose_impl(architecture, text_config, model_impl)
-    torch_dtype = resolve_dtype(dtype, _config_dtype(hf_config, text_config))
+    torch_dtype = resolve_dtype(dtype, config_dtype(text_config, hf_config))
     if impl == "native":
         lm = _load_native(architecture, model_path, hf_config, text_config, torch_dtype, device)
     else:
@@ -145,13 +146,3 @@ def _load_native(
     lm = model_class(text_config, dtype=dtype, device=device, tie_word_embeddings=tie)
     lm.load_weights(model_weights(model_path, hf_config))
     return lm.eval()
-
-
-def _config_dtype(hf_config: Any, text_config: Any) -> object:
-    for config in (text_config, hf_config):
-        value = getattr(config, "dtype", None)  # `torch_dtype` before transformers 5
-        if value is None and not hasattr(config, "dtype"):
-            value = getattr(config, "torch_dtype", None)
-        if value is not None:
-            return value
-    return None

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from encoder_service.qwen2_vl_processing import (
+from encoder_service.towers.qwen2_vl_processing import (
     Qwen2VLVideoConfig,
     patchify,
     preprocess_video,

@@ -196,6 +196,7 @@ def test_dtype_is_applied_to_weights_and_outputs(llava_path: Path) -> None:
         ("qwen2_vl", "audio", Unsupported, "encodes image and video only: audio"),
         ("qwen2_audio", "image", Unsupported, "encodes audio only: image"),
         ("llava", "smell", InvalidRequest, "unknown modality 'smell'"),
+        ("llava", "text", InvalidRequest, "unknown modality 'text'; choose image, video or audio"),
     ],
 )
 def test_unsupported_modalities_are_refused_before_loading(

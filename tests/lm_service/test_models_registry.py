@@ -15,12 +15,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kernels.forward_context import ForwardContext, forward_context  # noqa: E402
 from kernels.metadata import AttentionMetadata  # noqa: E402
-from lm_service.models.base import BaseCausalLM, KVCacheSpec, resolve_dtype  # noqa: E402
+from lm_service.models.base import BaseCausalLM, KVCacheSpec  # noqa: E402
 from lm_service.models.registry import (  # noqa: E402
     NATIVE_ARCHITECTURES,
     choose_impl,
     load_model,
 )
+from protos.dtypes import resolve_dtype  # noqa: E402
 from protos.errors import InvalidRequest, Unsupported  # noqa: E402
 from tests.tiny_models import tiny_model_path  # noqa: E402
 

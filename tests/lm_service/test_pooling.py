@@ -22,16 +22,17 @@ from transformers import (
 from lm_service.pooling import (
     PoolerConfig,
     PoolingConfig,
-    PoolingInput,
     PoolingModel,
-    PoolingTask,
     PoolingType,
     parse_pooler_overrides,
+    parse_pooling_task,
     resolve_pooler_config,
     sentence_transformers_pooling,
 )
 from protos.errors import InvalidRequest, Unsupported
 from protos.lm_codec import pool_inputs_from_pb, pool_request_to_pb, pooling_task_from_pb
+from protos.lm_messages import PoolingInput
+from protos.tasks import POOLING_TASKS, Task
 from tests.tiny_models import minilm_path, tiny_model_path
 
 ATOL = 1e-5
@@ -261,13 +262,25 @@ def test_pooler_overrides_are_validated() -> None:
         PoolerConfig(PoolingType.STEP)
 
 
+def test_pooling_tasks_are_the_mesh_wide_ones() -> None:
+    assert (
+        parse_pooling_task("score") is Task.SCORE and parse_pooling_task(Task.EMBED) is Task.EMBED
+    )
+    assert POOLING_TASKS == ("embed", "classify", "score", "reward")  # gateway compares names
+    sentence = "unknown pooling task 'generate'; expected one of embed, classify, score, reward"
+    with pytest.raises(InvalidRequest, match=sentence):
+        PoolingConfig(model="unused", task="generate")
+    with pytest.raises(InvalidRequest, match=sentence):
+        parse_pooling_task(Task.GENERATE)
+
+
 def test_per_token_pooling_is_for_reward_only() -> None:
     all_tokens = {"pooling_type": PoolingType.ALL}
     with pytest.raises(InvalidRequest, match="reward"):
-        resolve_pooler_config(PoolingTask.EMBED, PoolingType.CLS, None, all_tokens)
-    config = resolve_pooler_config(PoolingTask.REWARD, PoolingType.LAST, None, {})
+        resolve_pooler_config(Task.EMBED, PoolingType.CLS, None, all_tokens)
+    config = resolve_pooler_config(Task.REWARD, PoolingType.LAST, None, {})
     assert config == PoolerConfig(PoolingType.ALL)
-    embed = resolve_pooler_config(PoolingTask.EMBED, PoolingType.LAST, None, {})
+    embed = resolve_pooler_config(Task.EMBED, PoolingType.LAST, None, {})
     assert embed == PoolerConfig(PoolingType.LAST, normalize=True)  # decoders: last, normalized
 
 

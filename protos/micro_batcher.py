@@ -1,6 +1,9 @@
-"""Micro-batching: items from concurrent callers share one tower call.
+"""Micro-batching: items from concurrent callers share one model call.
 
-One worker thread owns the tower. A caller hands its items over and blocks; the worker takes
+A serving helper for every service (the encoder's towers, the LM's pooling models): it imports
+nothing but the standard library and `protos.errors`.
+
+One worker thread owns the model. A caller hands its items over and blocks; the worker takes
 the waiting requests and runs them in one call, then hands each caller its slice. Callers
 announce themselves while they preprocess:
 

@@ -1,0 +1,63 @@
+"""LLaVA: a CLIP or SigLIP vision tower and the multi-modal projector; images only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from encoder_service.towers.base import Tower, TowerInput, group_by_shape
+from protos.modality import Modality
+
+
+class LlavaTower(Tower):
+    """CLIP/SigLIP vision tower + multi_modal_projector, honouring vision_feature_layer (an
+    int or a list, concatenated) and vision_feature_select_strategy ("default" drops CLS)."""
+
+    architecture = "LlavaForConditionalGeneration"
+    modalities = (Modality.IMAGE,)
+    roots = ("vision_tower", "multi_modal_projector")
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        from transformers import AutoImageProcessor
+
+        self.image_processor = AutoImageProcessor.from_pretrained(self.path, backend="pil")
+
+    @staticmethod
+    def build_modules(config: Any) -> dict[str, nn.Module]:
+        from transformers import AutoModel
+        from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+        return {
+            "vision_tower": AutoModel.from_config(config.vision_config),
+            "multi_modal_projector": LlavaMultiModalProjector(config),
+        }
+
+    def prepare(self, modality: Modality, decoded: Any, index: int) -> TowerInput:
+        pixel_values = self.image_processor(images=[decoded], return_tensors="pt")["pixel_values"]
+        return TowerInput(modality, {"pixel_values": pixel_values[0]})  # [3, H, W]
+
+    @torch.inference_mode()
+    def forward(self, inputs: Sequence[TowerInput]) -> list[torch.Tensor]:
+        results: list[torch.Tensor | None] = [None] * len(inputs)
+        for positions in group_by_shape(inputs, "pixel_values"):
+            pixel_values = torch.stack([inputs[i].tensors["pixel_values"] for i in positions])
+            embeddings = self._embed(pixel_values.to(self.device, self.dtype))  # [B, N, hidden]
+            for i, item in zip(positions, embeddings, strict=True):
+                results[i] = item
+        return results  # type: ignore[return-value]
+
+    def _embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, num_tokens, hidden], as LlavaModel.get_image_features."""
+        layers = self.config.vision_feature_layer
+        layers = [layers] if isinstance(layers, int) else list(layers)
+        hidden_states = self.module["vision_tower"](
+            pixel_values, output_hidden_states=True, return_dict=True
+        ).hidden_states
+        selected = [hidden_states[layer] for layer in layers]  # each [B, 1 + patches, vision]
+        if self.config.vision_feature_select_strategy == "default":
+            selected = [states[:, 1:] for states in selected]  # drop CLS
+        return self.module["multi_modal_projector"](torch.cat(selected, dim=-1))
