@@ -19,8 +19,8 @@ from torch import nn
 class KVCacheSpec:
     """What the paged KV cache of one model looks like.
 
-    Per layer the runner allocates `k_cache, v_cache`, each
-    `[num_blocks, block_size, num_kv_heads, head_dim]` of `dtype`.
+    The engine sizes and allocates the cache from it (`lm_service.engine.kv_cache`) in the
+    layout the attention backend reports (`kernels.attention.AttentionBackend`).
 
     Args:
         num_layers: attention layers, in the order of `kv_caches`.
@@ -42,28 +42,6 @@ class KVCacheSpec:
                 f"sliding_windows has {len(self.sliding_windows)} entries "
                 f"for {self.num_layers} layers"
             )
-
-    @property
-    def bytes_per_token(self) -> int:
-        """K and V of one token across all layers."""
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * itemsize
-
-    def bytes_per_block(self, block_size: int) -> int:
-        return self.bytes_per_token * block_size
-
-    def allocate(
-        self, num_blocks: int, block_size: int, device: torch.device | str = "cpu"
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Zeroed per-layer (k_cache, v_cache), each [num_blocks, block_size, Hkv, D]."""
-        shape = (num_blocks, block_size, self.num_kv_heads, self.head_dim)
-        return [
-            (
-                torch.zeros(shape, dtype=self.dtype, device=device),
-                torch.zeros(shape, dtype=self.dtype, device=device),
-            )
-            for _ in range(self.num_layers)
-        ]
 
 
 class BaseCausalLM(nn.Module, ABC):

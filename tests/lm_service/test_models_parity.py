@@ -18,8 +18,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from kernels.attention import AttentionBackend  # noqa: E402
 from kernels.forward_context import ForwardContext, forward_context  # noqa: E402
 from kernels.metadata import AttentionMetadata  # noqa: E402
+from lm_service.engine.kv_cache import allocate_kv_caches  # noqa: E402
 from lm_service.models.base import BaseCausalLM  # noqa: E402
 from lm_service.models.registry import load_model  # noqa: E402
 from tests.tiny_models import (  # noqa: E402
@@ -60,7 +62,13 @@ class PagedHarness:
 
     def __init__(self, model: BaseCausalLM, seed: int = 0) -> None:
         self.model = model
-        self.caches = model.kv_cache_spec().allocate(NUM_BLOCKS, BLOCK_SIZE)
+        self.caches = allocate_kv_caches(
+            model.kv_cache_spec(),
+            AttentionBackend.TORCH,
+            NUM_BLOCKS,
+            BLOCK_SIZE,
+            torch.device("cpu"),
+        )
         order = torch.randperm(NUM_BLOCKS, generator=torch.Generator().manual_seed(seed))
         self.free_blocks = order.tolist()
 

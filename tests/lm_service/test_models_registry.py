@@ -13,8 +13,10 @@ from transformers import BloomConfig, BloomForCausalLM, GemmaConfig, LlamaConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from kernels.attention import AttentionBackend  # noqa: E402
 from kernels.forward_context import ForwardContext, forward_context  # noqa: E402
 from kernels.metadata import AttentionMetadata  # noqa: E402
+from lm_service.engine.kv_cache import allocate_kv_caches  # noqa: E402
 from lm_service.models.base import BaseCausalLM, KVCacheSpec  # noqa: E402
 from lm_service.models.registry import (  # noqa: E402
     NATIVE_ARCHITECTURES,
@@ -31,7 +33,9 @@ PROMPT = [1, 17, 93, 204, 55, 301, 12]
 @torch.inference_mode()
 def prefill_logits(model: BaseCausalLM, token_ids: list[int] = PROMPT) -> torch.Tensor:
     """Logits [L, vocab] of one prompt prefilled into a fresh paged cache."""
-    caches = model.kv_cache_spec().allocate(8, 4)
+    caches = allocate_kv_caches(
+        model.kv_cache_spec(), AttentionBackend.TORCH, 8, 4, torch.device("cpu")
+    )
     n = len(token_ids)
     meta = AttentionMetadata.build([n], [n], [[6, 1]], 4)
     with forward_context(ForwardContext(meta, caches)):
