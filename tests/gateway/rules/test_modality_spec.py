@@ -20,7 +20,7 @@ from gateway.rules.spec_table import SPECS, spec_for
 from protos.errors import InvalidRequest, LimitExceeded
 from protos.modality import Modality
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SEED_NAME = "supported_models.zh.md"
 SEED_CANDIDATES = [
     Path(os.environ.get("MESHSERVE_SEED_DIR", ROOT / "seed")) / SEED_NAME,
