@@ -7,10 +7,10 @@ import random
 import pytest
 import torch
 
+from gateway.tools.tiny_models import tiny_model_path
 from lm_service import Engine, EngineConfig, SamplingParams
 from protos.errors import InvalidRequest, Overloaded
 from protos.lm_messages import MultiModalSpan
-from tests.tiny_models import tiny_model_path
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
 

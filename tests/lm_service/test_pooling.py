@@ -19,6 +19,7 @@ from transformers import (
     AutoTokenizer,
 )
 
+from gateway.tools.tiny_models import minilm_path, tiny_model_path
 from lm_service.pooling import (
     PoolerConfig,
     PoolingConfig,
@@ -32,7 +33,6 @@ from lm_service.pooling import (
 )
 from protos.errors import InvalidRequest, Unsupported
 from protos.lm_codec import pool_inputs_from_pb, pool_request_to_pb, pooling_task_from_pb
-from tests.tiny_models import minilm_path, tiny_model_path
 
 ATOL = 1e-5
 TEXTS = [
