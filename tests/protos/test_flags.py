@@ -32,7 +32,8 @@ def test_defaults_forward_nothing() -> None:
 def test_forwarded_argv_parses_back_to_the_same_values() -> None:
     given = parsed(
         "--dtype", "auto", "--cache-bytes", "1KiB", "--no-enable-prefix-caching",
-        "--trust-remote-code", "--hf-overrides", '{"a": [1, 2]}', "--encoder", "x", "--encoder", "y",
+        "--trust-remote-code", "--hf-overrides", '{"a": [1, 2]}',
+        "--encoder", "x", "--encoder", "y",
     )  # fmt: skip
     argv = forward(FLAGS, vars(given))
     assert argv[:4] == ("--dtype", "auto", "--cache-bytes", "1024")
