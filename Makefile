@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-all demo lint format protos bench clean
+.PHONY: install test test-all demo demo-wheel lint format protos bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m gateway.tools.demo
+
+# The demo from meshserve's wheel in a fresh venv outside the clone (minutes; not in `test`).
+demo-wheel:
+	TORCH_SPEC="$(TORCH_SPEC)" bash .ci/demo-from-wheel
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from encoder_service import Encoder
+from gateway.tools.tiny_models import tiny_model_path
 from protos.encoder_messages import MediaItem
-from tests.tiny_models import tiny_model_path
 
 CASES = (("llava", "image"), ("qwen2_vl", "image"), ("qwen2_vl", "video"), ("qwen2_audio", "audio"))
 

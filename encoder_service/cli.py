@@ -7,10 +7,62 @@ import logging
 import os
 import time
 
+from protos.flags import Flag, add_flags, flag
 from protos.serving import add_server_args, parse_bytes
 
 logger = logging.getLogger("meshserve.encoder")
 DEFAULT_PORT = 50071
+
+
+# Every flag of `meshserve encoder` but --modality, --model and the server's own (--host,
+# --port, --grace-seconds); `meshserve up` takes these and forwards them to each encoder.
+ENCODER_FLAGS: tuple[Flag, ...] = (
+    flag("--dtype", default="float32", choices=["float32", "float16", "bfloat16"]),
+    flag("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)"),
+    flag(
+        "--cache-bytes",
+        type=parse_bytes,
+        default=256 << 20,
+        help="embedding cache budget, e.g. 1GiB (default 256MiB; 0 disables)",
+    ),
+    flag(
+        "--max-batch-size",
+        type=int,
+        default=32,
+        help="items per tower call when concurrent requests are micro-batched",
+    ),
+    flag(
+        "--batch-wait-ms",
+        type=float,
+        default=3.0,
+        help="how long a request waits for others to share its tower call",
+    ),
+    flag(
+        "--max-item-bytes",
+        type=parse_bytes,
+        default=64 << 20,
+        help="largest accepted media file (default 64MiB)",
+    ),
+    flag(
+        "--max-pixels",
+        type=int,
+        default=8192 * 8192,
+        help="largest image or video frame, width x height",
+    ),
+    flag("--max-frames", type=int, default=768, help="frames kept per video"),
+    flag(
+        "--max-video-seconds",
+        type=float,
+        default=3600.0,
+        help="longest accepted video in seconds (default 3600)",
+    ),
+    flag(
+        "--max-audio-seconds",
+        type=float,
+        default=600.0,
+        help="longest accepted audio clip in seconds (default 600)",
+    ),
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,41 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", required=True, choices=["image", "video", "audio"])
     p.add_argument("--model", required=True, help="HF model id or local path")
     add_server_args(p, DEFAULT_PORT)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument(
-        "--cache-bytes",
-        type=parse_bytes,
-        default=256 << 20,
-        help="embedding cache budget, e.g. 1GiB (default 256MiB; 0 disables)",
-    )
-    p.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=32,
-        help="items per tower call when concurrent requests are micro-batched",
-    )
-    p.add_argument(
-        "--batch-wait-ms",
-        type=float,
-        default=3.0,
-        help="how long a request waits for others to share its tower call",
-    )
-    p.add_argument(
-        "--max-item-bytes",
-        type=parse_bytes,
-        default=64 << 20,
-        help="largest accepted media file (default 64MiB)",
-    )
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=8192 * 8192,
-        help="largest image or video frame, width x height",
-    )
-    p.add_argument("--max-frames", type=int, default=768, help="frames kept per video")
-    p.add_argument("--max-video-seconds", type=float, default=3600.0)
-    p.add_argument("--max-audio-seconds", type=float, default=600.0)
+    add_flags(p, ENCODER_FLAGS)
     p.set_defaults(func=run)
 
 

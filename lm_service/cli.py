@@ -10,6 +10,7 @@ from typing import Any
 
 from lm_service.config import DTYPES, MODEL_IMPLS, EngineConfig
 from protos.errors import InvalidRequest
+from protos.flags import Flag, add_flags, flag
 from protos.serving import add_server_args, json_object, parse_bytes
 from protos.tasks import LM_TASKS
 
@@ -17,69 +18,84 @@ logger = logging.getLogger("meshserve.lm")
 DEFAULT_PORT = 50061
 
 
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    """Engine flags, shared by `lm`, `up --embedded` and the offline API's CLI users."""
-    g = parser.add_argument_group("engine")
-    g.add_argument("--model", required=True, help="HF model id or local path")
-    g.add_argument(
+ENGINE_FLAGS: tuple[Flag, ...] = (
+    flag(
         "--model-impl",
         choices=MODEL_IMPLS,
         default="auto",
         help="native implementation, the Transformers fallback, or auto (default)",
-    )
-    g.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    g.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default 16)")
-    g.add_argument(
+    ),
+    flag("--dtype", choices=DTYPES, default="float32", help="weights and activations"),
+    flag("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)"),
+    flag("--block-size", type=int, default=16, help="tokens per KV block (default 16)"),
+    flag(
         "--num-blocks",
         type=int,
         default=None,
         help="KV blocks; default: as many as --kv-cache-memory holds",
-    )
-    g.add_argument(
+    ),
+    flag(
         "--kv-cache-memory",
         type=parse_bytes,
         default=1 << 30,
         help="bytes for the KV cache when --num-blocks is unset, e.g. 4GiB (default 1GiB)",
-    )
-    g.add_argument(
+    ),
+    flag(
         "--max-num-batched-tokens",
         type=int,
         default=2048,
         help="token budget of one engine step (default 2048)",
-    )
-    g.add_argument("--max-num-seqs", type=int, default=64, help="requests per step (default 64)")
-    g.add_argument(
+    ),
+    flag("--max-num-seqs", type=int, default=64, help="requests per step (default 64)"),
+    flag(
         "--max-model-len",
         type=int,
         default=None,
         help="longest prompt + output; default: the model's context length",
-    )
-    g.add_argument(
+    ),
+    flag(
         "--no-enable-prefix-caching",
         dest="enable_prefix_caching",
         action="store_false",
         help="turn the prefix cache off",
-    )
-    g.add_argument(
+    ),
+    flag(
         "--trust-remote-code",
         action="store_true",
         help="allow the model repository's own Python code",
-    )
-    g.add_argument(
+    ),
+    flag(
         "--hf-overrides",
         type=json_object,
         default={},
         help="JSON merged into the HF config, e.g. '{\"max_position_embeddings\": 4096}'",
-    )
-    g.add_argument("--revision", default=None, help="model revision (branch, tag or commit)")
-    g.add_argument(
+    ),
+    flag("--revision", default=None, help="model revision (branch, tag or commit)"),
+    flag(
         "--override-pooler-config",
         type=json_object,
         default=None,
         help="pooling tasks: JSON that replaces the model's pooler defaults, e.g. "
         '\'{"pooling_type": "MEAN", "normalize": false}\'',
-    )
+    ),
+)
+TASK_FLAG = flag(
+    "--task",
+    choices=[task.value for task in LM_TASKS],
+    default="generate",
+    help="generate (default), or a pooling task: embed, classify, score (cross-encoder "
+    "pairs) or reward; a pooling LM answers Pool instead of Generate",
+)
+# Every flag of `meshserve lm` but --model and the server's own (--host, --port,
+# --grace-seconds); `meshserve up` takes these and forwards them to each LM replica.
+LM_FLAGS: tuple[Flag, ...] = (TASK_FLAG, *ENGINE_FLAGS)
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """Engine flags, shared by `lm`, `up --embedded` and the offline API's CLI users."""
+    g = parser.add_argument_group("engine")
+    g.add_argument("--model", required=True, help="HF model id or local path")
+    add_flags(g, ENGINE_FLAGS)
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -108,13 +124,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Serve the language backbone over gRPC (meshserve.v1.LanguageModel).",
     )
     add_server_args(p, DEFAULT_PORT)
-    p.add_argument(
-        "--task",
-        choices=[task.value for task in LM_TASKS],
-        default="generate",
-        help="generate (default), or a pooling task: embed, classify, score (cross-encoder "
-        "pairs) or reward; a pooling LM answers Pool instead of Generate",
-    )
+    add_flags(p, (TASK_FLAG,))
     add_engine_args(p)
     p.set_defaults(func=run)
 

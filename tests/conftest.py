@@ -12,7 +12,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.tiny_models import tiny_model_path  # noqa: E402
+from gateway.tools.tiny_models import tiny_model_path  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_models import tiny_model_path
+from gateway.tools.tiny_models import tiny_model_path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("protos", "kernels", "lm_service", "encoder_service", "gateway")

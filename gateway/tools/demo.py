@@ -1,8 +1,8 @@
 """`make demo`: `meshserve up` on small random-weight Qwen2-VL and Qwen2-Audio checkpoints,
 then image, video, audio and repeated-image requests through the real gRPC API.
 
-The checkpoints are built once, offline, by `tests/tiny_models.py` (real HF architectures,
-tiny sizes, random weights) and cached under `$MESHSERVE_DEMO_CACHE` (default
+The checkpoints are built once, offline, by `gateway.tools.tiny_models` (real HF
+architectures, tiny sizes, random weights) and cached under `$MESHSERVE_DEMO_CACHE` (default
 `~/.cache/meshserve/demo`). Answers are noise; the plumbing, timings and cache are real.
 """
 
@@ -62,7 +62,7 @@ class DemoMedia:
 
 
 def demo_root() -> Path:
-    from tests.tiny_models import BUILDER_VERSION
+    from gateway.tools.tiny_models import BUILDER_VERSION
 
     base = os.environ.get("MESHSERVE_DEMO_CACHE")
     root = Path(base) if base else Path.home() / ".cache" / "meshserve" / "demo"
@@ -71,7 +71,7 @@ def demo_root() -> Path:
 
 def build_checkpoint(name: str) -> Path:
     """The demo checkpoint folder, built on first use (a few seconds, no network)."""
-    from tests.tiny_models import build_model
+    from gateway.tools.tiny_models import build_model
 
     return build_model(name, demo_root())
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 
+from protos.flags import Flag, add_flags, flag
 from protos.serving import add_server_args, parse_bytes
 from protos.tasks import Task
 
@@ -26,25 +27,37 @@ def parse_encoder_targets(values: list[str]) -> dict[str, list[str]]:
     return targets
 
 
-def add_served_model_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("served model")
-    g.add_argument(
+TRUST_REMOTE_CODE_FLAG = flag("--trust-remote-code", action="store_true")
+SERVED_MODEL_FLAGS: tuple[Flag, ...] = (
+    flag(
         "--task",
         default=Task.GENERATE.value,
         choices=[task.value for task in Task],
         help="the task to serve (default generate)",
-    )
-    g.add_argument(
+    ),
+    flag(
         "--limit-mm-per-prompt",
         default=None,
         help="items per prompt, e.g. image=4,video=1 (default 1 of each modality)",
-    )
-    g.add_argument(
+    ),
+    flag(
         "--media-store-bytes",
         type=parse_bytes,
         default=1 << 30,
         help="memory for PutMedia handles (default 1GiB)",
-    )
+    ),
+)
+TRANSCRIPTION_FLAGS: tuple[Flag, ...] = (
+    flag("--dtype", default="float32", help="weights and activations (default float32)"),
+    flag("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)"),
+)
+# Every flag of `meshserve gateway` but --model, --lm, --encoder and the server's own (--host,
+# --port, --grace-seconds); `meshserve up` takes these and forwards them to the gateway.
+GATEWAY_FLAGS: tuple[Flag, ...] = (
+    TRUST_REMOTE_CODE_FLAG,
+    *SERVED_MODEL_FLAGS,
+    *TRANSCRIPTION_FLAGS,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -70,11 +83,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "repeat for each modality",
     )
     add_server_args(p, DEFAULT_PORT)
-    p.add_argument("--trust-remote-code", action="store_true")
-    add_served_model_args(p)
-    g = p.add_argument_group("transcription (--task transcription runs the model in process)")
-    g.add_argument("--dtype", default="float32", help="weights and activations (default float32)")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    add_flags(p, (TRUST_REMOTE_CODE_FLAG,))
+    add_flags(p.add_argument_group("served model"), SERVED_MODEL_FLAGS)
+    transcription = "transcription (--task transcription runs the model in process)"
+    add_flags(p.add_argument_group(transcription), TRANSCRIPTION_FLAGS)
     p.set_defaults(func=run_gateway)
 
 

@@ -61,8 +61,9 @@ class StackOptions:
     """What `up` was asked for, reduced to what the children need.
 
     Args:
-        lm_flags / encoder_flags / gateway_flags: extra argv passed through to each
-            sub-command (engine flags, encoder flags, served-model flags).
+        lm_flags / encoder_flags / gateway_flags: argv for each sub-command beyond the wiring
+            (model, host, port, grace, addresses): the service's own flags as `up` was
+            given them, forwarded by the service's declaration (gateway/tools/stack_flags.py).
     """
 
     model: str

@@ -4,36 +4,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.tools.gateway_command import DEFAULT_PORT, add_served_model_args
-from protos.serving import parse_bytes
+from gateway.tools.gateway_command import DEFAULT_PORT
+from gateway.tools.stack_flags import add_stack_flags, service_argv
 
 if TYPE_CHECKING:
-    from gateway.tools.launcher import Child, Stack, StackPlan, StopSignal
-
-ENGINE_FLAGS_SKIPPED = ("model", "help")
+    from gateway.tools.launcher import Child, Stack, StackOptions, StackPlan, StopSignal
 
 
 def add_up_parser(subparsers: argparse._SubParsersAction) -> None:
-    from lm_service.cli import add_engine_args
-
     p = subparsers.add_parser(
         "up",
         help="start the LM, encoders and gateway on this machine",
         description="Start the LM service, one encoder service per modality the model takes "
         "and the gateway as separate processes on this machine; wait until each is SERVING; "
-        "on Ctrl-C or SIGTERM drain the gateway and stop everything.",
+        "on Ctrl-C or SIGTERM drain the gateway and stop everything. Every flag of `meshserve "
+        "lm`, `meshserve encoder` and `meshserve gateway` is taken here and reaches each "
+        "service that has it.",
     )
-    add_engine_args(p)
-    add_served_model_args(p)
     g = p.add_argument_group("stack")
+    g.add_argument(
+        "--model", required=True, help="HF model id or local path; every service loads it"
+    )
     g.add_argument("--host", default="127.0.0.1", help="address every service binds")
     g.add_argument(
         "--port",
@@ -59,12 +58,6 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> None:
         help="on Ctrl-C/SIGTERM, how long in-flight streams may finish (default 30)",
     )
     g.add_argument(
-        "--cache-bytes",
-        type=parse_bytes,
-        default=256 << 20,
-        help="each encoder's embedding cache, e.g. 1GiB (default 256MiB)",
-    )
-    g.add_argument(
         "--encoder-device", default=None, help="device of the encoders (default: --device)"
     )
     g.add_argument(
@@ -76,53 +69,26 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--log-dir", default=None, help="keep the services' logs here (default: a temp folder)"
     )
+    add_stack_flags(p)
     p.set_defaults(func=run_up)
 
 
-# ---------------------------------------------------------------------------------- flags
+def stack_options(args: argparse.Namespace, replicas: Mapping[str, int]) -> StackOptions:
+    """What the children of `up` get: wiring, and each service's flags as `up` was given them."""
+    from gateway.tools.launcher import StackOptions, free_port
 
-
-def engine_flags(args: argparse.Namespace) -> tuple[str, ...]:
-    """The engine flags a user set on `up`, as argv for `meshserve lm`."""
-    from lm_service.cli import add_engine_args
-
-    scratch = argparse.ArgumentParser(add_help=False)
-    add_engine_args(scratch)
-    flags: list[str] = []
-    for action in scratch._actions:
-        if action.dest in ENGINE_FLAGS_SKIPPED or not action.option_strings:
-            continue
-        flags += _flag_argv(action, getattr(args, action.dest, action.default))
-    if args.task != "generate":
-        flags += ["--task", args.task]  # a pooling LM (embed, classify, score, reward)
-    return tuple(flags)
-
-
-def _flag_argv(action: argparse.Action, value: Any) -> list[str]:
-    if value == action.default:
-        return []
-    option = action.option_strings[0]
-    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
-        return [option]
-    if isinstance(value, dict | list):
-        return [option, json.dumps(value)]
-    return [option, str(value)]
-
-
-def encoder_flags(args: argparse.Namespace) -> tuple[str, ...]:
-    flags = ["--device", args.encoder_device or args.device, "--cache-bytes", str(args.cache_bytes)]
-    if args.dtype != "auto":
-        flags += ["--dtype", args.dtype]
-    return tuple(flags)
-
-
-def gateway_flags(args: argparse.Namespace) -> tuple[str, ...]:
-    flags = ["--task", args.task, "--media-store-bytes", str(args.media_store_bytes)]
-    if args.limit_mm_per_prompt:
-        flags += ["--limit-mm-per-prompt", args.limit_mm_per_prompt]
-    if args.trust_remote_code:
-        flags.append("--trust-remote-code")
-    return tuple(flags)
+    encoder_device = {"device": args.encoder_device or args.device}
+    argv = service_argv(args, overrides={"encoder": encoder_device})
+    return StackOptions(
+        model=args.model,
+        host=args.host,
+        gateway_port=args.port or free_port(args.host),
+        grace_seconds=args.grace_seconds,
+        replicas=replicas,
+        lm_flags=argv["lm"],
+        encoder_flags=argv["encoder"],
+        gateway_flags=argv["gateway"],
+    )
 
 
 # ------------------------------------------------------------------------------------- up
@@ -157,19 +123,9 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def run_processes(args: argparse.Namespace, modalities: list[str], replicas: dict) -> int:
-    from gateway.tools.launcher import StackOptions, StopSignal, free_port, make_log_dir, plan_stack
+    from gateway.tools.launcher import StopSignal, free_port, make_log_dir, plan_stack
 
-    options = StackOptions(
-        model=args.model,
-        host=args.host,
-        gateway_port=args.port or free_port(args.host),
-        grace_seconds=args.grace_seconds,
-        replicas=replicas,
-        lm_flags=engine_flags(args),
-        encoder_flags=encoder_flags(args),
-        gateway_flags=gateway_flags(args),
-    )
-    plan = plan_stack(options, modalities, lambda: free_port(args.host))
+    plan = plan_stack(stack_options(args, replicas), modalities, lambda: free_port(args.host))
     log_dir, is_temp = make_log_dir(args.log_dir)
     stop = StopSignal().install()
     try:

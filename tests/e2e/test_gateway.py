@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from gateway.tools.tiny_models import tiny_model_path
 from protos.meshserve.v1 import (
     common_pb2,
     encoder_pb2,
@@ -24,7 +25,6 @@ from tests import mm_reference as ref
 from tests.e2e.test_lm_service import _idle_free_blocks
 from tests.parity import check_logprobs_close
 from tests.services import start, start_many
-from tests.tiny_models import tiny_model_path
 
 MAX_TOKENS = 12
 IMAGE, VIDEO, AUDIO = (

@@ -10,11 +10,11 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from gateway.tools.tiny_models import tiny_model_path
 from lm_service import Engine, EngineConfig, SamplingParams
 from protos.meshserve.v1 import common_pb2, lm_pb2, lm_pb2_grpc
 from protos.serving import channel
 from tests.services import Service, start
-from tests.tiny_models import tiny_model_path
 
 NUM_BLOCKS = 64
 BLOCK_SIZE = 4

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from encoder_service import Encoder
-from tests.tiny_models import QWEN2_5_VL_VISION
+from gateway.tools.tiny_models import QWEN2_5_VL_VISION
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,10 @@ from transformers import AutoImageProcessor
 
 from gateway import LLM, SamplingParams
 from gateway.prompt.builder import MediaSlot, PromptBuilder
+from gateway.tools.tiny_models import tiny_model_path
 from protos.errors import InvalidRequest
 from tests import mm_reference as ref
 from tests.parity import check_logprobs_close, our_tops
-from tests.tiny_models import tiny_model_path
 
 MAX_TOKENS = 12
 GREEDY = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, logprobs=5, ignore_eos=True)

@@ -7,12 +7,12 @@ import random
 import pytest
 import torch
 
+from gateway.tools.tiny_models import tiny_model_path  # noqa: E402
 from kernels.attention import AttentionBackend
 from lm_service import Engine, EngineConfig, SamplingParams
 from lm_service.engine.kv_cache import bytes_per_block
 from protos.errors import InvalidRequest, Overloaded
 from protos.lm_messages import MultiModalSpan
-from tests.tiny_models import tiny_model_path
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
 

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from gateway.tools.tiny_models import tiny_model_path
 from lm_service import Engine, EngineConfig, SamplingParams
 from lm_service.engine_loop import EngineLoop, RequestStream, stream_outputs
-from tests.tiny_models import tiny_model_path
 
 LONG = SamplingParams(max_tokens=500, temperature=0.0, ignore_eos=True)
 

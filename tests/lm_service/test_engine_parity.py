@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForCausalLM
 
+from gateway.tools.tiny_models import LLAMA_FAMILY, TEXT_MODELS, tiny_model_path
 from lm_service import Engine, EngineConfig, SamplingParams
 from tests.parity import check_logprobs_close, hf_greedy, our_tops
-from tests.tiny_models import LLAMA_FAMILY, TEXT_MODELS, tiny_model_path
 
 PROMPTS = [
     [1, 17, 42, 99, 7],

@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from gateway.tools.tiny_models import tiny_model_path  # noqa: E402
 from lm_service.models import loader  # noqa: E402
 from lm_service.models.registry import load_model  # noqa: E402
 from protos.errors import InvalidRequest  # noqa: E402
-from tests.tiny_models import tiny_model_path  # noqa: E402
 
 TOWER_WORDS = ("vision", "visual", "audio", "multi_modal_projector")
 

@@ -18,13 +18,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kernels.attention import AttentionBackend  # noqa: E402
-from kernels.forward_context import ForwardContext, forward_context  # noqa: E402
-from kernels.metadata import AttentionMetadata  # noqa: E402
-from lm_service.engine.kv_cache import allocate_kv_caches  # noqa: E402
-from lm_service.models.base import BaseCausalLM  # noqa: E402
-from lm_service.models.registry import load_model  # noqa: E402
-from tests.tiny_models import (  # noqa: E402
+from gateway.tools.tiny_models import (  # noqa: E402
     LLAMA_FAMILY,
     MULTIMODAL_MODELS,
     QWEN2_5_VL_VISION,
@@ -32,6 +26,12 @@ from tests.tiny_models import (  # noqa: E402
     rescale_init,
     tiny_model_path,
 )
+from kernels.attention import AttentionBackend  # noqa: E402
+from kernels.forward_context import ForwardContext, forward_context  # noqa: E402
+from kernels.metadata import AttentionMetadata  # noqa: E402
+from lm_service.engine.kv_cache import allocate_kv_caches  # noqa: E402
+from lm_service.models.base import BaseCausalLM  # noqa: E402
+from lm_service.models.registry import load_model  # noqa: E402
 
 BLOCK_SIZE = 4
 NUM_BLOCKS = 32

@@ -13,6 +13,7 @@ from transformers import BloomConfig, BloomForCausalLM, GemmaConfig, LlamaConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from gateway.tools.tiny_models import tiny_model_path  # noqa: E402
 from kernels.attention import AttentionBackend  # noqa: E402
 from kernels.forward_context import ForwardContext, forward_context  # noqa: E402
 from kernels.metadata import AttentionMetadata  # noqa: E402
@@ -25,7 +26,6 @@ from lm_service.models.registry import (  # noqa: E402
 )
 from protos.dtypes import resolve_dtype  # noqa: E402
 from protos.errors import InvalidRequest, Unsupported  # noqa: E402
-from tests.tiny_models import tiny_model_path  # noqa: E402
 
 PROMPT = [1, 17, 93, 204, 55, 301, 12]
 

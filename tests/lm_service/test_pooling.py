@@ -19,6 +19,7 @@ from transformers import (
     AutoTokenizer,
 )
 
+from gateway.tools.tiny_models import minilm_path, tiny_model_path
 from lm_service.pooling import (
     PoolerConfig,
     PoolingConfig,
@@ -33,7 +34,6 @@ from protos.errors import InvalidRequest, Unsupported
 from protos.lm_codec import pool_inputs_from_pb, pool_request_to_pb, pooling_task_from_pb
 from protos.lm_messages import PoolingInput
 from protos.tasks import POOLING_TASKS, Task
-from tests.tiny_models import minilm_path, tiny_model_path
 
 ATOL = 1e-5
 TEXTS = [

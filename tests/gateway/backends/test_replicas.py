@@ -98,7 +98,7 @@ def test_other_errors_are_not_retried(replicas: list) -> None:
 
 
 def test_cli_reports_user_mistakes_without_a_traceback() -> None:
-    from tests.tiny_models import tiny_model_path
+    from gateway.tools.tiny_models import tiny_model_path
 
     result = subprocess.run(
         [

@@ -14,10 +14,10 @@ from gateway.pipeline.orchestrator import Orchestrator, ServedModel
 from gateway.pipeline.types import GenerationRequest, MediaInput
 from gateway.prompt.builder import PromptBuilder
 from gateway.rules.spec_table import spec_for
+from gateway.tools.tiny_models import tiny_model_path  # noqa: E402
 from protos.encoder_messages import EncodeResult
 from protos.lm_messages import StepOutput
 from protos.sampling_params import SamplingParams
-from tests.tiny_models import tiny_model_path
 
 
 class FakeLM(LMBackend):

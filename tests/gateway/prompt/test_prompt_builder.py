@@ -16,8 +16,13 @@ from PIL import Image
 
 from gateway.prompt.builder import BuiltPrompt, MediaSlot, PlaceholderRange, PromptBuilder
 from gateway.prompt.mrope import VisionRun, mrope_position_delta, mrope_positions
+from gateway.tools.tiny_models import (
+    LLAVA_IMAGE_TOKENS,
+    QWEN2_5_VL_VISION,
+    SAMPLING_RATE,
+    tiny_model_path,
+)
 from protos.errors import InvalidRequest
-from tests.tiny_models import LLAVA_IMAGE_TOKENS, QWEN2_5_VL_VISION, SAMPLING_RATE, tiny_model_path
 
 QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 QWEN_VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"

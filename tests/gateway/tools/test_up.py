@@ -30,7 +30,7 @@ from gateway.tools.launcher import (
     parse_replicas,
     plan_stack,
 )
-from gateway.tools.up import encoder_flags, engine_flags, gateway_flags
+from gateway.tools.up import stack_options
 from protos.meshserve.v1 import (
     common_pb2,
     encoder_pb2,
@@ -40,7 +40,7 @@ from protos.meshserve.v1 import (
 )
 from protos.serving import channel
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 READY_LINE = re.compile(r"^\s+(\S+)\s+(\d+\.\d+\.\d+\.\d+:\d+)\s+pid (\d+)\s+(.*)$")
 GATEWAY_LINE = "meshserve up: gateway on "
 
@@ -122,21 +122,23 @@ def test_up_flags_reach_the_children_unchanged() -> None:
             "1MiB",
         ]
     )
-    lm = parser.parse_args(["lm", "--model", "m", *engine_flags(up)])
+    options = stack_options(up, replicas={})
+    lm = parser.parse_args(["lm", "--model", "m", *options.lm_flags])
     for name in ("num_blocks", "kv_cache_memory", "enable_prefix_caching", "hf_overrides"):
         assert getattr(lm, name) == getattr(up, name), name
     assert lm.dtype == "bfloat16" and lm.trust_remote_code and lm.block_size == 16
     encoder = parser.parse_args(
-        ["encoder", "--modality", "image", "--model", "m", *encoder_flags(up)]
+        ["encoder", "--modality", "image", "--model", "m", *options.encoder_flags]
     )
     assert (encoder.cache_bytes, encoder.dtype, encoder.device) == (1 << 20, "bfloat16", "cpu")
-    gateway = parser.parse_args(["gateway", "--model", "m", "--lm", "x:1", *gateway_flags(up)])
+    gateway_argv = ["gateway", "--model", "m", "--lm", "x:1", *options.gateway_flags]
+    gateway = parser.parse_args(gateway_argv)
     assert gateway.limit_mm_per_prompt == "image=2" and gateway.trust_remote_code
 
 
 def test_up_defaults_pass_no_engine_flags() -> None:
     up = build_parser().parse_args(["up", "--model", "m"])
-    assert engine_flags(up) == ()
+    assert stack_options(up, replicas={}).lm_flags == ()
 
 
 # ------------------------------------------------------------------- watching and stopping

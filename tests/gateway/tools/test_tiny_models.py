@@ -16,7 +16,7 @@ import torch
 from jinja2.exceptions import TemplateError
 from PIL import Image
 
-from tests import tiny_models as tm
+from gateway.tools import tiny_models as tm
 
 BPE_MODELS = (*tm.TEXT_MODELS, *tm.MULTIMODAL_MODELS, "whisper", "qwen2_cls")
 MAX_NEW_TOKENS = 16

@@ -1,0 +1,94 @@
+"""Command-line flags as data: a service declares each of its flags once, as a `Flag`.
+
+Its own parser is built from the declaration (`add_flags`), and so are `meshserve up`'s parser
+and the argv `up` hands that service's process (`forward`). No argparse internals are read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+SWITCH_ACTIONS = {"store_true": False, "store_false": True}  # action -> its default
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Flag:
+    """One option of a service's command line.
+
+    Args:
+        names: its option strings, e.g. ("--dtype",); the first is the one forwarded.
+        options: the `ArgumentParser.add_argument` keywords (default, type, choices, action,
+            help, ...).
+    """
+
+    names: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.names or not all(name.startswith("--") for name in self.names):
+            raise ValueError(f"a Flag needs --option names, got {self.names!r}")
+        if self.options.get("required"):
+            raise ValueError(f"{self.names[0]}: a required option is wiring, not a Flag")
+
+    @property
+    def dest(self) -> str:
+        return self.options.get("dest") or self.names[0].removeprefix("--").replace("-", "_")
+
+    @property
+    def action(self) -> str:
+        return self.options.get("action", "store")
+
+    @property
+    def default(self) -> Any:
+        return self.options.get("default", SWITCH_ACTIONS.get(self.action))
+
+    @property
+    def choices(self) -> tuple[Any, ...] | None:
+        choices = self.options.get("choices")
+        return None if choices is None else tuple(choices)
+
+    def accepts(self, value: Any) -> bool:
+        return self.choices is None or value in self.choices
+
+    def argv(self, value: Any) -> tuple[str, ...]:
+        """`value` (as parsed) in this flag's own syntax; () for its default.
+
+        NOTE: a value outside this flag's `choices` is () too: when services share a flag,
+        a value only some of them take (`--dtype auto`, the LM's) reaches only those.
+        """
+        if value == self.default or not self.accepts(value):
+            return ()
+        option = self.names[0]
+        if self.action in SWITCH_ACTIONS:
+            return (option,)
+        if self.action == "append":
+            return tuple(arg for item in value for arg in (option, str(item)))
+        if isinstance(value, dict | list):
+            return (option, json.dumps(value))
+        return (option, str(value))
+
+
+def flag(*names: str, **options: Any) -> Flag:
+    """`flag("--dtype", default="float32", help=...)`: add_argument's signature, as data."""
+    return Flag(names, options)
+
+
+class ArgumentContainer(Protocol):
+    """An `argparse.ArgumentParser` or one of its argument groups."""
+
+    def add_argument(self, *names: str, **options: Any) -> argparse.Action: ...
+
+
+def add_flags(container: ArgumentContainer, flags: Sequence[Flag]) -> None:
+    """Adds `flags` to a parser or to one of its argument groups, in order."""
+    for item in flags:
+        container.add_argument(*item.names, **item.options)
+
+
+def forward(flags: Sequence[Flag], values: Mapping[str, Any]) -> tuple[str, ...]:
+    """The argv that gives a service the values set in `values` (by dest) for its `flags`."""
+    return tuple(arg for item in flags for arg in item.argv(values.get(item.dest, item.default)))
