@@ -7,7 +7,7 @@ import logging
 import os
 import time
 
-from protos.serving import add_server_args, parse_bytes
+from protos.flags import add_server_args, parse_bytes
 
 logger = logging.getLogger("meshserve.encoder")
 DEFAULT_PORT = 50071

@@ -10,7 +10,7 @@ from typing import Any
 
 from lm_service.config import DTYPES, MODEL_IMPLS, EngineConfig
 from protos.errors import InvalidRequest
-from protos.serving import add_server_args, json_object, parse_bytes
+from protos.flags import add_server_args, json_object, parse_bytes
 
 logger = logging.getLogger("meshserve.lm")
 DEFAULT_PORT = 50061

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from protos.serving import add_server_args, parse_bytes
+from protos.flags import add_server_args, parse_bytes
 
 DEFAULT_PORT = 50051
 

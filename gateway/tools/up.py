@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.tools.gateway_command import DEFAULT_PORT, add_served_model_args
-from protos.serving import parse_bytes
+from protos.flags import parse_bytes
 
 if TYPE_CHECKING:
     from gateway.tools.launcher import Child, Stack, StackPlan, StopSignal

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from protos.channels import channel
 from protos.meshserve.v1 import (
     common_pb2,
     encoder_pb2,
@@ -18,7 +19,6 @@ from protos.meshserve.v1 import (
     gateway_pb2_grpc,
     lm_pb2_grpc,
 )
-from protos.serving import channel
 from protos.tensor_codec import tensor_to_proto
 from tests import mm_reference as ref
 from tests.e2e.test_lm_service import _idle_free_blocks
