@@ -14,17 +14,7 @@ from grpc_health.v1 import _async as aio_health
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos.channels import CHANNEL_OPTIONS
-
-SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
-    *CHANNEL_OPTIONS,
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    # Clients re-resolve DNS names (compose --scale, k8s headless services) when a connection
-    # ends; recycling connections lets a gateway find new replicas. Open streams may finish.
-    ("grpc.max_connection_age_ms", 60_000),
-    ("grpc.max_connection_age_grace_ms", 600_000),
-    ("grpc.so_reuseport", 0),
-)
+from protos.server import SERVER_OPTIONS, bind  # noqa: F401 - bind: callers of serving.bind
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +23,6 @@ def make_server(max_workers: int = 64) -> grpc.Server:
     """A thread-pool server with raised message limits and keepalive."""
     pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
     return grpc.server(pool, options=SERVER_OPTIONS, maximum_concurrent_rpcs=None)
-
-
-def bind(server: grpc.Server | grpc.aio.Server, host: str, port: int) -> int:
-    """Binds insecure `host:port` (port 0 picks a free one); returns the bound port."""
-    try:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    except RuntimeError:  # grpc.aio raises where the sync server returns 0
-        bound = 0
-    if bound == 0:
-        raise OSError(f"cannot bind {host}:{port}: the address is in use or not available")
-    return bound
 
 
 def add_health_and_reflection(
