@@ -174,35 +174,3 @@ def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             _abort_with(context, exc)
 
     return unary_wrapper
-
-
-def aio_grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
-    """`grpc_errors` for grpc.aio servicer methods (coroutines and async generators)."""
-    if inspect.isasyncgenfunction(method):
-
-        @functools.wraps(method)
-        async def stream_wrapper(self: Any, request: Any, context: Any) -> Any:
-            try:
-                async for item in method(self, request, context):
-                    yield item
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - every error becomes a status
-                await abort_with_status(context, exc)
-
-        return stream_wrapper
-
-    @functools.wraps(method)
-    async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
-        try:
-            return await method(self, request, context)
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            await abort_with_status(context, exc)
-
-    return unary_wrapper
