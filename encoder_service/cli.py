@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
-import time
+from concurrent.futures import ThreadPoolExecutor
 
-from protos.flags import Flag, add_flags, flag
-from protos.serving import add_server_args, parse_bytes
+from protos.flags import Flag, add_flags, add_server_args, flag, parse_bytes
 
 logger = logging.getLogger("meshserve.encoder")
 DEFAULT_PORT = 50071
@@ -82,12 +82,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Busy-waiting OpenMP threads stall small tower calls when cores are shared (before torch loads).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    asyncio.run(_serve(args))
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    """grpc.aio; each Encode runs in a thread, where concurrent calls share tower calls."""
     from encoder_service.encoder import Encoder
     from encoder_service.media import MediaLimits
     from encoder_service.server import SERVICE_NAME, EncoderServicer
-    from protos import serving
     from protos.meshserve.v1 import encoder_pb2_grpc
+    from protos.server import ServerConfig, serve
 
+    # NOTE: callers block in their thread while the batch runs: allow as many as a batch takes
+    threads = ThreadPoolExecutor(max(64, args.max_batch_size), thread_name_prefix="encode")
+    asyncio.get_running_loop().set_default_executor(threads)
     limits = MediaLimits(
         max_bytes=args.max_item_bytes,
         max_pixels=args.max_pixels,
@@ -95,37 +104,32 @@ def run(args: argparse.Namespace) -> int:
         max_video_seconds=args.max_video_seconds,
         max_audio_seconds=args.max_audio_seconds,
     )
-    server = serving.make_server()
     servicer = EncoderServicer(args.modality)
-    encoder_pb2_grpc.add_EncoderServicer_to_server(servicer, server)
-    health = serving.add_health_and_reflection(server, [SERVICE_NAME])
-    port = serving.bind(server, args.host, args.port)
-    server.start()
-    started = time.monotonic()
-    encoder = Encoder.from_pretrained(
-        args.model,
-        args.modality,
-        dtype=args.dtype,
-        device=args.device,
-        cache_bytes=args.cache_bytes,
-        limits=limits,
-        max_batch_size=args.max_batch_size,
-        max_wait_s=args.batch_wait_ms / 1e3,
+
+    async def load() -> str:
+        encoder = await asyncio.to_thread(
+            Encoder.from_pretrained,
+            args.model,
+            args.modality,
+            dtype=args.dtype,
+            device=args.device,
+            cache_bytes=args.cache_bytes,
+            limits=limits,
+            max_batch_size=args.max_batch_size,
+            max_wait_s=args.batch_wait_ms / 1e3,
+        )
+        servicer.attach(encoder)
+        info = encoder.info()
+        return (
+            f"modality={args.modality}  model={args.model}  arch={info.architecture}  "
+            f"hidden={info.hidden_size}  cache={args.cache_bytes >> 20}MiB"
+        )
+
+    await serve(
+        "encoder",
+        [SERVICE_NAME],
+        lambda server: encoder_pb2_grpc.add_EncoderServicer_to_server(servicer, server),
+        ServerConfig.from_args(args),
+        load=load,
     )
-    servicer.attach(encoder)
-    serving.set_serving(health, [SERVICE_NAME], serving=True)
-    info = encoder.info()
-    logger.info(
-        "encoder ready on %s:%d  modality=%s  model=%s  arch=%s  hidden=%d  cache=%dMiB  (%.1fs)",
-        args.host,
-        port,
-        args.modality,
-        args.model,
-        info.architecture,
-        info.hidden_size,
-        args.cache_bytes >> 20,
-        time.monotonic() - started,
-    )
-    serving.serve_until_signal(server, health, [SERVICE_NAME], args.grace_seconds)
-    encoder.close()
-    return 0
+    servicer.close()

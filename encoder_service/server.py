@@ -1,6 +1,8 @@
-"""The Encoder gRPC servicer: thin, proto <-> Encoder."""
+"""The Encoder gRPC servicer (grpc.aio): thin, proto <-> Encoder."""
 
 from __future__ import annotations
+
+import asyncio
 
 import grpc
 
@@ -8,7 +10,6 @@ from encoder_service.encoder import Encoder
 from protos.encoder_codec import MODALITY_NAMES, info_to_pb, item_from_pb, result_to_pb
 from protos.errors import InvalidRequest, Unavailable
 from protos.meshserve.v1 import encoder_pb2, encoder_pb2_grpc
-from protos.status import grpc_errors
 
 SERVICE_NAME = encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].full_name
 
@@ -23,15 +24,19 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     def attach(self, encoder: Encoder) -> None:
         self._encoder = encoder
 
+    def close(self) -> None:
+        """Stops the attached encoder's micro-batcher (after the server drained)."""
+        if self._encoder is not None:
+            self._encoder.close()
+
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
             raise Unavailable(f"the {self.modality} encoder is still loading; retry when SERVING")
         return self._encoder
 
-    @grpc_errors
-    def Encode(
-        self, request: encoder_pb2.EncodeRequest, context: grpc.ServicerContext
+    async def Encode(
+        self, request: encoder_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> encoder_pb2.EncodeResponse:
         modality = MODALITY_NAMES.get(request.modality)
         if modality != self.modality:
@@ -39,11 +44,11 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                 f"this encoder serves {self.modality}, not {modality or 'an unset modality'}"
             )
         items = [item_from_pb(i, item) for i, item in enumerate(request.items)]
-        results = self.encoder.encode(items)
+        # NOTE: blocking (decode, tower); in a thread, concurrent calls meet in the batcher
+        results = await asyncio.to_thread(self.encoder.encode, items)
         return encoder_pb2.EncodeResponse(items=[result_to_pb(r) for r in results])
 
-    @grpc_errors
-    def GetInfo(
-        self, request: encoder_pb2.GetEncoderInfoRequest, context: grpc.ServicerContext
+    async def GetInfo(
+        self, request: encoder_pb2.GetEncoderInfoRequest, context: grpc.aio.ServicerContext
     ) -> encoder_pb2.EncoderInfo:
         return info_to_pb(self.encoder.info())

@@ -146,39 +146,35 @@ async def serve(
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Runs the Gateway gRPC server until SIGTERM/SIGINT (or `stop`), then drains."""
-    import grpc
+    """Runs the Gateway gRPC server until SIGTERM/SIGINT (or `stop`), then drains.
 
+    NOT_SERVING until the backends are started and the LM has described itself.
+    """
     from gateway.api.grpc_servicer import SERVICE_NAME, GatewayServicer
-    from protos import serving
+    from protos import server
     from protos.meshserve.v1 import gateway_pb2_grpc
 
-    for backend in (orchestrator.encoders, orchestrator.lm):
-        if hasattr(backend, "start"):
-            backend.start()
-    info = await orchestrator.lm.info()
-    check_lm_task(orchestrator.served, info)
-    server = grpc.aio.server(options=serving.SERVER_OPTIONS)
-    gateway_pb2_grpc.add_GatewayServicer_to_server(
-        GatewayServicer(orchestrator, info.model_impl, info.max_model_len), server
+    servicer = GatewayServicer(orchestrator)
+
+    async def load() -> str:
+        for backend in (orchestrator.encoders, orchestrator.lm):
+            if hasattr(backend, "start"):
+                backend.start()
+        info = await orchestrator.lm.info()
+        check_lm_task(orchestrator.served, info)
+        servicer.model_impl, servicer.max_model_len = info.model_impl, info.max_model_len
+        served = orchestrator.served
+        limits = {k: v for k, v in served.limits.items() if v}
+        return f"model={served.model}  arch={served.architecture}  spec={served.spec}  {limits=}"
+
+    await server.serve(
+        "gateway",
+        [SERVICE_NAME],
+        lambda grpc_server: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, grpc_server),
+        server.ServerConfig(host, port, grace_seconds),
+        load=load,
+        ready=ready,
+        stop=stop,
     )
-    health = await serving.add_aio_health_and_reflection(server, [SERVICE_NAME])
-    bound = serving.bind(server, host, port)
-    await server.start()
-    await serving.set_serving_aio(health, [SERVICE_NAME], serving=True)
-    served = orchestrator.served
-    logger.info(
-        "gateway ready on %s:%d  model=%s  arch=%s  spec=%s  limits=%s",
-        host,
-        bound,
-        served.model,
-        served.architecture,
-        served.spec,
-        {k: v for k, v in served.limits.items() if v},
-    )
-    if ready is not None:
-        ready.set()
-    await (stop or serving.stop_on_signals()).wait()
-    await serving.drain(server, health, grace_seconds)
     await orchestrator.encoders.close()
     await orchestrator.lm.close()

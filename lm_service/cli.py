@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import time
 from typing import Any
 
 from lm_service.config import DTYPES, MODEL_IMPLS, EngineConfig
 from protos.errors import InvalidRequest
-from protos.flags import Flag, add_flags, flag
-from protos.serving import add_server_args, json_object, parse_bytes
+from protos.flags import Flag, add_flags, add_server_args, flag, json_object, parse_bytes
 from protos.tasks import LM_TASKS
 
 logger = logging.getLogger("meshserve.lm")
@@ -141,48 +139,32 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace, config: EngineConfig) -> None:
     """grpc.aio: one event loop serves every stream, so health answers under any load."""
-    import grpc
-
     from lm_service.server import SERVICE_NAME, LanguageModelServicer
-    from protos import serving
     from protos.meshserve.v1 import lm_pb2_grpc
+    from protos.server import ServerConfig, serve
 
-    server = grpc.aio.server(options=serving.SERVER_OPTIONS)
     servicer = LanguageModelServicer(args.model)
-    lm_pb2_grpc.add_LanguageModelServicer_to_server(servicer, server)
-    health = await serving.add_aio_health_and_reflection(server, [SERVICE_NAME])
-    port = serving.bind(server, args.host, args.port)
-    await server.start()  # answers NOT_SERVING while the model loads
-    started = time.monotonic()
-    try:
+
+    async def load() -> str:
         if args.task == "generate":
             loop = await asyncio.to_thread(_load_engine, config)
             servicer.attach(loop)
-            description = _engine_description(loop.engine, config)
-        else:
-            model = await asyncio.to_thread(_load_pooling, config, args)
-            servicer.attach_pooling(model)
-            description = (
-                f"arch={model.architecture}  task={args.task}  pooler={model.pooler_config}"
-            )
-    except BaseException:
-        await server.stop(0)  # the loading error is the message; no half-open server
-        raise
-    await serving.set_serving_aio(health, [SERVICE_NAME], serving=True)
-    logger.info(
-        "lm ready on %s:%d  model=%s  %s  (%.1fs)",
-        args.host,
-        port,
-        args.model,
-        description,
-        time.monotonic() - started,
+            return f"model={args.model}  {_engine_description(loop.engine, config)}"
+        model = await asyncio.to_thread(_load_pooling, config, args)
+        servicer.attach_pooling(model)
+        return (
+            f"model={args.model}  arch={model.architecture}  task={args.task}  "
+            f"pooler={model.pooler_config}"
+        )
+
+    await serve(
+        "lm",
+        [SERVICE_NAME],
+        lambda server: lm_pb2_grpc.add_LanguageModelServicer_to_server(servicer, server),
+        ServerConfig.from_args(args),
+        load=load,
     )
-    await serving.stop_on_signals().wait()
-    await serving.drain(server, health, args.grace_seconds)
-    if args.task == "generate":
-        loop.stop()
-    else:
-        model.close()
+    servicer.close()
 
 
 def _load_engine(config: EngineConfig) -> Any:

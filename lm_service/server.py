@@ -23,7 +23,6 @@ from protos.lm_codec import (
     step_to_pb,
 )
 from protos.meshserve.v1 import lm_pb2, lm_pb2_grpc
-from protos.status import aio_grpc_errors
 
 if TYPE_CHECKING:
     from lm_service.pooling import PoolingModel
@@ -51,6 +50,13 @@ class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
     def attach_pooling(self, model: PoolingModel) -> None:
         self._pooling = model
 
+    def close(self) -> None:
+        """Stops the attached engine loop or pooling model (after the server drained)."""
+        if self._loop is not None:
+            self._loop.stop()
+        if self._pooling is not None:
+            self._pooling.close()
+
     @property
     def loop(self) -> EngineLoop:
         if self._pooling is not None:
@@ -73,7 +79,6 @@ class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
             )
         raise Unavailable(f"{self.model_name} is still loading; retry when health is SERVING")
 
-    @aio_grpc_errors
     async def Generate(
         self, request: lm_pb2.LMGenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[lm_pb2.LMGenerateResponse]:
@@ -91,7 +96,6 @@ class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
             async for batch in outputs:
                 yield step_to_pb(batch)
 
-    @aio_grpc_errors
     async def Pool(
         self, request: lm_pb2.PoolRequest, context: grpc.aio.ServicerContext
     ) -> lm_pb2.PoolResponse:
@@ -100,7 +104,6 @@ class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
         inputs = pool_inputs_from_pb(request.inputs)
         return pool_outputs_to_pb(await asyncio.to_thread(self.pooling.pool, task, inputs))
 
-    @aio_grpc_errors
     async def GetInfo(
         self, request: lm_pb2.GetLMInfoRequest, context: grpc.aio.ServicerContext
     ) -> lm_pb2.LMInfo:
@@ -121,7 +124,6 @@ class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
             tasks=["generate"],
         )
 
-    @aio_grpc_errors
     async def GetLoad(
         self, request: lm_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
     ) -> lm_pb2.LoadInfo:

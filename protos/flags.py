@@ -1,4 +1,5 @@
-"""Command-line flags as data: a service declares each of its flags once, as a `Flag`.
+"""Command-line flags: declared as data (a service declares each flag once, as a `Flag`), and
+the argparse types and server flags every service shares.
 
 Its own parser is built from the declaration (`add_flags`), and so are `meshserve up`'s parser
 and the argv `up` hands that service's process (`forward`). No argparse internals are read.
@@ -92,3 +93,43 @@ def add_flags(container: ArgumentContainer, flags: Sequence[Flag]) -> None:
 def forward(flags: Sequence[Flag], values: Mapping[str, Any]) -> tuple[str, ...]:
     """The argv that gives a service the values set in `values` (by dest) for its `flags`."""
     return tuple(arg for item in flags for arg in item.argv(values.get(item.dest, item.default)))
+
+
+def add_server_args(parser: argparse.ArgumentParser, default_port: int) -> None:
+    """--host, --port and --grace-seconds, the same for every service."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=default_port,
+        help=f"port (default {default_port}; 0 = any free)",
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, how long in-flight calls may finish (default 30)",
+    )
+
+
+def parse_bytes(text: str) -> int:
+    """ "2GiB", "512MiB", "1e9" or "1048576" -> bytes."""
+    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+    lowered = text.strip().lower()
+    for suffix, factor in units.items():
+        if lowered.endswith(suffix):
+            return int(float(lowered[: -len(suffix)]) * factor)
+    return int(float(lowered))
+
+
+def json_object(text: str) -> dict:
+    """argparse type for flags that take a JSON object (--hf-overrides, ...)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object like '{{\"key\": 1}}', got {text!r}"
+        )
+    return value

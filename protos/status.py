@@ -1,13 +1,19 @@
-"""The one place where core exceptions become gRPC status codes."""
+"""The one place where exceptions become gRPC status codes: `StatusInterceptor`.
+
+Every meshserve server installs it (`protos.server`), so servicers and cores only raise:
+a MeshError kind becomes its code (STATUS_OF), a backend's status travels on unchanged,
+anything else is INTERNAL with its traceback in the log.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
 
 import grpc
 
@@ -25,6 +31,9 @@ STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 
+# Not errors of the call: a cancelled call, or one a handler already ended with a status.
+PASS_THROUGH: tuple[type[BaseException], ...] = (asyncio.CancelledError, grpc.aio.AbortError)
+
 
 def status_of(exc: BaseException) -> grpc.StatusCode:
     """The gRPC status code for an exception raised by a core."""
@@ -34,57 +43,12 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _already_aborted(context: grpc.ServicerContext) -> bool:
-    return context.code() not in (None, grpc.StatusCode.OK)
-
-
-def _abort_with(context: grpc.ServicerContext, exc: BaseException) -> None:
-    if _already_aborted(context):
-        raise exc
-    code = status_of(exc)
-    if code is grpc.StatusCode.INTERNAL:
-        logger.exception("internal error", exc_info=exc)
-        context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
-    context.abort(code, str(exc))
-
-
-def _abort_rpc_error(context: grpc.ServicerContext, exc: grpc.RpcError) -> None:
-    # A backend's status travels to our client unchanged.
-    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNAVAILABLE
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    context.abort(code, details or str(code))
-
-
-def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Wraps a sync servicer method (unary or server-streaming) to map exceptions to status."""
-    if inspect.isgeneratorfunction(method):
-
-        @functools.wraps(method)
-        def stream_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-            try:
-                yield from method(self, request, context)
-            except grpc.RpcError as exc:
-                _abort_rpc_error(context, exc)
-            except Exception as exc:  # noqa: BLE001 - every error becomes a status
-                _abort_with(context, exc)
-
-        return stream_wrapper
-
-    @functools.wraps(method)
-    def unary_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except grpc.RpcError as exc:
-            _abort_rpc_error(context, exc)
-        except Exception as exc:  # noqa: BLE001
-            _abort_with(context, exc)
-
-    return unary_wrapper
-
-
-async def _aio_abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-        await context.abort(exc.code(), exc.details() or str(exc.code()))
+async def abort_with_status(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+    """Ends the call with the status `exc` stands for (raises grpc.aio.AbortError)."""
+    if isinstance(exc, grpc.RpcError):  # a backend's status travels to our client unchanged
+        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNAVAILABLE
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        await context.abort(code, details or str(code))
     code = status_of(exc)
     if code is grpc.StatusCode.INTERNAL:
         logger.exception("internal error", exc_info=exc)
@@ -92,33 +56,70 @@ async def _aio_abort(context: grpc.aio.ServicerContext, exc: BaseException) -> N
     await context.abort(code, str(exc) or code.name)
 
 
-def aio_grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
-    """`grpc_errors` for grpc.aio servicer methods (coroutines and async generators)."""
-    if inspect.isasyncgenfunction(method):
+class StatusInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every method handler of a grpc.aio server so that exceptions become statuses.
 
-        @functools.wraps(method)
-        async def stream_wrapper(self: Any, request: Any, context: Any) -> Any:
-            try:
-                async for item in method(self, request, context):
-                    yield item
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AbortError:
+    NOTE: this is the spot for anything that fails a call before or around its servicer
+    method (a request that does not decode, ...): each call's handler passes through here.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        return None if handler is None else with_status(handler)
+
+
+_KINDS = {
+    (False, False): "unary_unary",
+    (False, True): "unary_stream",
+    (True, False): "stream_unary",
+    (True, True): "stream_stream",
+}
+
+
+def with_status(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The same handler, its behavior wrapped by `_mapping_errors`."""
+    kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
+    make = getattr(grpc, f"{kind}_rpc_method_handler")
+    return make(
+        _mapping_errors(getattr(handler, kind)),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _mapping_errors(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    """An async method (coroutine or async generator) whose exceptions end the call with
+    their status. Sync behaviors stay as they are (meshserve servers have none)."""
+    if inspect.isasyncgenfunction(behavior):
+
+        @functools.wraps(behavior)
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:  # closing the wrapper (client gone) closes the servicer's stream at once
+                async with contextlib.aclosing(behavior(request, context)) as replies:
+                    async for reply in replies:
+                        yield reply
+            except PASS_THROUGH:
                 raise
             except Exception as exc:  # noqa: BLE001 - every error becomes a status
-                await _aio_abort(context, exc)
+                await abort_with_status(context, exc)
 
-        return stream_wrapper
+        return stream
 
-    @functools.wraps(method)
-    async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
-        try:
-            return await method(self, request, context)
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            await _aio_abort(context, exc)
+    if inspect.iscoroutinefunction(behavior):  # unary replies, or streams via context.write
 
-    return unary_wrapper
+        @functools.wraps(behavior)
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behavior(request, context)
+            except PASS_THROUGH:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                await abort_with_status(context, exc)
+
+        return call
+
+    return behavior

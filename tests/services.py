@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from protos.serving import free_port, health_status
+from protos.channels import health_status
+from protos.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,6 @@ from gateway.pipeline.types import GenerationRequest, Usage
 from protos.errors import Unsupported
 from protos.lm_codec import sampling_from_pb
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from protos.status import aio_grpc_errors
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
@@ -39,7 +38,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if self.orchestrator.served.task in (*POOLING_TASKS, "transcription"):
             raise self._not_served("generate")
 
-    @aio_grpc_errors
     async def Generate(
         self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
@@ -49,7 +47,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         ):
             yield reply
 
-    @aio_grpc_errors
     async def Chat(
         self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
@@ -59,7 +56,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         ):
             yield reply
 
-    @aio_grpc_errors
     async def PutMedia(
         self, request: gateway_pb2.PutMediaRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.PutMediaResponse:
@@ -73,7 +69,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             grid_thw=[int(g) for g in grid],
         )
 
-    @aio_grpc_errors
     async def GetModelInfo(
         self, request: gateway_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ModelInfo:
@@ -88,7 +83,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             model_impl=self.model_impl,
         )
 
-    @aio_grpc_errors
     async def Embed(
         self, request: gateway_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.EmbedResponse:
@@ -101,7 +95,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             usage=_usage_to_pb(result.usage),
         )
 
-    @aio_grpc_errors
     async def Classify(
         self, request: gateway_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ClassifyResponse:
@@ -116,7 +109,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             usage=_usage_to_pb(pooled.usage),
         )
 
-    @aio_grpc_errors
     async def Score(
         self, request: gateway_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ScoreResponse:
@@ -127,7 +119,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         )
         return gateway_pb2.ScoreResponse(scores=result.scores, usage=_usage_to_pb(result.usage))
 
-    @aio_grpc_errors
     async def Transcribe(
         self, request: gateway_pb2.TranscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:

@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from protos.channels import channel_options
 from protos.errors import Unavailable
-from protos.serving import channel_options
 
 logger = logging.getLogger(__name__)
 

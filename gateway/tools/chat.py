@@ -237,7 +237,7 @@ def media_from_args(args: argparse.Namespace) -> list[gateway_pb2.MediaPart]:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from protos.serving import channel
+    from protos.channels import channel
 
     try:
         media = media_from_args(args)

@@ -232,8 +232,8 @@ def send(address: str, request: DemoRequest) -> bool:
     import grpc
 
     from gateway.tools.chat import chat_request, format_stats, media_part, stream_chat
+    from protos.channels import channel
     from protos.meshserve.v1 import gateway_pb2_grpc
-    from protos.serving import channel
 
     flags = " ".join(f"--{modality} {path.name}" for modality, path in request.media)
     say(f"\n-- {request.title}: meshserve chat {flags} {request.prompt!r}")

@@ -6,8 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from protos.flags import Flag, add_flags, flag
-from protos.serving import add_server_args, parse_bytes
+from protos.flags import Flag, add_flags, add_server_args, flag, parse_bytes
 from protos.tasks import Task
 
 DEFAULT_PORT = 50051

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import gateway
-from protos.serving import free_port  # noqa: F401 - the stack's ports come from here
+from protos.ports import free_port  # noqa: F401 - the stack's ports come from here
 
 MEDIA_COMPONENTS = ("image", "video", "audio")
 REPLICA_COMPONENTS = ("lm", *MEDIA_COMPONENTS)
@@ -309,7 +309,7 @@ class Stack:
     def _wait_serving(
         self, children: Sequence[Child], deadline: float, progress: Callable[[Child | None], None]
     ) -> None:
-        from protos.serving import channel, health_status
+        from protos.channels import channel, health_status
 
         pending = {child.spec.name: (child, channel(child.spec.address)) for child in children}
         try:
@@ -409,7 +409,7 @@ def describe(spec: ServiceSpec, pid: int, model: str, timeout: float = 5.0) -> s
     """One ready line: name, address, pid, model and the service's capacity (from GetInfo)."""
     import grpc
 
-    from protos.serving import channel
+    from protos.channels import channel
 
     describe_info = {"lm": _describe_lm, "gateway": _describe_gateway}.get(
         spec.component, _describe_encoder

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from gateway.tools.tiny_models import tiny_model_path
+from protos.channels import channel, health_status
 from protos.meshserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
-from protos.serving import channel, health_status
 from protos.tensor_codec import tensor_from_proto, tensor_to_proto
 from tests.encoder_service.samples import encode_image, make_video, random_frames
 from tests.encoder_service.test_media_decoding import _png_header_only, _zero_frame_avi

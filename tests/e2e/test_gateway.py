@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from gateway.tools.tiny_models import tiny_model_path
+from protos.channels import channel
 from protos.meshserve.v1 import (
     common_pb2,
     encoder_pb2,
@@ -19,7 +20,6 @@ from protos.meshserve.v1 import (
     gateway_pb2_grpc,
     lm_pb2_grpc,
 )
-from protos.serving import channel
 from protos.tensor_codec import tensor_to_proto
 from tests import mm_reference as ref
 from tests.e2e.test_lm_service import _idle_free_blocks

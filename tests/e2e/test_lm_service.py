@@ -12,8 +12,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.tools.tiny_models import tiny_model_path
 from lm_service import Engine, EngineConfig, SamplingParams
+from protos.channels import channel
 from protos.meshserve.v1 import common_pb2, lm_pb2, lm_pb2_grpc
-from protos.serving import channel
 from tests.services import Service, start
 
 NUM_BLOCKS = 64
@@ -161,7 +161,7 @@ def test_health_answers_with_more_streams_than_any_thread_pool(
 ) -> None:
     """100 open streams (more than max_num_seqs and any worker pool): health and load answer,
     and cancelling every stream returns every block."""
-    from protos.serving import health_status
+    from protos.channels import health_status
 
     idle = _idle_free_blocks(stub)
     calls = [stub.Generate(_request([1, 7, i % 300], 200, ignore_eos=True)) for i in range(100)]
@@ -182,7 +182,7 @@ def test_sigterm_drains_even_with_a_watching_client() -> None:
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from protos.serving import health_status
+    from protos.channels import health_status
 
     service = start("lm", ["--model", str(tiny_model_path("llama")), "--num-blocks", "64",
                            "--grace-seconds", "5"])  # fmt: skip

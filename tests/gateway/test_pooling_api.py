@@ -19,9 +19,9 @@ from gateway.backends.local import LocalLMBackend
 from gateway.pipeline.pooling import PoolingOrchestrator
 from gateway.tools.tiny_models import minilm_path, tiny_model_path
 from lm_service.pooling import PoolingConfig, PoolingModel
+from protos.channels import channel
 from protos.errors import InvalidRequest, Unsupported
 from protos.meshserve.v1 import gateway_pb2, gateway_pb2_grpc, lm_pb2, lm_pb2_grpc
-from protos.serving import channel
 from tests.services import start_many
 
 ATOL = 1e-5

@@ -14,10 +14,10 @@ from transformers import AutoProcessor, WhisperForConditionalGeneration
 
 from gateway import LLM
 from gateway.tools.tiny_models import tiny_model_path
+from protos.channels import channel
 from protos.errors import InvalidRequest, Unsupported
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from protos.sampling_params import SamplingParams
-from protos.serving import channel
 from tests.services import start
 
 RATE = 16000

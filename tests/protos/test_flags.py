@@ -6,8 +6,7 @@ import argparse
 
 import pytest
 
-from protos.flags import add_flags, flag, forward
-from protos.serving import json_object, parse_bytes
+from protos.flags import add_flags, flag, forward, json_object, parse_bytes
 
 FLAGS = (
     flag("--dtype", choices=("auto", "float32"), default="float32"),

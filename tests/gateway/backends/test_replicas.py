@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 
 import grpc
 import pytest
 import torch
 
 from gateway.backends.remote import RemoteEncoderBackend
-from protos import serving
 from protos.encoder_messages import MediaItem
 from protos.meshserve.v1 import encoder_pb2, encoder_pb2_grpc
+from protos.server import Server, ServerConfig
 from protos.tensor_codec import tensor_to_proto
+
+T = TypeVar("T")
 
 
 class FakeEncoder(encoder_pb2_grpc.EncoderServicer):
@@ -25,33 +29,54 @@ class FakeEncoder(encoder_pb2_grpc.EncoderServicer):
         self.fail_with = fail_with
         self.calls = 0
 
-    def Encode(
-        self, request: encoder_pb2.EncodeRequest, context: grpc.ServicerContext
+    async def Encode(
+        self, request: encoder_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> encoder_pb2.EncodeResponse:
         self.calls += 1
         if self.fail_with is not None:
-            context.abort(self.fail_with, f"{self.name} is failing")
+            await context.abort(self.fail_with, f"{self.name} is failing")
         item = encoder_pb2.EncodedItem(
             content_hash=self.name, embeddings=tensor_to_proto(torch.zeros(2, 4)), num_tokens=2
         )
         return encoder_pb2.EncodeResponse(items=[item] * len(request.items))
 
 
+class Replica:
+    """A fake encoder on a `protos.server.Server`, in an event loop of its own thread."""
+
+    def __init__(self, fake: FakeEncoder) -> None:
+        self.fake = fake
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = Server(
+            "encoder",
+            ["meshserve.v1.Encoder"],
+            lambda server: encoder_pb2_grpc.add_EncoderServicer_to_server(fake, server),
+            ServerConfig(port=0),
+        )
+        self.address = f"127.0.0.1:{self._call(self.server.start())}"
+        self.set_serving(True)
+
+    def set_serving(self, serving: bool) -> None:
+        self._call(self.server.set_serving(serving))
+
+    def close(self) -> None:
+        self._call(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
+
+
 @pytest.fixture
-def replicas() -> Iterator[list[tuple[str, FakeEncoder, object]]]:
-    started = []
-    for name in ("a", "b"):
-        server = serving.make_server(max_workers=4)
-        fake = FakeEncoder(name)
-        encoder_pb2_grpc.add_EncoderServicer_to_server(fake, server)
-        health = serving.add_health_and_reflection(server, ["meshserve.v1.Encoder"])
-        port = serving.bind(server, "127.0.0.1", 0)
-        server.start()
-        serving.set_serving(health, ["meshserve.v1.Encoder"], serving=True)
-        started.append((f"127.0.0.1:{port}", fake, health, server))
-    yield [(addr, fake, health) for addr, fake, health, _ in started]
-    for *_, server in started:
-        server.stop(0)
+def replicas() -> Iterator[list[tuple[str, FakeEncoder, Replica]]]:
+    started = [Replica(FakeEncoder(name)) for name in ("a", "b")]
+    yield [(replica.address, replica.fake, replica) for replica in started]
+    for replica in started:
+        replica.close()
 
 
 def _encode_n(backend: RemoteEncoderBackend, n: int) -> list[str]:
@@ -74,7 +99,7 @@ def test_round_robin_spreads_calls(replicas: list) -> None:
 
 
 def test_not_serving_replica_is_skipped(replicas: list) -> None:
-    serving.set_serving(replicas[0][2], ["meshserve.v1.Encoder"], serving=False)
+    replicas[0][2].set_serving(False)
     backend = RemoteEncoderBackend({"image": [addr for addr, _, _ in replicas]})
     assert _encode_n(backend, 4) == ["b"] * 4
     assert replicas[0][1].calls == 0

@@ -31,6 +31,7 @@ from gateway.tools.launcher import (
     plan_stack,
 )
 from gateway.tools.up import stack_options
+from protos.channels import channel
 from protos.meshserve.v1 import (
     common_pb2,
     encoder_pb2,
@@ -38,7 +39,6 @@ from protos.meshserve.v1 import (
     gateway_pb2,
     gateway_pb2_grpc,
 )
-from protos.serving import channel
 
 ROOT = Path(__file__).resolve().parents[3]
 READY_LINE = re.compile(r"^\s+(\S+)\s+(\d+\.\d+\.\d+\.\d+:\d+)\s+pid (\d+)\s+(.*)$")

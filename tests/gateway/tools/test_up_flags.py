@@ -12,8 +12,7 @@ from gateway.tools.cli import build_parser
 from gateway.tools.launcher import plan_stack
 from gateway.tools.stack_flags import stack_flags
 from gateway.tools.up import stack_options
-from protos.flags import flag
-from protos.serving import json_object, parse_bytes
+from protos.flags import flag, json_object, parse_bytes
 
 SERVICE_ARGV = {
     "lm": ("lm", "--model", "m"),

@@ -1,0 +1,52 @@
+"""What every meshserve gRPC client shares: channel options, `channel()`, `health_status()`."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+MAX_MESSAGE_BYTES = 256 << 20  # tensors travel in messages
+KEEPALIVE_MS = 20_000
+
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+# For `dns:///name:port` targets: balance over every address behind the name, and let gRPC's
+# client-side health checking skip replicas whose grpc.health.v1 status is not SERVING.
+BALANCED_SERVICE_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+)
+
+
+def channel_options(target: str) -> list[tuple[str, int | str]]:
+    options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
+    if target.startswith("dns:"):
+        options.append(("grpc.service_config", BALANCED_SERVICE_CONFIG))
+    return options
+
+
+def channel(target: str) -> grpc.Channel:
+    """An insecure client channel with our limits; `dns:///` targets balance over replicas."""
+    return grpc.insecure_channel(target, options=channel_options(target))
+
+
+def health_status(target_or_channel: str | grpc.Channel, timeout: float = 2.0) -> str:
+    """ "SERVING", "NOT_SERVING", "UNKNOWN" or "UNREACHABLE" for a server's overall health."""
+    ch = channel(target_or_channel) if isinstance(target_or_channel, str) else target_or_channel
+    try:
+        stub = health_pb2_grpc.HealthStub(ch)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    except grpc.RpcError:
+        return "UNREACHABLE"
+    finally:
+        if isinstance(target_or_channel, str):
+            ch.close()
