@@ -109,7 +109,7 @@ class Encoder:
         if tower is None:
             tower, value = load_tower(path, modality, dtype=dtype, device=device)
         else:
-            value = check_modality(type(tower), modality)
+            value = check_modality(tower, modality)
         identity = f"{model_id or path}|{str(tower.dtype).removeprefix('torch.')}"
         return cls(
             tower,

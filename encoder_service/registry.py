@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from encoder_service.towers import (
+    GenericTower,
     LlavaTower,
     Qwen2_5_VLTower,
     Qwen2AudioTower,
@@ -32,14 +33,11 @@ def architecture_of(config: Any) -> str:
 
 
 def tower_class(architecture: str) -> type[Tower]:
-    """Raises Unsupported with the list of known architectures."""
-    if architecture not in TOWERS:
-        known = ", ".join(sorted(TOWERS))
-        raise Unsupported(f"{architecture} has no media encoder in meshserve; supported: {known}")
-    return TOWERS[architecture]
+    """The native tower of `architecture`, else the generic, processor-driven one."""
+    return TOWERS.get(architecture, GenericTower)
 
 
-def check_modality(tower: type[Tower], modality: str) -> Modality:
+def check_modality(tower: type[Tower] | Tower, modality: str) -> Modality:
     """The Modality for `modality`; Unsupported when the architecture cannot encode it."""
     if modality not in MEDIA_MODALITIES:  # NOTE: "text" is a Modality too; no tower encodes it
         raise InvalidRequest(f"unknown modality {modality!r}; choose image, video or audio")
@@ -58,8 +56,8 @@ def load_tower(
 
     config = AutoConfig.from_pretrained(path)
     cls = tower_class(architecture_of(config))
-    value = check_modality(cls, modality)
+    check_modality(cls, modality)  # before loading weights: a wrong modality fails fast
     tower = cls.from_pretrained(
         path, config, dtype=resolve_dtype(dtype, config_dtype(config)), device=torch.device(device)
     )
-    return tower, value
+    return tower, check_modality(tower, modality)  # the generic tower knows its own only now

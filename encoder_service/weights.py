@@ -87,7 +87,12 @@ def _files_with_keys(path: Path, roots: Sequence[str]) -> Iterator[tuple[Path, l
 
 
 def _under_roots(key: str, roots: Sequence[str]) -> bool:
-    return any(key.startswith(f"{prefix}{root}.") for prefix in _LAYOUT_PREFIXES for root in roots)
+    """Whether `key` is under one of `roots`, or is one (a parameter such as image_newline)."""
+    return any(
+        key.startswith(f"{prefix}{root}.") or key == f"{prefix}{root}"
+        for prefix in _LAYOUT_PREFIXES
+        for root in roots
+    )
 
 
 def _module_key(key: str, roots: Sequence[str], expected: set[str]) -> str | None:

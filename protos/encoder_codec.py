@@ -81,6 +81,10 @@ def result_to_pb(result: EncodeResult) -> encoder_pb2.EncodedItem:
         message.grid_thw.extend(int(g) for g in grid)
     if result.metadata.get("second_per_grid_t") is not None:
         message.second_per_grid_t = float(result.metadata["second_per_grid_t"])
+    for key in ("placeholder", "replacement"):
+        setattr(message, key, str(result.metadata.get(key) or ""))
+    if result.metadata.get("embed_token_id") is not None:
+        message.embed_token_id = int(result.metadata["embed_token_id"])
     return message
 
 
@@ -92,6 +96,11 @@ def encode_results_from_pb(reply: encoder_pb2.EncodeResponse) -> list[EncodeResu
             metadata["grid_thw"] = tuple(int(g) for g in item.grid_thw)
         if item.HasField("second_per_grid_t"):
             metadata["second_per_grid_t"] = float(item.second_per_grid_t)
+        if item.replacement:
+            metadata["placeholder"] = item.placeholder
+            metadata["replacement"] = item.replacement
+        if item.HasField("embed_token_id"):
+            metadata["embed_token_id"] = int(item.embed_token_id)
         results.append(
             EncodeResult(
                 embeddings=tensor_from_proto(item.embeddings),

@@ -67,12 +67,15 @@ def spans_from_pb(spans: Any) -> tuple[MultiModalSpan, ...]:
             embeddings = tensor_from_proto(span.embeddings)
         except ValueError as exc:
             raise InvalidRequest(f"media span {i}: {exc}") from exc
+        is_embed = tuple(span.is_embed) or None
+        rows = int(embeddings.shape[0]) if embeddings.dim() else 0
         out.append(
             MultiModalSpan(
                 offset=span.offset,
-                length=int(embeddings.shape[0]) if embeddings.dim() else 0,
+                length=len(is_embed) if is_embed else rows,
                 content_hash=span.content_hash,
                 embeddings=embeddings,
+                is_embed=is_embed,
             )
         )
     return tuple(out)
@@ -92,6 +95,7 @@ def span_to_pb(span: MultiModalSpan) -> lm_pb2.MultiModalSpan:
         offset=span.offset,
         embeddings=tensor_to_proto(span.embeddings),
         content_hash=span.content_hash,
+        is_embed=span.is_embed or (),
     )
 
 

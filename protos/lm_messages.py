@@ -13,16 +13,20 @@ class MultiModalSpan:
     """Placeholder positions of one media item in the prompt.
 
     Args:
-        offset: first prompt position the item's embeddings replace.
-        length: number of positions.
+        offset: first prompt position of the item.
+        length: number of positions, from the first to the last that takes an embedding.
         content_hash: the encoder's hash of the item; keys the prefix cache.
-        embeddings: [length, hidden] tensor, or None while it lives elsewhere.
+        embeddings: [num_embeds, hidden] tensor, or None while it lives elsewhere.
+        is_embed: per position, whether it takes the next embedding row; None = all do.
+            NOTE: an item's embeddings need not be contiguous: row/col tags, [IMG_BREAK] and
+            timestamps between them are ordinary prompt tokens (vLLM's PlaceholderRange).
     """
 
     offset: int
     length: int
     content_hash: str
     embeddings: Any = field(default=None, compare=False, hash=False, repr=False)
+    is_embed: tuple[bool, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.offset < 0 or self.length < 1:
@@ -30,10 +34,31 @@ class MultiModalSpan:
                 f"multimodal span needs offset >= 0 and length >= 1, "
                 f"got offset={self.offset} length={self.length}"
             )
+        if self.is_embed is not None and len(self.is_embed) != self.length:
+            raise InvalidRequest(
+                f"multimodal span of {self.length} positions has an is_embed mask of "
+                f"{len(self.is_embed)}"
+            )
 
     @property
     def end(self) -> int:
         return self.offset + self.length
+
+    @property
+    def num_embeds(self) -> int:
+        return self.length if self.is_embed is None else sum(self.is_embed)
+
+    def embed_rows(self, start: int, end: int) -> tuple[list[int], slice]:
+        """Prompt positions in [start, end) that take embeddings, and the embedding rows
+        they take (a contiguous slice: rows are consumed in position order)."""
+        lo, hi = max(start, self.offset), min(end, self.end)
+        if lo >= hi:
+            return [], slice(0, 0)
+        if self.is_embed is None:
+            return list(range(lo, hi)), slice(lo - self.offset, hi - self.offset)
+        first = sum(self.is_embed[: lo - self.offset])
+        positions = [p for p in range(lo, hi) if self.is_embed[p - self.offset]]
+        return positions, slice(first, first + len(positions))
 
 
 @dataclass(frozen=True, slots=True)

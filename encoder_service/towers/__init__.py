@@ -4,7 +4,11 @@
 - `llava.py`: LLaVA (image);
 - `qwen2_vl.py`: Qwen2-VL and Qwen2.5-VL (image, video), with `qwen2_vl_processing.py`, their
   video preprocessing;
-- `qwen2_audio.py`: Qwen2-Audio (audio).
+- `qwen2_audio.py`: Qwen2-Audio (audio);
+- `generic.py` (with `media_modules.py`): every other architecture transformers implements,
+  driven by the checkpoint's own HF processor and feature functions.
+
+Native towers exist where they pay for themselves (exact parity, batching across items).
 
 `encoder_service.registry` maps `config.architectures[0]` to these classes.
 """
@@ -12,11 +16,13 @@
 from __future__ import annotations
 
 from encoder_service.towers.base import Tower, TowerInput
+from encoder_service.towers.generic import GenericTower
 from encoder_service.towers.llava import LlavaTower
 from encoder_service.towers.qwen2_audio import Qwen2AudioTower
 from encoder_service.towers.qwen2_vl import Qwen2_5_VLTower, Qwen2VLTower
 
 __all__ = [
+    "GenericTower",
     "LlavaTower",
     "Qwen2AudioTower",
     "Qwen2VLTower",

@@ -23,7 +23,8 @@ from gateway.pipeline.types import (
     StageTimings,
     Usage,
 )
-from gateway.prompt.builder import BuiltPrompt, MediaSlot, PromptBuilder
+from gateway.prompt.builder import PromptBuilder
+from gateway.prompt.slots import BuiltPrompt, MediaSlot
 from gateway.rules.modalities import ModalitySpec
 from protos.encoder_messages import MediaItem
 from protos.errors import InvalidRequest, Unsupported
@@ -155,6 +156,9 @@ class Orchestrator:
                 content_hash=result.content_hash,
                 grid_thw=_grid(result),
                 second_per_grid_t=result.metadata.get("second_per_grid_t"),
+                placeholder=result.metadata.get("placeholder"),
+                replacement=result.metadata.get("replacement"),
+                embed_token_id=result.metadata.get("embed_token_id"),
             )
             for item, result in zip(request.media, encoded, strict=True)
         ]
@@ -255,10 +259,10 @@ def _spans(built: BuiltPrompt, encoded: list[Any]) -> tuple[MultiModalSpan, ...]
     spans = []
     for r in built.ranges:
         result = encoded[r.item_index]
-        if int(result.embeddings.shape[0]) != r.length:
+        if int(result.embeddings.shape[0]) != r.num_embeds:
             raise InvalidRequest(
                 f"media item {r.item_index} has {result.embeddings.shape[0]} embedding rows "
-                f"but its placeholder expands to {r.length} tokens"
+                f"but its placeholder expands to {r.num_embeds} tokens"
             )
         spans.append(
             MultiModalSpan(
@@ -266,6 +270,7 @@ def _spans(built: BuiltPrompt, encoded: list[Any]) -> tuple[MultiModalSpan, ...]
                 length=r.length,
                 content_hash=result.content_hash,
                 embeddings=result.embeddings,
+                is_embed=r.is_embed,
             )
         )
     return tuple(spans)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,80 +29,19 @@ from gateway.prompt.chat_template import (
     read_chat_template,
     uses_content_parts,
 )
-from gateway.prompt.mrope import VisionRun, mrope_position_delta, mrope_positions
-from gateway.prompt.placeholders import ModalityTokens, family_for, resolve_tokens
+from gateway.prompt.mrope import VisionRun, mrope_positions
+from gateway.prompt.placeholders import (
+    ModalityTokens,
+    family_for,
+    processor_tokens,
+    resolve_tokens,
+)
+from gateway.prompt.slots import BuiltPrompt, MediaSlot, PlaceholderRange
+from gateway.prompt.splice import locate_embeds, splice
 from protos.errors import InvalidRequest
 from protos.modality import MEDIA_MODALITIES
 
 MODALITIES: tuple[str, ...] = tuple(m.value for m in MEDIA_MODALITIES)
-
-
-@dataclass(frozen=True, slots=True)
-class MediaSlot:
-    """What prompt building needs from one encoded media item.
-
-    Args:
-        modality: "image", "video" or "audio".
-        num_tokens: embedding rows of the item (`[num_tokens, hidden]`).
-        content_hash: the encoder's content hash (prefix caching keys on it).
-        grid_thw: Qwen2-VL patch grid of an image or video, before spatial merging.
-        second_per_grid_t: Qwen2.5-VL seconds per temporal grid of a video.
-    """
-
-    modality: str
-    num_tokens: int
-    content_hash: str
-    grid_thw: tuple[int, int, int] | None = None
-    second_per_grid_t: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.modality not in MODALITIES:
-            raise InvalidRequest(
-                f"Unknown media modality {self.modality!r}; expected one of {', '.join(MODALITIES)}"
-            )
-        if self.num_tokens < 1:
-            raise InvalidRequest(f"A {self.modality} item must have at least one embedding row")
-        if self.grid_thw is not None and (
-            len(self.grid_thw) != 3 or any(int(g) < 1 for g in self.grid_thw)
-        ):
-            raise InvalidRequest(f"grid_thw must be three positive integers, got {self.grid_thw}")
-
-
-@dataclass(frozen=True, slots=True)
-class PlaceholderRange:
-    """Where one item's embedding rows go in the prompt.
-
-    Args:
-        item_index: index into the items passed to `PromptBuilder.build`.
-        offset: first prompt token of the item's embedding rows.
-        length: number of rows (= the item's `num_tokens`).
-    """
-
-    item_index: int
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True, slots=True)
-class BuiltPrompt:
-    """The LM's prompt: token ids, where each media item goes, and M-RoPE positions.
-
-    Args:
-        token_ids: prompt token ids, placeholders expanded.
-        ranges: one range per item, in prompt order (sorted by offset).
-        mrope_positions: [3, len(token_ids)] int64 for M-RoPE models, else None.
-    """
-
-    token_ids: list[int]
-    ranges: tuple[PlaceholderRange, ...]
-    mrope_positions: torch.Tensor | None = None
-
-    @property
-    def mrope_position_delta(self) -> int:
-        """Decode token n (0-based in the whole sequence) sits at position `n + delta`."""
-        if self.mrope_positions is None:
-            return 0
-        return mrope_position_delta(self.mrope_positions)
 
 
 class PromptBuilder:
@@ -115,13 +53,19 @@ class PromptBuilder:
         chat_template: the Jinja chat template, or None when the model has none.
     """
 
-    def __init__(self, tokenizer: Any, config: Any, chat_template: str | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        config: Any,
+        chat_template: str | None = None,
+        tokens: Mapping[str, ModalityTokens] | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.config = config
         self.architecture: str = (getattr(config, "architectures", None) or [""])[0]
         self.chat_template = chat_template
         self.family = family_for(self.architecture, config)
-        self.tokens: dict[str, ModalityTokens] = {
+        self.tokens: dict[str, ModalityTokens] = dict(tokens or {}) or {
             m: resolve_tokens(fmt, config, tokenizer) for m, fmt in self.family.formats.items()
         }
         self._pad_modality = {t.pad_token: m for m, t in self.tokens.items()}
@@ -140,7 +84,10 @@ class PromptBuilder:
 
         config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-        return cls(tokenizer, config, read_chat_template(model, tokenizer))
+        architecture = (getattr(config, "architectures", None) or [""])[0]
+        spliced = family_for(architecture, config).spliced
+        tokens = processor_tokens(model, tokenizer) if spliced else None
+        return cls(tokenizer, config, read_chat_template(model, tokenizer), tokens)
 
     # ------------------------------------------------------------------ public API
 
@@ -201,6 +148,8 @@ class PromptBuilder:
             InvalidRequest: a modality the model does not take, placeholder counts that
                 disagree with the items, or a grid that disagrees with the embedding rows.
         """
+        if self.family.spliced:
+            return self._build_spliced(text, items, add_special_tokens)
         lengths = [self._item_length(i, item) for i, item in enumerate(items)]
         by_modality = self._group(items, lengths)
         self._check_counts(text, by_modality)
@@ -309,6 +258,24 @@ class PromptBuilder:
             hits = [i for i, token in enumerate(token_ids) if token == pad_id]
             ranges.extend(_split_runs(hits, group, self.tokens[modality].pad_token))
         return tuple(sorted(ranges, key=lambda r: r.offset))
+
+    def _build_spliced(
+        self, text: str, items: Sequence[MediaSlot], add_special_tokens: bool | None
+    ) -> BuiltPrompt:
+        """Each item's placeholder becomes the replacement text its encoder's processor gave,
+        the whole text is tokenized once (as HF's processor does), and each item takes the
+        positions of its embed token in prompt order."""
+        for index, item in enumerate(items):
+            self._tokens_for(item.modality)
+            if item.replacement is None or item.embed_token_id is None:
+                raise InvalidRequest(
+                    f"{self._name} builds each {item.modality}'s prompt tokens from its "
+                    f"processor; {item.modality} item {index} came without them (precomputed "
+                    "embeddings are not supported for this model yet)"
+                )
+        expanded, order = splice(text, items, self.placeholder)
+        token_ids = self._tokenize(expanded, add_special_tokens)
+        return BuiltPrompt(token_ids, locate_embeds(token_ids, items, order))
 
     def _mrope(
         self, num_tokens: int, ranges: Sequence[PlaceholderRange], items: Sequence[MediaSlot]

@@ -1,13 +1,15 @@
 """Per-family placeholder rules: which token stands for a media item, what surrounds it.
 
-An architecture without a row in `FAMILIES` is LLaVA-style when its config names an image token
-(`image_token_index`), else text-only.
+Architectures with a native tower have a row in `FAMILIES`; every other model with media is
+SPLICED: its encoder returns, per item, the text that replaces the item's placeholder (from the
+checkpoint's HF processor), and prompt building splices it in without knowing the model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -41,6 +43,7 @@ class PromptFamily:
     formats: Mapping[str, PlaceholderFormat] = field(default_factory=dict)
     mrope: bool = False
     time_scaled_video: bool = False
+    spliced: bool = False  # the encoder's processor gives each item's replacement text
 
 
 LLAVA_IMAGE = PlaceholderFormat(("image_token_index", "image_token_id"), "<image>")
@@ -56,8 +59,11 @@ QWEN_AUDIO = PlaceholderFormat(
 
 LLAVA = PromptFamily({"image": LLAVA_IMAGE})
 TEXT_ONLY = PromptFamily()
+SPLICED = PromptFamily(spliced=True)
 FAMILIES: Mapping[str, PromptFamily] = {
     "LlavaForConditionalGeneration": LLAVA,
+    # The seed: Mantis runs as LLaVA with --hf-overrides '{"architectures": [...]}'.
+    "MantisForConditionalGeneration": LLAVA,
     "Qwen2VLForConditionalGeneration": PromptFamily(
         {"image": QWEN_VL_IMAGE, "video": QWEN_VL_VIDEO}, mrope=True
     ),
@@ -69,12 +75,37 @@ FAMILIES: Mapping[str, PromptFamily] = {
 
 
 def family_for(architecture: str, config: Any) -> PromptFamily:
-    """The family row of `architecture`; LLaVA-style if the config names an image token."""
+    """The family row of `architecture`; SPLICED for any other model with media sub-configs
+    (its encoder's processor says how each item enters the prompt), else text-only."""
     if architecture in FAMILIES:
         return FAMILIES[architecture]
-    if any(getattr(config, name, None) is not None for name in LLAVA_IMAGE.pad_id_fields):
-        return LLAVA
+    if any(getattr(config, name, None) is not None for name in MEDIA_SUB_CONFIGS):
+        return SPLICED
     return TEXT_ONLY
+
+
+MEDIA_SUB_CONFIGS = ("vision_config", "audio_config", "vq_config", "qformer_config")
+_TOKEN_ATTRIBUTES = {"image": "image_token", "video": "video_token", "audio": "audio_token"}
+
+
+def processor_tokens(model: str | Path, tokenizer: Any) -> dict[str, ModalityTokens]:
+    """Each modality's placeholder as the checkpoint's own HF processor names it.
+
+    The processor is read for its token names only: no media is processed here.
+    """
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(model)
+    except (OSError, ValueError, ImportError, TypeError) as error:
+        raise ValueError(f"cannot read the processor of {model}: {error}") from error
+    tokens = {}
+    for modality, attribute in _TOKEN_ATTRIBUTES.items():
+        placeholder = getattr(processor, attribute, None)
+        if placeholder:
+            token_id = tokenizer.convert_tokens_to_ids(str(placeholder))
+            tokens[modality] = ModalityTokens(str(placeholder), int(token_id), str(placeholder))
+    return tokens
 
 
 @dataclass(frozen=True, slots=True)

@@ -235,10 +235,10 @@ def _check_span(index: int, span: MultiModalSpan, num_prompt: int, hidden: int) 
             f"outside the prompt of {num_prompt} tokens"
         )
     emb = span.embeddings
-    if emb is None or emb.dim() != 2 or tuple(emb.shape) != (span.length, hidden):
+    if emb is None or emb.dim() != 2 or tuple(emb.shape) != (span.num_embeds, hidden):
         shape = None if emb is None else list(emb.shape)
         raise InvalidRequest(
-            f"media span {index} needs embeddings of shape [{span.length}, {hidden}], got {shape}"
+            f"media span {index} needs embeddings of shape [{span.num_embeds}, {hidden}], got {shape}"
         )
 
 

@@ -15,7 +15,8 @@ class StepInputs(NamedTuple):
     input_ids: torch.Tensor  # [T] int64
     positions: torch.Tensor  # [T] int64, or [3, T] for M-RoPE
     attn_metadata: AttentionMetadata
-    mm_rows: list[tuple[int, torch.Tensor]]  # (row in the flat batch, embeddings [n, hidden])
+    # (rows in the flat batch [n], their embeddings [n, hidden])
+    mm_rows: list[tuple[torch.Tensor, torch.Tensor]]
     sample_rows: list[int]  # flat row of the last token of each sampling request
     sample_index: list[int]  # index into `scheduled` of each sampling request
 
@@ -104,18 +105,24 @@ class ModelRunner:
         if not inputs.mm_rows:
             return None
         embeds = self.model.get_input_embeddings(inputs.input_ids)  # [T, hidden]
-        for row, rows_embeds in inputs.mm_rows:
-            embeds[row : row + rows_embeds.shape[0]] = rows_embeds.to(embeds.dtype)
+        for rows, rows_embeds in inputs.mm_rows:
+            embeds[rows.to(embeds.device)] = rows_embeds.to(embeds.device, embeds.dtype)
         return embeds
 
 
-def _media_rows(request: object, start: int, end: int, row0: int) -> list[tuple[int, torch.Tensor]]:
-    """The parts of the request's media spans that fall in tokens [start, end)."""
-    out: list[tuple[int, torch.Tensor]] = []
+def _media_rows(
+    request: object, start: int, end: int, row0: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The embedding rows of the request's media spans that fall in tokens [start, end).
+
+    NOTE: a prefill chunk may end inside a span; the rest of its rows go with the next chunk.
+    """
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
     for span in request.mm_spans:
-        lo, hi = max(start, span.offset), min(end, span.offset + span.length)
-        if lo < hi:
-            out.append((row0 + lo - start, span.embeddings[lo - span.offset : hi - span.offset]))
+        positions, rows = span.embed_rows(start, end)
+        if positions:
+            flat = torch.tensor(positions, dtype=torch.long) + (row0 - start)
+            out.append((flat, span.embeddings[rows]))
     return out
 
 

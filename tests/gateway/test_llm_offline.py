@@ -9,7 +9,8 @@ import pytest
 from transformers import AutoImageProcessor
 
 from gateway import LLM, SamplingParams
-from gateway.prompt.builder import MediaSlot, PromptBuilder
+from gateway.prompt.builder import PromptBuilder
+from gateway.prompt.slots import MediaSlot
 from gateway.tools.tiny_models import tiny_model_path
 from protos.errors import InvalidRequest
 from tests import mm_reference as ref

@@ -36,20 +36,28 @@ class EncodeRequest(_message.Message):
     def __init__(self, modality: _Optional[_Union[_common_pb2.Modality, str]] = ..., items: _Optional[_Iterable[_Union[EncodeItem, _Mapping]]] = ...) -> None: ...
 
 class EncodedItem(_message.Message):
-    __slots__ = ("content_hash", "embeddings", "num_tokens", "cache_hit", "grid_thw", "second_per_grid_t")
+    __slots__ = ("content_hash", "embeddings", "num_tokens", "cache_hit", "grid_thw", "second_per_grid_t", "placeholder", "replacement", "embed_token_id", "token_ids")
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     GRID_THW_FIELD_NUMBER: _ClassVar[int]
     SECOND_PER_GRID_T_FIELD_NUMBER: _ClassVar[int]
+    PLACEHOLDER_FIELD_NUMBER: _ClassVar[int]
+    REPLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    EMBED_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     content_hash: str
     embeddings: _common_pb2.Tensor
     num_tokens: int
     cache_hit: bool
     grid_thw: _containers.RepeatedScalarFieldContainer[int]
     second_per_grid_t: float
-    def __init__(self, content_hash: _Optional[str] = ..., embeddings: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., num_tokens: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., grid_thw: _Optional[_Iterable[int]] = ..., second_per_grid_t: _Optional[float] = ...) -> None: ...
+    placeholder: str
+    replacement: str
+    embed_token_id: int
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, content_hash: _Optional[str] = ..., embeddings: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., num_tokens: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., grid_thw: _Optional[_Iterable[int]] = ..., second_per_grid_t: _Optional[float] = ..., placeholder: _Optional[str] = ..., replacement: _Optional[str] = ..., embed_token_id: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("items",)

@@ -22,14 +22,16 @@ POOLING_TASK_SCORE: PoolingTask
 POOLING_TASK_REWARD: PoolingTask
 
 class MultiModalSpan(_message.Message):
-    __slots__ = ("offset", "embeddings", "content_hash")
+    __slots__ = ("offset", "embeddings", "content_hash", "is_embed")
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    IS_EMBED_FIELD_NUMBER: _ClassVar[int]
     offset: int
     embeddings: _common_pb2.Tensor
     content_hash: str
-    def __init__(self, offset: _Optional[int] = ..., embeddings: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., content_hash: _Optional[str] = ...) -> None: ...
+    is_embed: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, offset: _Optional[int] = ..., embeddings: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., content_hash: _Optional[str] = ..., is_embed: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class LMGenerateRequest(_message.Message):
     __slots__ = ("request_id", "prompt_token_ids", "mm_spans", "mrope_positions", "sampling")

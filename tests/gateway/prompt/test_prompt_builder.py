@@ -14,8 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from gateway.prompt.builder import BuiltPrompt, MediaSlot, PlaceholderRange, PromptBuilder
+from gateway.prompt.builder import PromptBuilder
 from gateway.prompt.mrope import VisionRun, mrope_position_delta, mrope_positions
+from gateway.prompt.placeholders import ModalityTokens
+from gateway.prompt.slots import BuiltPrompt, MediaSlot, PlaceholderRange
 from gateway.tools.tiny_models import (
     LLAVA_IMAGE_TOKENS,
     QWEN2_5_VL_VISION,
@@ -592,15 +594,50 @@ def test_text_only_model_tokenizes_like_its_tokenizer(llama: PromptBuilder) -> N
     assert llama.modalities == ()
 
 
-def test_generic_llava_style_architecture_uses_the_config_image_token(
-    llava: PromptBuilder,
-) -> None:
+def _spliced(llava: PromptBuilder) -> PromptBuilder:
+    """The LLaVA tiny model under an architecture with no native family: SPLICED."""
     config = type(llava.config).from_dict(
         {**llava.config.to_dict(), "architectures": ["MyLlavaLikeForConditionalGeneration"]}
     )
-    builder = PromptBuilder(llava.tokenizer, config, llava.chat_template)
-    built = builder.build("a <image> b", [MediaSlot("image", 3, "x")])
     image_id = config.image_token_index
-    assert builder.placeholder("image") == "<image>"
+    tokens = {"image": ModalityTokens("<image>", image_id, "<image>")}
+    return PromptBuilder(llava.tokenizer, config, llava.chat_template, tokens)
+
+
+def test_an_architecture_without_a_family_splices_the_encoders_replacement(
+    llava: PromptBuilder,
+) -> None:
+    builder = _spliced(llava)
+    image_id = builder.config.image_token_index
+    slot = MediaSlot("image", 3, "x", None, None, "<image>", "<image>" * 3, image_id)
+    built = builder.build("a <image> b", [slot])
+    assert builder.family.spliced and builder.placeholder("image") == "<image>"
     assert built.ranges == (PlaceholderRange(0, built.token_ids.index(image_id), 3),)
     assert built.token_ids.count(image_id) == 3
+
+
+def test_spliced_items_may_have_prompt_tokens_between_their_embeddings(
+    llava: PromptBuilder,
+) -> None:
+    # Like [IMG_BREAK] or row/col tags: positions inside an item that keep their token.
+    builder = _spliced(llava)
+    image_id = builder.config.image_token_index
+    eos = builder.tokenizer.eos_token
+    first = MediaSlot(
+        "image", 3, "a", None, None, "<image>", f"<image>{eos}<image><image>", image_id
+    )
+    second = MediaSlot("image", 1, "b", None, None, "<image>", "<image>", image_id)
+    built = builder.build("x <image> y <image>", [first, second])
+    r0, r1 = built.ranges
+    assert (r0.length, r0.is_embed, r0.num_embeds) == (4, (True, False, True, True), 3)
+    assert built.token_ids[r0.offset + 1] == builder.tokenizer.eos_token_id
+    assert (r1.item_index, r1.length, r1.is_embed) == (1, 1, None)
+
+
+def test_spliced_placeholder_count_must_match_the_items(llava: PromptBuilder) -> None:
+    builder = _spliced(llava)
+    slot = MediaSlot("image", 1, "x", None, None, "<image>", "<image>", 6)
+    with pytest.raises(InvalidRequest, match="has 0 <image> placeholder"):
+        builder.build("no placeholder", [slot])
+    with pytest.raises(InvalidRequest, match="precomputed embeddings are not supported"):
+        builder.build("a <image>", [MediaSlot("image", 1, "x")])

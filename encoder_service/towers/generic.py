@@ -1,0 +1,188 @@
+"""The generic tower: any checkpoint transformers implements, driven by its own HF processor.
+
+Nothing here is model-specific:
+- the checkpoint's HF class is built on the meta device and only its media modules (everything
+  but the language model) are read from the checkpoint;
+- the processor prepares one item (`_process_images` / `_process_videos` / `_process_audio`)
+  and says which text replaces the item's placeholder (`replace_image_token`, ...);
+- the model's own `get_image_features` / `get_video_features` / `get_audio_features` (or, for
+  discrete-token encoders such as Chameleon, `get_image_tokens`) turns it into LM embeddings.
+
+The answer carries, besides the embeddings, the placeholder, its replacement text and the token
+id whose positions take the embedding rows (the model's `image_token_id`), so the gateway can
+splice any model's prompt without knowing the model.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from encoder_service.errors import MediaError
+from encoder_service.towers.base import Tower, TowerInput
+from encoder_service.towers.media_modules import MediaModules, load_media_modules
+from protos.errors import Unsupported
+from protos.modality import Modality
+
+# modality -> (processor method, processor token attribute, model method, config id fields)
+_ROUTES: dict[Modality, tuple[str, str, str, tuple[str, ...]]] = {
+    Modality.IMAGE: (
+        "_process_images",
+        "image_token",
+        "get_image_features",
+        ("image_token_id", "image_token_index"),
+    ),
+    Modality.VIDEO: (
+        "_process_videos",
+        "video_token",
+        "get_video_features",
+        ("video_token_id", "video_token_index"),
+    ),
+    Modality.AUDIO: (
+        "_process_audio",
+        "audio_token",
+        "get_audio_features",
+        ("audio_token_id", "audio_token_index"),
+    ),
+}
+# Processor outputs that describe the text, not the media: never passed to the model.
+_TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"})
+
+
+class GenericTower(Tower):
+    """The checkpoint's media modules and processor, whatever the architecture."""
+
+    architecture: ClassVar[str] = "*"
+    modalities: ClassVar[tuple[Modality, ...]] = (Modality.IMAGE, Modality.VIDEO, Modality.AUDIO)
+    roots: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        config: Any,
+        path: Path,
+        media: MediaModules,
+        processor: Any,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        super().__init__(config, path, nn.ModuleDict(), dtype, device)
+        self.media = media
+        self.processor = processor
+        self.architecture = media.architecture  # type: ignore[misc]  # per instance here
+        self.modalities = supported_modalities(media.base, processor)  # type: ignore[misc]
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, config: Any, *, dtype: torch.dtype, device: torch.device
+    ) -> GenericTower:
+        from transformers import AutoProcessor
+
+        media = load_media_modules(Path(path), config, dtype=dtype, device=device)
+        processor = AutoProcessor.from_pretrained(path)
+        return cls(config, Path(path), media, processor, dtype, device)
+
+    @staticmethod
+    def build_modules(config: Any) -> dict[str, nn.Module]:
+        raise NotImplementedError("GenericTower builds the checkpoint's own HF class")
+
+    @property
+    def sampling_rate(self) -> int:
+        extractor = getattr(self.processor, "feature_extractor", None) or getattr(
+            self.processor, "audio_processor", None
+        )
+        if extractor is None:
+            raise NotImplementedError(f"{self.architecture} takes no audio")
+        return int(extractor.sampling_rate)
+
+    def prepare(self, modality: Modality, decoded: Any, index: int) -> TowerInput:
+        process, token_attr, _, id_fields = _ROUTES[modality]
+        try:
+            processed, replacements = getattr(self.processor, process)(
+                [_hf_item(decoded)], return_tensors="pt"
+            )
+        except (ValueError, TypeError, RuntimeError) as error:
+            raise MediaError(modality, index, f"the processor refused it: {error}") from error
+        tensors = {
+            key: value
+            for key, value in processed.items()
+            if key not in _TEXT_KEYS and isinstance(value, torch.Tensor)
+        }
+        placeholder = str(getattr(self.processor, token_attr))
+        metadata = {
+            "placeholder": placeholder,
+            "replacement": replacements[0] if replacements else placeholder,
+            "embed_token_id": self._embed_token_id(id_fields, placeholder),
+        }
+        return TowerInput(modality, tensors, metadata)
+
+    @torch.inference_mode()
+    def forward(self, inputs: Sequence[TowerInput]) -> list[torch.Tensor]:
+        # NOTE: one item per call: processors pad or tile per item, and the HF feature
+        # functions take a batch of one as readily as any; concurrency batches items upstream.
+        return [self._features(item) for item in inputs]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _embed_token_id(self, id_fields: tuple[str, ...], placeholder: str) -> int:
+        for name in id_fields:
+            for config in (self.config, self.config.get_text_config()):
+                value = getattr(config, name, None)
+                if value is not None:
+                    return int(value)
+        return int(self.processor.tokenizer.convert_tokens_to_ids(placeholder))
+
+    def _features(self, item: TowerInput) -> torch.Tensor:
+        method = getattr(self.media.base, _ROUTES[item.modality][2])
+        kwargs = _accepted(method, {k: self._to_device(v) for k, v in item.tensors.items()})
+        output = method(**kwargs)
+        return _flatten(output).to(self.dtype)  # [num_tokens, hidden]
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.is_floating_point():
+            return tensor.to(self.device, self.dtype)
+        return tensor.to(self.device)
+
+
+def supported_modalities(base: nn.Module, processor: Any) -> tuple[Modality, ...]:
+    """The media the processor prepares and the model embeds."""
+    found = []
+    for modality, (_, token_attr, method, _) in _ROUTES.items():
+        if getattr(processor, token_attr, None) is not None and hasattr(base, method):
+            found.append(modality)
+    if not found:
+        raise Unsupported(f"{type(base).__name__} has no image, video or audio features")
+    return tuple(found)
+
+
+def _hf_item(decoded: Any) -> Any:
+    """Our decoded media -> what HF processors take (a clip's waveform without its rate)."""
+    if isinstance(decoded, tuple) and len(decoded) == 2 and isinstance(decoded[1], int):
+        return decoded[0]
+    frames = getattr(decoded, "frames", None)
+    return frames if frames is not None else decoded
+
+
+def _accepted(method: Any, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The processor outputs the feature function names (others, like image_sizes for a model
+    that does not take them, stay out)."""
+    parameters = inspect.signature(method).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(tensors)
+    return {k: v for k, v in tensors.items() if k in parameters}
+
+
+def _flatten(output: Any) -> torch.Tensor:
+    """Whatever a feature function returns -> [num_tokens, hidden] for one item."""
+    features = getattr(output, "pooler_output", None)
+    if features is None and isinstance(output, tuple | list) and not torch.is_tensor(output):
+        features = output
+    if features is None:
+        features = output.last_hidden_state if hasattr(output, "last_hidden_state") else output
+    if isinstance(features, tuple | list):
+        features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features])
+    return features.reshape(-1, features.shape[-1])
