@@ -1,1 +1,1 @@
-"""Wire protocol: generated gRPC stubs, the tensor codec and error mapping."""
+"""The shared contract of the mesh: wire protocol, vocabulary, messages, codecs, serving."""
