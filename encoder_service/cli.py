@@ -8,7 +8,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from protos.flags import Flag, add_flags, add_server_args, flag, parse_bytes
+from protos.flags import Flag, add_flags, add_server_args, flag, json_object, parse_bytes
 
 logger = logging.getLogger("meshserve.encoder")
 DEFAULT_PORT = 50071
@@ -61,6 +61,13 @@ ENCODER_FLAGS: tuple[Flag, ...] = (
         type=float,
         default=600.0,
         help="longest accepted audio clip in seconds (default 600)",
+    ),
+    flag(
+        "--mm-processor-kwargs",
+        type=json_object,
+        default=None,
+        help="arguments of the HF processor on every item, e.g. '{\"do_pan_and_scan\": true}' "
+        "(Gemma 3) or '{\"max_pixels\": 200704}' (Qwen2-VL); unknown keys are refused",
     ),
 )
 
@@ -117,6 +124,7 @@ async def _serve(args: argparse.Namespace) -> None:
             limits=limits,
             max_batch_size=args.max_batch_size,
             max_wait_s=args.batch_wait_ms / 1e3,
+            mm_processor_kwargs=args.mm_processor_kwargs,
         )
         servicer.attach(encoder)
         info = encoder.info()

@@ -28,6 +28,7 @@ from encoder_service.errors import MediaError
 from encoder_service.media import MediaLimits
 from encoder_service.registry import check_modality, load_tower
 from encoder_service.towers import Tower, TowerInput
+from encoder_service.towers.processor_kwargs import canonical
 from protos.encoder_messages import EncodeResult, EncoderInfo, MediaItem
 from protos.micro_batcher import MicroBatcher, Ticket
 from protos.modality import Modality
@@ -98,19 +99,25 @@ class Encoder:
         max_batch_size: int = 32,
         max_wait_s: float = 0.005,
         tower: Tower | None = None,
+        mm_processor_kwargs: Mapping[str, Any] | None = None,
     ) -> Encoder:
         """Loads only the encoder tower of the checkpoint at `path`.
 
         `tower`: the tower of another Encoder of this checkpoint (Qwen2-VL's image and video
         encoders) to share instead of loading a second copy; `dtype` and `device` are then
         the tower's. Raises Unsupported when the architecture has no tower or cannot encode
-        `modality`.
+        `modality`. `mm_processor_kwargs` go to the HF processor on every item and are part
+        of the cache identity (a shared `tower` keeps its own).
         """
         if tower is None:
-            tower, value = load_tower(path, modality, dtype=dtype, device=device)
+            tower, value = load_tower(
+                path, modality, dtype=dtype, device=device, processor_kwargs=mm_processor_kwargs
+            )
         else:
             value = check_modality(tower, modality)
         identity = f"{model_id or path}|{str(tower.dtype).removeprefix('torch.')}"
+        if tower.processor_kwargs:
+            identity += f"|{canonical(tower.processor_kwargs)}"
         return cls(
             tower,
             value,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,15 @@ def check_modality(tower: type[Tower] | Tower, modality: str) -> Modality:
 
 
 def load_tower(
-    path: str | Path, modality: str, *, dtype: str | torch.dtype, device: str | torch.device
+    path: str | Path,
+    modality: str,
+    *,
+    dtype: str | torch.dtype,
+    device: str | torch.device,
+    processor_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[Tower, Modality]:
-    """Reads the config, checks the modality, builds the tower and loads its weights."""
+    """Reads the config, checks the modality, builds the tower and loads its weights;
+    `processor_kwargs` (--mm-processor-kwargs) are checked against its processors."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path)
@@ -60,4 +67,5 @@ def load_tower(
     tower = cls.from_pretrained(
         path, config, dtype=resolve_dtype(dtype, config_dtype(config)), device=torch.device(device)
     )
+    tower.configure_processor(processor_kwargs)
     return tower, check_modality(tower, modality)  # the generic tower knows its own only now

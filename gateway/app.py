@@ -66,6 +66,7 @@ def local_backends(
     encoder_device: str = "cpu",
     cache_bytes: int = 256 << 20,
     override_pooler_config: Any = None,
+    mm_processor_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[LocalEncoderBackend, LMBackend]:
     """In-process encoders (one per modality the model takes) and engine loop; for a pooling
     task, no encoders (text only for now) and a pooling model instead of the engine."""
@@ -92,6 +93,7 @@ def local_backends(
             device=encoder_device,
             cache_bytes=cache_bytes,
             tower=shared,
+            mm_processor_kwargs=mm_processor_kwargs,
         )
     loop = EngineLoop(Engine(engine_config)).start()
     return LocalEncoderBackend(encoders), LocalLMBackend(loop)

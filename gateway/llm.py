@@ -94,6 +94,8 @@ class LLM:
             "transcription" (a Whisper-style model; see `transcribe`).
         limit_mm_per_prompt: e.g. {"image": 2}; default 1 item per modality.
         override_pooler_config: pooling tasks: e.g. {"pooling_type": "MEAN", "normalize": False}.
+        mm_processor_kwargs: arguments of the HF processor on every media item, e.g.
+            {"do_pan_and_scan": True}; unknown keys are refused at start-up.
         engine_args: any other EngineConfig field (dtype, model_impl, block_size, ...).
     """
 
@@ -104,6 +106,7 @@ class LLM:
         limit_mm_per_prompt: Mapping[str, int] | str | None = None,
         trust_remote_code: bool = False,
         override_pooler_config: Mapping[str, Any] | str | None = None,
+        mm_processor_kwargs: Mapping[str, Any] | None = None,
         **engine_args: Any,
     ) -> None:
         if task not in tuple(Task):
@@ -119,6 +122,7 @@ class LLM:
             encoder_dtype=config.dtype,
             encoder_device=config.device,
             override_pooler_config=override_pooler_config,
+            mm_processor_kwargs=mm_processor_kwargs,
         )
         self._lm = lm
         self._orchestrator = build_orchestrator(

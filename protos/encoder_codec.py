@@ -117,8 +117,9 @@ def info_to_pb(info: EncoderInfo) -> encoder_pb2.EncoderInfo:
     cache = info.cache
     return encoder_pb2.EncoderInfo(
         modality=MODALITY_CODES[str(info.modality)],
-        # model_id is "<model>|<dtype>" (the cache identity); people want the model
-        model=info.model_id.rpartition("|")[0] or info.model_id,
+        # model_id is "<model>|<dtype>[|<processor kwargs>]" (the cache identity): people
+        # want the model
+        model=info.model_id.partition("|")[0],
         architecture=info.architecture,
         hidden_size=info.hidden_size,
         dtype=info.dtype,

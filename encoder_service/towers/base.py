@@ -22,6 +22,7 @@ from torch import nn
 
 from encoder_service import media
 from encoder_service.media import MediaLimits
+from encoder_service.towers.processor_kwargs import check_processor_kwargs
 from encoder_service.weights import build_on_meta, load_tower_weights
 from protos.modality import Modality
 
@@ -71,6 +72,18 @@ class Tower(ABC):
         self.module = module
         self.dtype = dtype
         self.device = device
+        self.processor_kwargs: dict[str, Any] = {}  # --mm-processor-kwargs, checked
+
+    def configure_processor(self, kwargs: Mapping[str, Any] | None) -> None:
+        """Takes `--mm-processor-kwargs`; InvalidRequest for keys no processor here takes."""
+        self.processor_kwargs = check_processor_kwargs(
+            kwargs, self.hf_processors(), self.architecture
+        )
+
+    def hf_processors(self) -> list[Any]:
+        """The HF processors this tower calls (their arguments bound --mm-processor-kwargs)."""
+        names = ("processor", "image_processor", "feature_extractor")
+        return [getattr(self, name) for name in names if getattr(self, name, None) is not None]
 
     @classmethod
     def from_pretrained(

@@ -26,6 +26,7 @@ from torch import nn
 from encoder_service.errors import MediaError
 from encoder_service.towers.base import Tower, TowerInput
 from encoder_service.towers.media_modules import MediaModules, load_media_modules
+from encoder_service.towers.processor_kwargs import kwargs_for
 from protos.errors import Unsupported
 from protos.modality import Modality
 
@@ -49,6 +50,11 @@ _ROUTES: dict[Modality, tuple[str, str, str, tuple[str, ...]]] = {
         "get_audio_features",
         ("audio_token_id", "audio_token_index"),
     ),
+}
+_SUB_PROCESSORS = {
+    Modality.IMAGE: "image_processor",
+    Modality.VIDEO: "video_processor",
+    Modality.AUDIO: "feature_extractor",
 }
 # Processor outputs that describe the text, not the media: never passed to the model.
 _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"})
@@ -103,7 +109,7 @@ class GenericTower(Tower):
         process, token_attr, _, id_fields = _ROUTES[modality]
         try:
             processed, replacements = getattr(self.processor, process)(
-                [_hf_item(decoded)], return_tensors="pt"
+                [_hf_item(decoded)], return_tensors="pt", **self._kwargs(modality)
             )
         except (ValueError, TypeError, RuntimeError) as error:
             raise MediaError(modality, index, f"the processor refused it: {error}") from error
@@ -127,6 +133,11 @@ class GenericTower(Tower):
         return [self._features(item) for item in inputs]
 
     # ------------------------------------------------------------------ helpers
+
+    def _kwargs(self, modality: Modality) -> dict[str, Any]:
+        """This modality's share of --mm-processor-kwargs."""
+        sub = getattr(self.processor, _SUB_PROCESSORS[modality], None) or self.processor
+        return kwargs_for(sub, self.processor_kwargs)
 
     def _embed_token_id(self, id_fields: tuple[str, ...], placeholder: str) -> int:
         for name in id_fields:

@@ -37,7 +37,9 @@ class LlavaTower(Tower):
         }
 
     def prepare(self, modality: Modality, decoded: Any, index: int) -> TowerInput:
-        pixel_values = self.image_processor(images=[decoded], return_tensors="pt")["pixel_values"]
+        pixel_values = self.image_processor(
+            images=[decoded], return_tensors="pt", **self.processor_kwargs
+        )["pixel_values"]
         return TowerInput(modality, {"pixel_values": pixel_values[0]})  # [3, H, W]
 
     @torch.inference_mode()

@@ -65,6 +65,7 @@ class Qwen2AudioTower(Tower):
             return_attention_mask=True,
             padding="max_length",
             return_tensors="pt",
+            **self.processor_kwargs,
         )
         tensors = {
             "input_features": features["input_features"][0],  # [mel, frames]

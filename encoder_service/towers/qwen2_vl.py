@@ -60,7 +60,7 @@ class Qwen2VLTower(Tower):
             raise MediaError(modality, index, str(e)) from None
 
     def _prepare_image(self, image: Any) -> TowerInput:
-        out = self.image_processor(images=[image], return_tensors="pt")
+        out = self.image_processor(images=[image], return_tensors="pt", **self.processor_kwargs)
         grid = tuple(int(v) for v in out["image_grid_thw"][0])
         return TowerInput(Modality.IMAGE, {"pixel_values": out["pixel_values"]}, {"grid_thw": grid})
 

@@ -228,6 +228,7 @@ def run_embedded(args: argparse.Namespace, served: Any) -> int:
         encoder_device=args.encoder_device or args.device,
         cache_bytes=args.cache_bytes,
         override_pooler_config=getattr(args, "override_pooler_config", None),
+        mm_processor_kwargs=getattr(args, "mm_processor_kwargs", None),
     )
     orchestrator = build_orchestrator(
         served,
