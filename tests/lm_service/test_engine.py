@@ -138,3 +138,31 @@ def test_kv_cache_sized_from_memory_in_the_backends_layout() -> None:
     want = AttentionBackend.TORCH.kv_cache_shape(num_blocks, 4, spec.num_kv_heads, spec.head_dim)
     assert len(engine.runner.kv_caches) == spec.num_layers
     assert all(tuple(k.shape) == tuple(v.shape) == want for k, v in engine.runner.kv_caches)
+
+
+def test_a_masked_span_equals_its_contiguous_runs_and_survives_chunking() -> None:
+    # An item whose embeddings skip positions (row tags, [IMG_BREAK]) must place each row where
+    # two contiguous spans would, also when a prefill chunk ends inside the item.
+    prompt = [1] + list(range(20, 44))
+    hidden = _engine().hidden_size
+    rows = torch.randn(10, hidden, generator=torch.Generator().manual_seed(1))
+    mask = (True,) * 4 + (False,) * 2 + (True,) * 6  # positions 3..14; 7 and 8 keep tokens
+    masked = [MultiModalSpan(3, 12, "img", rows, mask)]
+    runs = [MultiModalSpan(3, 4, "img", rows[:4]), MultiModalSpan(9, 6, "img", rows[4:])]
+    whole = _engine().generate_with_spans(prompt, masked, GREEDY)
+    assert whole.token_ids == _engine().generate_with_spans(prompt, runs, GREEDY).token_ids
+    for budget in (5, 8, 11):  # chunk boundaries before, inside and after the skipped tokens
+        chunked = _engine(max_num_batched_tokens=budget)
+        assert chunked.generate_with_spans(prompt, masked, GREEDY).token_ids == whole.token_ids
+    other = torch.randn(10, hidden, generator=torch.Generator().manual_seed(2))
+    swapped = [MultiModalSpan(3, 12, "img2", other, mask)]
+    assert _engine().generate_with_spans(prompt, swapped, GREEDY).token_ids != whole.token_ids
+
+
+def test_a_span_mask_must_fit_the_span_and_its_rows() -> None:
+    with pytest.raises(InvalidRequest, match="is_embed mask of 2"):
+        MultiModalSpan(1, 3, "h", None, (True, False))
+    engine = _engine()
+    bad = MultiModalSpan(1, 3, "h", torch.zeros(3, engine.hidden_size), (True, False, True))
+    with pytest.raises(InvalidRequest, match=r"embeddings of shape \[2,"):
+        engine.add_request(None, [1, 2, 3, 4], GREEDY, [bad])
