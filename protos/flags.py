@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from protos.errors import InvalidRequest
+
 SWITCH_ACTIONS = {"store_true": False, "store_false": True}  # action -> its default
 
 
@@ -122,14 +124,26 @@ def parse_bytes(text: str) -> int:
     return int(float(lowered))
 
 
-def json_object(text: str) -> dict:
-    """argparse type for flags that take a JSON object (--hf-overrides, ...)."""
+def parse_json_object(
+    text: str, what: str, error: type[InvalidRequest] = InvalidRequest
+) -> dict[str, Any]:
+    """`text` as a JSON object, else `error` with a sentence naming `what` (a flag, an option).
+
+    The one JSON-object parser: flags (`json_object`), --limit-mm-per-prompt and
+    --override-pooler-config all read their JSON here.
+    """
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+        raise error(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(
-            f"expected a JSON object like '{{\"key\": 1}}', got {text!r}"
-        )
+        raise error(f"{what}: expected a JSON object like '{{\"key\": 1}}', got {text!r}")
     return value
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type for flags that take a JSON object (--hf-overrides, ...)."""
+    try:
+        return parse_json_object(text, "the value")
+    except InvalidRequest as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

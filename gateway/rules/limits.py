@@ -8,11 +8,11 @@ modality spec once, at start-up, so that a request is never refused for a config
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 from gateway.rules.modalities import ModalitySpec, owner_name
 from protos.errors import InvalidRequest
+from protos.flags import parse_json_object
 from protos.modality import MEDIA_MODALITIES, Modality
 
 LimitsInput = str | Mapping[str, int] | None
@@ -34,7 +34,7 @@ def parse_limit_mm_per_prompt(value: LimitsInput) -> dict[str, int]:
     if isinstance(value, Mapping):
         pairs = list(value.items())
     elif value.strip().startswith(("{", "[")):
-        pairs = list(_json_object(value).items())
+        pairs = list(parse_json_object(value, _FLAG, InvalidLimit).items())
     else:
         pairs = [_split_pair(item) for item in value.split(",") if item.strip()]
     return _limits_from_pairs(pairs)
@@ -73,16 +73,6 @@ def _require_within_spec(spec: ModalitySpec, modality: Modality, limit: int, own
             f"{owner} accepts {spec}: one {modality.label} per prompt at most, "
             f"so {setting} is not possible"
         )
-
-
-def _json_object(text: str) -> dict[str, int]:
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InvalidLimit(f"{_FLAG}: not a JSON object: {error}") from None
-    if not isinstance(parsed, dict):
-        raise InvalidLimit(f'{_FLAG}: expected a JSON object such as {{"image": 4}}')
-    return parsed
 
 
 def _split_pair(item: str) -> tuple[str, str]:

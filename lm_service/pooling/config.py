@@ -4,12 +4,12 @@ and batch the model (PoolingConfig), with `--override-pooler-config` parsed and 
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from protos.errors import InvalidRequest
+from protos.flags import parse_json_object
 from protos.tasks import POOLING_TASKS, Task
 
 
@@ -67,23 +67,17 @@ def parse_pooler_overrides(value: str | Mapping[str, Any] | None) -> dict[str, A
     """
     if value is None or value == "":
         return {}
-    raw = _json_mapping(value) if isinstance(value, str) else dict(value)
+    raw = (
+        parse_json_object(value, "override_pooler_config")
+        if isinstance(value, str)
+        else dict(value)
+    )
     unknown = sorted(set(raw) - set(POOLER_KEYS))
     if unknown:
         raise InvalidRequest(
             f"override_pooler_config: unknown key(s) {unknown}; known: {', '.join(POOLER_KEYS)}"
         )
     return {key: _pooler_value(key, v) for key, v in raw.items()}
-
-
-def _json_mapping(text: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"override_pooler_config is not valid JSON: {exc}") from exc
-    if not isinstance(parsed, dict):
-        raise InvalidRequest("override_pooler_config must be a JSON object")
-    return parsed
 
 
 def _pooler_value(key: str, value: Any) -> Any:

@@ -37,7 +37,7 @@ def test_parse(value: object, expected: dict[str, int]) -> None:
         ("smell=1", "unknown modality 'smell'"),
         ("text=2", "unknown modality 'text'"),
         ("image=1,image=2", "image is given twice"),
-        ("{not json", "not a JSON object"),
+        ("{not json", "is not valid JSON"),
         ("{}", None),
         ({"image": True}, "image must be an integer"),
         ({"image": 1.5}, "image must be an integer"),
