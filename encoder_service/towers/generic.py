@@ -126,6 +126,30 @@ class GenericTower(Tower):
         }
         return TowerInput(modality, tensors, metadata)
 
+    def check_embeddings(
+        self, modality: Modality, embeddings: torch.Tensor, metadata: Mapping[str, Any], index: int
+    ) -> dict[str, Any]:
+        """Precomputed embeddings ("E" inputs) get the replacement an item of that many rows
+        has, when the model writes one item as one run of its embed token (LLaVA-NeXT,
+        InternVL, BLIP-2, PaliGemma); a model whose layout depends on the image (tiles,
+        row breaks) cannot place bare embeddings and says so."""
+        template = self._run_template(modality)
+        if template is None:
+            raise MediaError(
+                modality,
+                index,
+                f"{self.architecture} lays out each {modality} by its size (tiles or row "
+                "breaks), so precomputed embeddings cannot be placed; send the file instead",
+            )
+        prefix, token, suffix, embed_token_id = template
+        rows = int(embeddings.shape[0])
+        return {
+            **metadata,
+            "placeholder": str(getattr(self.processor, _ROUTES[modality][1])),
+            "replacement": prefix + token * rows + suffix,
+            "embed_token_id": embed_token_id,
+        }
+
     @torch.inference_mode()
     def forward(self, inputs: Sequence[TowerInput]) -> list[torch.Tensor]:
         # NOTE: one item per call: processors pad or tile per item, and the HF feature
@@ -138,6 +162,32 @@ class GenericTower(Tower):
         """This modality's share of --mm-processor-kwargs."""
         sub = getattr(self.processor, _SUB_PROCESSORS[modality], None) or self.processor
         return kwargs_for(sub, self.processor_kwargs)
+
+    def _run_template(self, modality: Modality) -> tuple[str, str, str, int] | None:
+        """(prefix, embed token, suffix, its id) of one item's replacement, from a probe item,
+        when the embed token forms a single run in it; else None. Cached per modality."""
+        cache = self.__dict__.setdefault("_templates", {})
+        if modality not in cache:
+            cache[modality] = self._probe_template(modality)
+        return cache[modality]
+
+    def _probe_template(self, modality: Modality) -> tuple[str, str, str, int] | None:
+        if modality is not Modality.IMAGE:
+            return None  # NOTE: only images have E rows among the generic architectures
+        from PIL import Image
+
+        probe = self.prepare(modality, Image.new("RGB", (64, 64), (127, 127, 127)), 0)
+        replacement = str(probe.metadata["replacement"])
+        embed_token_id = int(probe.metadata["embed_token_id"])
+        token = self.processor.tokenizer.convert_ids_to_tokens(embed_token_id)
+        first = replacement.find(token)
+        if first < 0:
+            return None
+        end = first
+        while replacement.startswith(token, end):
+            end += len(token)
+        prefix, suffix = replacement[:first], replacement[end:]
+        return None if token in suffix else (prefix, token, suffix, embed_token_id)
 
     def _embed_token_id(self, id_fields: tuple[str, ...], placeholder: str) -> int:
         for name in id_fields:
