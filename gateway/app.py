@@ -131,11 +131,15 @@ def check_lm_task(served: ServedModel, info: Any) -> None:
 
 
 def remote_backends(
-    lm_targets: Sequence[str], encoder_targets: Mapping[str, Sequence[str]]
+    lm_targets: Sequence[str],
+    encoder_targets: Mapping[str, Sequence[str]],
+    stall_timeout: float = 30.0,
 ) -> tuple[EncoderBackend, LMBackend]:
+    """gRPC backends; a backend silent past `stall_timeout` seconds fails the request."""
     from gateway.backends.remote import RemoteEncoderBackend, RemoteLMBackend
 
-    return RemoteEncoderBackend(encoder_targets), RemoteLMBackend(lm_targets)
+    encoders = RemoteEncoderBackend(encoder_targets, stall_timeout)
+    return encoders, RemoteLMBackend(lm_targets, stall_timeout)
 
 
 async def serve(

@@ -9,6 +9,7 @@ import argparse
 import pytest
 
 from gateway.tools.cli import build_parser
+from gateway.tools.gateway_command import positive_seconds
 from gateway.tools.launcher import plan_stack
 from gateway.tools.stack_flags import stack_flags
 from gateway.tools.up import stack_options
@@ -27,6 +28,7 @@ SAMPLE_VALUES = {
     float: "2.5",
     parse_bytes: "3MiB",
     json_object: '{"sample": 1}',
+    positive_seconds: "2.5",
     None: "sample",
 }
 
