@@ -22,7 +22,14 @@ SERVICE_ARGV = {
 }
 # The launcher sets these for each child; they are never taken from the user's flags.
 WIRING = {"--model", "--host", "--port", "--grace-seconds", "--modality", "--lm", "--encoder"}
-UP_ONLY = ("--replicas", "--embedded", "--encoder-device", "--ready-timeout", "--log-dir")
+UP_ONLY = (
+    "--replicas",
+    "--embedded",
+    "--encoder-device",
+    "--ready-timeout",
+    "--log-dir",
+    "--restart",
+)
 SAMPLE_VALUES = {
     int: "7",
     float: "2.5",
