@@ -209,3 +209,22 @@ def test_a_frozen_replica_is_stalled_and_gets_no_requests(replicas: list) -> Non
 
     hashes, state = asyncio.run(run())
     assert state == "STALLED" and hashes == ["b"] * 4
+
+
+def test_an_encode_on_a_replica_that_froze_mid_call_fails_after_the_stall_timeout(
+    replicas: list,
+) -> None:
+    address, _, replica = replicas[0]
+    backend = RemoteEncoderBackend({"image": [address]}, stall_timeout=0.3)
+
+    async def run() -> tuple[float, str]:
+        replica.freeze(1.5)  # no health checks started: it still looks healthy
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as info:
+            await backend.encode("image", [MediaItem(data=b"x")], timeout=30)
+        await backend.close()
+        return time.monotonic() - started, str(info.value)
+
+    elapsed, sentence = asyncio.run(run())
+    assert 0.25 < elapsed < 1.2
+    assert sentence.startswith(f"the image encoder service at {address} did not answer within 0.3s")
