@@ -261,8 +261,11 @@ def test_k8s_readiness_asks_the_service_and_liveness_only_the_process(k8s: list[
 
     served = {
         f"meshserve.v1.{name}"
-        for module, name in ((gateway_pb2, "Gateway"), (lm_pb2, "LanguageModel"),
-                             (encoder_pb2, "Encoder"))  # fmt: skip
+        for module, name in (
+            (gateway_pb2, "Gateway"),
+            (lm_pb2, "LanguageModel"),
+            (encoder_pb2, "Encoder"),
+        )
         if name in module.DESCRIPTOR.services_by_name
     }
     for name, deployment in of_kind(k8s, "Deployment").items():
