@@ -133,11 +133,15 @@ def check_lm_task(served: ServedModel, info: Any) -> None:
 
 
 def remote_backends(
-    lm_targets: Sequence[str], encoder_targets: Mapping[str, Sequence[str]]
+    lm_targets: Sequence[str],
+    encoder_targets: Mapping[str, Sequence[str]],
+    stall_timeout: float = 30.0,
 ) -> tuple[EncoderBackend, LMBackend]:
+    """gRPC backends; a backend silent past `stall_timeout` seconds fails the request."""
     from gateway.backends.remote import RemoteEncoderBackend, RemoteLMBackend
 
-    return RemoteEncoderBackend(encoder_targets), RemoteLMBackend(lm_targets)
+    encoders = RemoteEncoderBackend(encoder_targets, stall_timeout)
+    return encoders, RemoteLMBackend(lm_targets, stall_timeout)
 
 
 async def serve(
@@ -150,13 +154,20 @@ async def serve(
 ) -> None:
     """Runs the Gateway gRPC server until SIGTERM/SIGINT (or `stop`), then drains.
 
-    NOT_SERVING until the backends are started and the LM has described itself.
+    NOT_SERVING until the backends are started and the LM has described itself; after that,
+    NOT_SERVING whenever a backend it needs has no healthy replica (`follow_backends`).
     """
     from gateway.api.grpc_servicer import SERVICE_NAME, GatewayServicer
     from protos import server
     from protos.meshserve.v1 import gateway_pb2_grpc
 
     servicer = GatewayServicer(orchestrator)
+    grpc_server = server.Server(
+        "gateway",
+        [SERVICE_NAME],
+        lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, s),
+        server.ServerConfig(host, port, grace_seconds),
+    )
 
     async def load() -> str:
         for backend in (orchestrator.encoders, orchestrator.lm):
@@ -169,14 +180,25 @@ async def serve(
         limits = {k: v for k, v in served.limits.items() if v}
         return f"model={served.model}  arch={served.architecture}  spec={served.spec}  {limits=}"
 
-    await server.serve(
-        "gateway",
-        [SERVICE_NAME],
-        lambda grpc_server: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, grpc_server),
-        server.ServerConfig(host, port, grace_seconds),
-        load=load,
-        ready=ready,
-        stop=stop,
+    is_ready = asyncio.Event()
+    follower = asyncio.create_task(_follow_backends(grpc_server, orchestrator, is_ready, ready))
+    try:
+        await grpc_server.run(load, is_ready, stop)
+    finally:
+        follower.cancel()
+        await orchestrator.encoders.close()
+        await orchestrator.lm.close()
+
+
+async def _follow_backends(
+    grpc_server: Any, orchestrator: Orchestrator, is_ready: asyncio.Event, ready: Any
+) -> None:
+    """Once the server is SERVING, its health follows the backends' until cancelled."""
+    from gateway.backends.readiness import follow_backends
+
+    await is_ready.wait()
+    if ready is not None:
+        ready.set()
+    await follow_backends(
+        grpc_server.set_serving, grpc_server.health.set, orchestrator.lm, orchestrator.encoders
     )
-    await orchestrator.encoders.close()
-    await orchestrator.lm.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -262,11 +263,12 @@ class LLM:
     async def _collect(self, request: GenerationRequest) -> RequestOutput:
         text, ids, logprobs = [], [], []
         last = None
-        async for chunk in self._orchestrator.generate(request):
-            text.append(chunk.text)
-            ids.extend(chunk.token_ids)
-            logprobs.extend(chunk.logprobs)
-            last = chunk
+        async with contextlib.aclosing(self._orchestrator.generate(request)) as chunks:
+            async for chunk in chunks:
+                text.append(chunk.text)
+                ids.extend(chunk.token_ids)
+                logprobs.extend(chunk.logprobs)
+                last = chunk
         completion = CompletionOutput(
             index=0,
             text="".join(text),

@@ -19,6 +19,14 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.max_pings_without_data", 0),
 )
 
+# Clients reconnect to a restarted service within seconds: gRPC's default backoff grows to
+# 120s between attempts, which would keep a gateway away from its LM long after it is back.
+RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+)
+
 # For `dns:///name:port` targets: balance over every address behind the name, and let gRPC's
 # client-side health checking skip replicas whose grpc.health.v1 status is not SERVING.
 BALANCED_SERVICE_CONFIG = json.dumps(
@@ -27,7 +35,7 @@ BALANCED_SERVICE_CONFIG = json.dumps(
 
 
 def channel_options(target: str) -> list[tuple[str, int | str]]:
-    options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
+    options: list[tuple[str, int | str]] = [*CHANNEL_OPTIONS, *RECONNECT_OPTIONS]
     if target.startswith("dns:"):
         options.append(("grpc.service_config", BALANCED_SERVICE_CONFIG))
     return options

@@ -33,6 +33,10 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.so_reuseport", 0),
 )
 
+# A health name that is SERVING from start to drain whatever the service's readiness: for
+# liveness probes, which must not restart a gateway only because its LM is down.
+LIVENESS_SERVICE = "liveness"
+
 Register = Callable[[grpc.aio.Server], None]  # adds a service's servicers to the server
 Load = Callable[[], Awaitable[str]]  # loads and warms the model; returns a line for the log
 
@@ -83,7 +87,8 @@ class Server:
     """A grpc.aio server with our options, `StatusInterceptor`, grpc.health.v1 and reflection.
 
     Health says NOT_SERVING from `start` until `set_serving(True)`, and again from `drain`;
-    `run` is the whole life of a service's server (see `serve`).
+    `LIVENESS_SERVICE` is SERVING from `start` until `drain`. `run` is the whole life of a
+    service's server (see `serve`).
 
     Args:
         name: the service in the log ("lm", "encoder", "gateway").
@@ -145,6 +150,7 @@ class Server:
             (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         await self.set_serving(False)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self.port = bind(server, self.config.host, self.config.port)
         await server.start()
         self._server = server

@@ -24,6 +24,7 @@ class Service:
     address: str
     log_path: Path
     command: str
+    args: tuple[str, ...] = ()
 
     def log_tail(self, lines: int = 30) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()
@@ -61,8 +62,21 @@ def start_many(
     return services
 
 
-def _spawn(command: str, args: Sequence[str]) -> Service:
-    port = free_port()
+def restart(service: Service, timeout: float = 120.0) -> Service:
+    """The same service again on the same port (after it died or was stopped)."""
+    service.stop()
+    port = int(service.address.rsplit(":", 1)[1])
+    again = _spawn(service.command, service.args, port)
+    try:
+        _wait_serving(again, timeout)
+    except BaseException:
+        again.stop()
+        raise
+    return again
+
+
+def _spawn(command: str, args: Sequence[str], port: int | None = None) -> Service:
+    port = port or free_port()
     log = Path(tempfile.mkstemp(prefix=f"meshserve-{command}-", suffix=".log")[1])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
@@ -73,7 +87,7 @@ def _spawn(command: str, args: Sequence[str]) -> Service:
         env=env,
         start_new_session=True,
     )
-    return Service(process, f"127.0.0.1:{port}", log, command)
+    return Service(process, f"127.0.0.1:{port}", log, command, tuple(args))
 
 
 def _wait_serving(service: Service, timeout: float) -> None:

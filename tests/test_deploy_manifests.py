@@ -244,6 +244,38 @@ def test_k8s_deployments_have_commands_probes_and_resources(k8s: list[dict]) -> 
         assert grace > args.grace_seconds, f"{name}: SIGKILL would cut the drain short"
 
 
+HEALTH_NAMES = {
+    "gateway": "meshserve.v1.Gateway",
+    "lm": "meshserve.v1.LanguageModel",
+    "encoder-image": "meshserve.v1.Encoder",
+    "encoder-video": "meshserve.v1.Encoder",
+    "encoder-audio": "meshserve.v1.Encoder",
+}
+
+
+def test_k8s_readiness_asks_the_service_and_liveness_only_the_process(k8s: list[dict]) -> None:
+    """Ready: the service's own health name (the gateway's is NOT_SERVING while its backends
+    are down). Alive: LIVENESS_SERVICE, so a gateway waiting for its LM is not restarted."""
+    from protos.meshserve.v1 import encoder_pb2, gateway_pb2, lm_pb2
+    from protos.server import LIVENESS_SERVICE
+
+    served = {
+        f"meshserve.v1.{name}"
+        for module, name in (
+            (gateway_pb2, "Gateway"),
+            (lm_pb2, "LanguageModel"),
+            (encoder_pb2, "Encoder"),
+        )
+        if name in module.DESCRIPTOR.services_by_name
+    }
+    for name, deployment in of_kind(k8s, "Deployment").items():
+        container, _ = container_args(deployment)
+        assert container["readinessProbe"]["grpc"]["service"] == HEALTH_NAMES[name] in served
+        assert container["livenessProbe"]["grpc"]["service"] == LIVENESS_SERVICE, name
+        started = LIVENESS_SERVICE if name == "gateway" else HEALTH_NAMES[name]
+        assert container["startupProbe"]["grpc"]["service"] == started, name
+
+
 def test_k8s_lm_requests_a_gpu(k8s: list[dict]) -> None:
     container, args = container_args(of_kind(k8s, "Deployment")["lm"])
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1

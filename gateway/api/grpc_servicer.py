@@ -42,19 +42,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         self._require_generate()
-        async for reply in _replies(
-            self.orchestrator, generate_from_pb(request, context.time_remaining())
-        ):
-            yield reply
+        replies = _replies(self.orchestrator, generate_from_pb(request, context.time_remaining()))
+        async with contextlib.aclosing(replies):
+            async for reply in replies:
+                yield reply
 
     async def Chat(
         self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         self._require_generate()
-        async for reply in _replies(
-            self.orchestrator, chat_from_pb(request, context.time_remaining())
-        ):
-            yield reply
+        replies = _replies(self.orchestrator, chat_from_pb(request, context.time_remaining()))
+        async with contextlib.aclosing(replies):
+            async for reply in replies:
+                yield reply
 
     async def PutMedia(
         self, request: gateway_pb2.PutMediaRequest, context: grpc.aio.ServicerContext

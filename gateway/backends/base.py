@@ -53,6 +53,11 @@ class EncoderBackend(abc.ABC):
     ) -> list[Any]:
         """protos.encoder_messages.MediaItem list -> protos.encoder_messages.EncodeResult list, same order."""
 
+    def unavailable_services(self) -> tuple[str, ...]:
+        """A sentence for each modality with no healthy replica; () while all can encode
+        (always, in process)."""
+        return ()
+
     async def close(self) -> None:
         """Releases channels; local backends have nothing to release."""
 
@@ -76,6 +81,10 @@ class LMBackend(abc.ABC):
         """protos.lm_messages.PoolingInput list -> one float32 tensor per input, same order:
         embed [hidden], classify [num_labels], score [1], reward [rows, D] or [D]."""
         raise Unsupported(f"this LM backend does not serve pooling tasks such as {task!r}")
+
+    def unavailable_services(self) -> tuple[str, ...]:
+        """A sentence when no replica is healthy; () while one is (always, in process)."""
+        return ()
 
     async def close(self) -> None:
         """Releases channels; local backends have nothing to release."""

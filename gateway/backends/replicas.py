@@ -1,8 +1,15 @@
-"""Health-aware round robin over the replicas of one backend service."""
+"""Health-aware round robin over the replicas of one backend service.
+
+Each replica's grpc.health.v1 status is polled on its own schedule; a replica that answers
+NOT_SERVING, cannot be reached or stops answering within `health_timeout` (a frozen process)
+gets no new requests. With no healthy replica left, `pick` fails at once with a sentence that
+says which service is down and why, instead of handing the request to a dead replica.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,40 +23,63 @@ from protos.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
+HEALTH_INTERVAL_SECONDS = 1.0
+HEALTH_TIMEOUT_SECONDS = 2.0  # a check unanswered this long: the replica is stalled
+
+
+class ReplicaHealth(enum.Enum):
+    """What the last health check of a replica found; the value completes a sentence."""
+
+    SERVING = "is serving"
+    NOT_SERVING = "is not serving (loading, draining or restarting)"
+    UNREACHABLE = "is unreachable (down or restarting)"
+    STALLED = "stopped answering health checks (stalled)"
+
 
 @dataclass(eq=False, slots=True)
 class Replica:
     target: str
     channel: grpc.aio.Channel
     stub: Any
-    healthy: bool = True
+    health_stub: Any = field(default=None, repr=False)
+    health: ReplicaHealth = ReplicaHealth.SERVING  # optimistic until the first check
     num_calls: int = 0
-    health: Any = field(default=None, repr=False)
+
+    @property
+    def is_healthy(self) -> bool:
+        return self.health is ReplicaHealth.SERVING
 
 
 class ReplicaSet:
-    """Picks replicas in turn, skipping those whose health is not SERVING.
+    """Picks healthy replicas in turn.
 
     A `dns:///name:port` target is one replica here: gRPC resolves every address behind the
     name and balances over them itself (round_robin), re-resolving as replicas come and go.
+
+    Args:
+        service: what the replicas serve, in a sentence: "language model", "image encoder".
+        targets: one address per replica.
+        make_stub: the service's stub class (or any channel -> stub callable).
     """
 
     def __init__(
         self,
-        name: str,
+        service: str,
         targets: Sequence[str],
         make_stub: Callable[[grpc.aio.Channel], Any],
-        health_interval: float = 1.0,
+        health_interval: float = HEALTH_INTERVAL_SECONDS,
+        health_timeout: float = HEALTH_TIMEOUT_SECONDS,
     ) -> None:
         if not targets:
-            raise ValueError(f"no address given for the {name} service")
-        self.name = name
+            raise ValueError(f"no address given for the {service} service")
+        self.service = service
         self.targets = tuple(targets)
+        self.health_interval = health_interval
+        self.health_timeout = health_timeout
         self._make_stub = make_stub
         self._replicas: list[Replica] = []
-        self.health_interval = health_interval
         self._next = 0
-        self._watcher: asyncio.Task[None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []
 
     @property
     def replicas(self) -> list[Replica]:
@@ -64,51 +94,77 @@ class ReplicaSet:
         return self._replicas
 
     def start(self) -> None:
-        """Starts the background health checks (needs a running event loop)."""
-        if self._watcher is None:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        """Starts the background health checks, one task per replica (needs a running loop)."""
+        if not self._watchers:
+            loop = asyncio.get_running_loop()
+            self._watchers = [loop.create_task(self._watch(r)) for r in self.replicas]
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for watcher in self._watchers:
+            watcher.cancel()
         for replica in self._replicas:
             await replica.channel.close()
 
-    def pick(self, exclude: Sequence[Replica] = ()) -> Replica:
-        """The next healthy replica; when none looks healthy, the next one not excluded."""
+    @property
+    def is_healthy(self) -> bool:
+        """Some replica is SERVING (as far as the last checks know)."""
+        return any(r.is_healthy for r in self.replicas)
+
+    def pick(self, exclude: Sequence[Replica] = (), only_healthy: bool = True) -> Replica:
+        """The next healthy replica not in `exclude`; Unavailable (a sentence) when none is.
+
+        With `only_healthy=False` (start-up, before anything is SERVING) any replica will do.
+        """
         candidates = [r for r in self.replicas if r not in exclude]
-        if not candidates:
-            raise Unavailable(f"every {self.name} replica failed; try again later")
-        healthy = [r for r in candidates if r.healthy] or candidates
-        replica = healthy[self._next % len(healthy)]
+        healthy = [r for r in candidates if r.is_healthy]
+        if not healthy and (only_healthy or not candidates):
+            raise Unavailable(self.why_unavailable())
+        choices = healthy or candidates
+        replica = choices[self._next % len(choices)]
         self._next += 1
         replica.num_calls += 1
         return replica
 
-    def mark_down(self, replica: Replica) -> None:
-        if replica.healthy:
-            logger.warning("%s replica %s is unavailable", self.name, replica.target)
-        replica.healthy = False
+    def has_healthy(self, exclude: Sequence[Replica] = ()) -> bool:
+        return any(r.is_healthy and r not in exclude for r in self.replicas)
 
-    async def _watch(self) -> None:
+    def why_unavailable(self) -> str:
+        """The sentence a client gets while no replica is healthy."""
+        if len(self.replicas) == 1:
+            (replica,) = self.replicas
+            return (
+                f"the {self.service} service at {replica.target} {replica.health.value}; "
+                "retry shortly"
+            )
+        states = "; ".join(f"{r.target} {r.health.value}" for r in self.replicas)
+        return f"no {self.service} replica is healthy ({states}); retry shortly"
+
+    def mark_down(self, replica: Replica) -> None:
+        """A call found the replica unreachable: no new requests until a check says SERVING."""
+        self._set_health(replica, ReplicaHealth.UNREACHABLE)
+
+    async def _watch(self, replica: Replica) -> None:
         while True:
-            await asyncio.gather(*(self._check(r) for r in self.replicas))
+            self._set_health(replica, await self._check(replica))
             await asyncio.sleep(self.health_interval)
 
-    async def _check(self, replica: Replica) -> None:
+    async def _check(self, replica: Replica) -> ReplicaHealth:
+        request = health_pb2.HealthCheckRequest()
         try:
-            reply = await replica.health.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
-            healthy = reply.status == health_pb2.HealthCheckResponse.SERVING
-        except grpc.RpcError:
-            healthy = False
-        if healthy != replica.healthy:
-            logger.info(
-                "%s replica %s is %s",
-                self.name,
-                replica.target,
-                "SERVING" if healthy else "not serving",
-            )
-        replica.healthy = healthy
+            reply = await replica.health_stub.Check(request, timeout=self.health_timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return ReplicaHealth.STALLED
+            return ReplicaHealth.UNREACHABLE
+        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+            return ReplicaHealth.SERVING
+        return ReplicaHealth.NOT_SERVING
+
+    def _set_health(self, replica: Replica, health: ReplicaHealth) -> None:
+        if health is not replica.health:
+            log = logger.info if health is ReplicaHealth.SERVING else logger.warning
+            log("%s replica %s %s", self.service, replica.target, health.value)
+        replica.health = health
 
 
 def _replica(target: str, make_stub: Callable[[grpc.aio.Channel], Any]) -> Replica:
@@ -117,7 +173,7 @@ def _replica(target: str, make_stub: Callable[[grpc.aio.Channel], Any]) -> Repli
         target=target,
         channel=channel,
         stub=make_stub(channel),
-        health=health_pb2_grpc.HealthStub(channel),
+        health_stub=health_pb2_grpc.HealthStub(channel),
     )
 
 

@@ -6,6 +6,7 @@ Pure asyncio; reaches the services only through EncoderBackend and LMBackend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -78,8 +79,13 @@ class Orchestrator:
         )
         timings = StageTimings(validate_ms=validate_ms, encode_ms=encode_ms, prompt_ms=prompt_ms)
         hits = tuple(bool(e.cache_hit) for e in encoded)
-        async for chunk in self._stream(request, lm_request, clock, timings, hits):
-            yield chunk
+        # NOTE: every stream on the request path is closed explicitly: when our consumer stops
+        # (aclose(), a cancelled client), the LM stream closes now, not when asyncio collects it
+        async with contextlib.aclosing(
+            self._stream(request, lm_request, clock, timings, hits)
+        ) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     def validate(self, request: GenerationRequest) -> None:
         """The seed's modality rules and the configured item limits."""
@@ -179,8 +185,8 @@ class Orchestrator:
         stop = StopChecker(params.stop, request.include_stop_str_in_output)
         num_out = 0
         ttft_ms = 0.0
-        stream = self.lm.generate(lm_request, clock.left("generating"))
-        try:
+        lm_stream = self.lm.generate(lm_request, clock.left("generating"))
+        async with contextlib.aclosing(lm_stream) as stream:
             async for out in stream:
                 num_out += len(out.new_token_ids)
                 ttft_ms = ttft_ms or clock.total()
@@ -195,13 +201,9 @@ class Orchestrator:
                         request.request_id, text, out.new_token_ids, out.new_logprobs
                     )
                     continue
-                final = StageTimings(
-                    validate_ms=timings.validate_ms,
-                    encode_ms=timings.encode_ms,
-                    prompt_ms=timings.prompt_ms,
-                    time_to_first_token_ms=ttft_ms,
-                    total_ms=clock.total(),
-                )
+                # finished: the LM request ends (a stop string aborts it) before the client
+                # even reads the last chunk
+                await stream.aclose()
                 usage = Usage(len(lm_request.prompt_token_ids), num_out, out.num_cached_tokens)
                 yield GenerationChunk(
                     request.request_id,
@@ -210,12 +212,20 @@ class Orchestrator:
                     out.new_logprobs,
                     finish_reason=reason,
                     usage=usage,
-                    timings=final,
+                    timings=_final(timings, ttft_ms, clock),
                     media_cache_hits=hits,
                 )
                 return
-        finally:
-            await stream.aclose()  # aborts the LM request if it is still running
+
+
+def _final(timings: StageTimings, ttft_ms: float, clock: _Clock) -> StageTimings:
+    return StageTimings(
+        validate_ms=timings.validate_ms,
+        encode_ms=timings.encode_ms,
+        prompt_ms=timings.prompt_ms,
+        time_to_first_token_ms=ttft_ms,
+        total_ms=clock.total(),
+    )
 
 
 def _apply_stop(stop: StopChecker, delta: str) -> tuple[str, bool]:

@@ -50,12 +50,35 @@ TRANSCRIPTION_FLAGS: tuple[Flag, ...] = (
     flag("--dtype", default="float32", help="weights and activations (default float32)"),
     flag("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)"),
 )
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a duration in seconds above 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds above 0, got {text!r}")
+    return seconds
+
+
+BACKEND_FLAGS: tuple[Flag, ...] = (
+    flag(
+        "--stall-timeout",
+        type=positive_seconds,
+        default=30.0,
+        help="seconds a backend may stay silent (an LM stream between tokens, an Encode or "
+        "Pool call in all) before the request fails with UNAVAILABLE (default 30)",
+    ),
+)
 # Every flag of `meshserve gateway` but --model, --lm, --encoder and the server's own (--host,
 # --port, --grace-seconds); `meshserve up` takes these and forwards them to the gateway.
 GATEWAY_FLAGS: tuple[Flag, ...] = (
     TRUST_REMOTE_CODE_FLAG,
     *SERVED_MODEL_FLAGS,
     *TRANSCRIPTION_FLAGS,
+    *BACKEND_FLAGS,
 )
 
 
@@ -86,6 +109,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_flags(p.add_argument_group("served model"), SERVED_MODEL_FLAGS)
     transcription = "transcription (--task transcription runs the model in process)"
     add_flags(p.add_argument_group(transcription), TRANSCRIPTION_FLAGS)
+    add_flags(p.add_argument_group("backends"), BACKEND_FLAGS)
     p.set_defaults(func=run_gateway)
 
 
@@ -119,7 +143,8 @@ def run_gateway(args: argparse.Namespace) -> int:
                 served, args.dtype, args.device, args.trust_remote_code
             )
         else:
-            encoders, lm = remote_backends([a for a in args.lm.split(",") if a], targets)
+            lm_targets = [a for a in args.lm.split(",") if a]
+            encoders, lm = remote_backends(lm_targets, targets, args.stall_timeout)
         orchestrator = build_orchestrator(
             served,
             encoders,

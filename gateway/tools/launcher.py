@@ -2,8 +2,8 @@
 
 The plan (which services, which ports, which flags) is pure data built by `plan_stack`; the
 `Stack` starts it as `python -m gateway.tools.cli <service> ...` children, each in its own process
-group with its log in a file, waits for grpc.health.v1 SERVING, watches for deaths and stops
-the gateway first (it drains) and the backends after it.
+group with its log in a file, waits for grpc.health.v1 SERVING, restarts a child that dies
+(`gateway.tools.supervisor`) and stops the gateway first (it drains) and the backends after it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import gateway
+from gateway.tools.supervisor import Report, RestartPolicy, Supervisor
 from protos.ports import free_port  # noqa: F401 - the stack's ports come from here
 
 MEDIA_COMPONENTS = ("image", "video", "audio")
@@ -207,7 +208,8 @@ class Child:
         self.is_reported = False
 
     def start(self) -> None:
-        with open(self.log_path, "wb") as log:
+        """Starts the process; a restarted child's log goes on in the same file."""
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway.tools.cli", *self.spec.argv],
                 stdin=subprocess.DEVNULL,
@@ -235,6 +237,15 @@ class Child:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, sig)
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL to what is left of a dead child's process group (helpers of its own)."""
+        self.signal(signal.SIGKILL)
+
+    def is_serving(self) -> bool:
+        from protos.channels import health_status
+
+        return health_status(self.spec.address, timeout=0.5) == "SERVING"
 
     def wait(self, timeout: float) -> bool:
         """True once the child has exited (within `timeout` seconds)."""
@@ -283,19 +294,30 @@ class StopSignal:
 
 
 class Stack:
-    """Starts, watches and stops the children of a `StackPlan`."""
+    """Starts, watches (restarting the children that die, as `policy` says) and stops the
+    children of a `StackPlan`."""
 
-    def __init__(self, plan: StackPlan, log_dir: Path, stop: StopSignal) -> None:
+    def __init__(
+        self,
+        plan: StackPlan,
+        log_dir: Path,
+        stop: StopSignal,
+        policy: RestartPolicy | None = None,
+    ) -> None:
         self.plan = plan
         self.log_dir = log_dir
         self.stop_signal = stop
         self.backends = [Child(spec, log_dir) for spec in plan.backends]
         self.gateway = Child(plan.gateway, log_dir)
-        self.num_deaths = 0
+        self.supervisor = Supervisor(self.children, policy or RestartPolicy(), self.death_report)
 
     @property
     def children(self) -> list[Child]:
         return [*self.backends, self.gateway]
+
+    @property
+    def num_deaths(self) -> int:
+        return self.supervisor.num_deaths
 
     def start(self, timeout: float, progress: Callable[[Child | None], None]) -> None:
         """Backends first (the gateway asks the LM about itself at start), then the gateway."""
@@ -334,41 +356,22 @@ class Stack:
     def _raise_if_any_died(self) -> None:
         for child in self.children:
             if child.process is not None and not child.is_alive():
-                raise StackError(self.death_report(child, "while the stack was starting"))
+                raise StackError(self.death_report(child, " while the stack was starting"))
 
-    def watch(self, report: Callable[[str], None]) -> bool:
-        """Blocks until a stop signal (True) or the loss of a service the stack needs (False).
-
-        A replica that dies while a sibling of the same component still runs is reported and
-        the stack keeps serving on the others.
-        """
+    def watch(self, report: Report) -> bool:
+        """Blocks until a stop signal (True), or until no child runs or is due a restart
+        (False). A child that dies is reported and restarted; the others keep serving."""
         while not self.stop_signal.event.wait(POLL_SECONDS):
-            if not self._report_deaths(report):
+            self.supervisor.tick(report)
+            if not self.supervisor.has_work:
                 return False
-        self._report_deaths(report)  # a death just before the stop signal still counts
+        self.supervisor.tick(report, may_restart=False)  # a death just before the stop counts
         return True
-
-    def _report_deaths(self, report: Callable[[str], None]) -> bool:
-        """Reports newly dead children; False when one had no live sibling to take over."""
-        for child in self.children:
-            if child.is_alive() or child.is_reported:
-                continue
-            child.is_reported = True
-            self.num_deaths += 1
-            if not self._has_live_sibling(child):
-                report(self.death_report(child, "; stopping the stack"))
-                return False
-            report(self.death_report(child, "; its siblings keep serving"))
-        return True
-
-    def _has_live_sibling(self, child: Child) -> bool:
-        return any(
-            c is not child and c.spec.component == child.spec.component and c.is_alive()
-            for c in self.backends
-        )
 
     def death_report(self, child: Child, context: str) -> str:
-        lines = [f"{child.spec.name} (pid {child.pid}) {child.describe_exit()} {context}".strip()]
+        """`name (pid N) was killed by SIGKILL<context>`, then the last lines of its log; a
+        context is "; what happens next" or " while ..."."""
+        lines = [f"{child.spec.name} (pid {child.pid}) {child.describe_exit()}{context}"]
         lines.append(f"  last lines of {child.log_path}:")
         lines += [f"    {line}" for line in child.tail()] or ["    (empty log)"]
         return "\n".join(lines)

@@ -25,7 +25,8 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> None:
         help="start the LM, encoders and gateway on this machine",
         description="Start the LM service, one encoder service per modality the model takes "
         "and the gateway as separate processes on this machine; wait until each is SERVING; "
-        "on Ctrl-C or SIGTERM drain the gateway and stop everything. Every flag of `meshserve "
+        "restart a service that dies (--restart) while the others keep serving; on Ctrl-C or "
+        "SIGTERM drain the gateway and stop everything. Every flag of `meshserve "
         "lm`, `meshserve encoder` and `meshserve gateway` is taken here and reaches each "
         "service that has it.",
     )
@@ -68,6 +69,14 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--log-dir", default=None, help="keep the services' logs here (default: a temp folder)"
+    )
+    g.add_argument(
+        "--restart",
+        choices=("on-failure", "never"),
+        default="on-failure",
+        help="on-failure (default): start a service that crashes, is killed or exits non-zero "
+        "again, after 1s, 2s, 4s ... up to 30s; never: leave it down. Either way the other "
+        "services keep running",
     )
     add_stack_flags(p)
     p.set_defaults(func=run_up)
@@ -141,8 +150,9 @@ def run_processes(args: argparse.Namespace, modalities: list[str], replicas: dic
 
 def _run_stack(plan: StackPlan, log_dir: Path, stop: StopSignal, args: argparse.Namespace) -> int:
     from gateway.tools.launcher import Interrupted, Stack, StackError, println
+    from gateway.tools.supervisor import Restart, RestartPolicy
 
-    stack = Stack(plan, log_dir, stop)
+    stack = Stack(plan, log_dir, stop, RestartPolicy(Restart(args.restart)))
     names = ", ".join(child.spec.name for child in stack.children)
     println(f"meshserve up: starting {names} (model {args.model})", sys.stderr)
     try:

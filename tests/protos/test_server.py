@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.errors import InvalidRequest
-from protos.server import Server, ServerConfig
+from protos.server import LIVENESS_SERVICE, Server, ServerConfig
 
 SERVICE = "meshserve.test.Dummy"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -62,10 +62,10 @@ def _server(announce_seconds: float = 0.0) -> Server:
     return Server("test", [SERVICE], _register, config)
 
 
-async def _health(address: str) -> int:
+async def _health(address: str, service: str = SERVICE) -> int:
     async with grpc.aio.insecure_channel(address) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=SERVICE), timeout=2
+            health_pb2.HealthCheckRequest(service=service), timeout=2
         )
     return reply.status
 
@@ -99,6 +99,7 @@ def test_health_follows_loading_serving_and_draining() -> None:
         await loading.wait()
         address = f"127.0.0.1:{server.port}"
         seen = [await _health(address)]
+        assert await _health(address, LIVENESS_SERVICE) == SERVING  # alive while loading
         loaded.set()
         await asyncio.sleep(0.1)
         seen.append(await _health(address))

@@ -167,3 +167,59 @@ def test_media_handles_report_a_cache_hit() -> None:
         "r", SamplingParams(), prompt="<image>hi", media=(MediaInput("image", handle=handle),)
     )
     assert _run(orchestrator, request)[-1].media_cache_hits == (True,)
+
+
+# -------------------------------------------------- early close: at once, no sleep, no GC
+
+
+def test_aclose_between_chunks_closes_the_lm_stream_at_once() -> None:
+    lm = FakeLM(list(range(10, 60)))
+    orchestrator = _orchestrator(lm)
+
+    async def stop_after_one() -> None:
+        chunks = orchestrator.generate(_request(max_tokens=50))
+        await anext(chunks)
+        assert lm.closed_early == []
+        await chunks.aclose()
+        assert lm.closed_early == lm.request_ids  # before any other await: no GC, no sleep
+
+    asyncio.run(stop_after_one())
+
+
+def test_a_stop_string_closes_the_lm_stream_before_the_last_chunk_is_read() -> None:
+    tokenizer = PromptBuilder.from_pretrained(str(tiny_model_path("llama"))).tokenizer
+    script = tokenizer.encode("the cat sat on the mat today", add_special_tokens=False)
+    lm = FakeLM(script)
+    orchestrator = _orchestrator(lm)
+
+    async def read_until_stop() -> None:
+        async for chunk in orchestrator.generate(_request(stop=["on the"])):
+            if chunk.finish_reason == "stop":
+                assert lm.closed_early == lm.request_ids  # aborted before the client reads it
+                return
+        raise AssertionError("no stop")
+
+    asyncio.run(read_until_stop())
+
+
+def test_closing_the_grpc_stream_closes_the_lm_stream_at_once() -> None:
+    from gateway.api.grpc_servicer import GatewayServicer
+    from protos.meshserve.v1 import common_pb2, gateway_pb2
+
+    lm = FakeLM(list(range(10, 60)))
+    servicer = GatewayServicer(_orchestrator(lm))
+
+    class Context:
+        def time_remaining(self) -> None:
+            return None
+
+    async def stop_after_one() -> None:
+        request = gateway_pb2.GenerateRequest(
+            prompt="Hello", sampling=common_pb2.SamplingParams(max_tokens=50)
+        )
+        replies = servicer.Generate(request, Context())
+        await anext(replies)
+        await replies.aclose()  # what grpc.aio does when the client goes away
+        assert lm.closed_early == lm.request_ids
+
+    asyncio.run(stop_after_one())

@@ -9,6 +9,7 @@ import argparse
 import pytest
 
 from gateway.tools.cli import build_parser
+from gateway.tools.gateway_command import positive_seconds
 from gateway.tools.launcher import plan_stack
 from gateway.tools.stack_flags import stack_flags
 from gateway.tools.up import stack_options
@@ -21,12 +22,20 @@ SERVICE_ARGV = {
 }
 # The launcher sets these for each child; they are never taken from the user's flags.
 WIRING = {"--model", "--host", "--port", "--grace-seconds", "--modality", "--lm", "--encoder"}
-UP_ONLY = ("--replicas", "--embedded", "--encoder-device", "--ready-timeout", "--log-dir")
+UP_ONLY = (
+    "--replicas",
+    "--embedded",
+    "--encoder-device",
+    "--ready-timeout",
+    "--log-dir",
+    "--restart",
+)
 SAMPLE_VALUES = {
     int: "7",
     float: "2.5",
     parse_bytes: "3MiB",
     json_object: '{"sample": 1}',
+    positive_seconds: "2.5",
     None: "sample",
 }
 

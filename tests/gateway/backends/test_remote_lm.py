@@ -1,0 +1,109 @@
+"""The remote LM backend against a fake LM server: a stream silent past the stall timeout and a
+stream cut by the server both end with UNAVAILABLE and a sentence naming the service and its
+address; the backend's own answers (bad input, the client's deadline) travel on unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+
+from gateway.backends.base import LMRequest
+from gateway.backends.remote import RemoteLMBackend
+from protos.errors import Unavailable
+from protos.meshserve.v1 import lm_pb2, lm_pb2_grpc
+from protos.sampling_params import SamplingParams
+from tests.gateway.backends.test_replicas import Replica
+
+
+class FakeLM(lm_pb2_grpc.LanguageModelServicer):
+    """Sends one token, then does what `then` says: "hang", "abort", "invalid" or "finish"."""
+
+    def __init__(self) -> None:
+        self.then = "finish"
+        self.num_cancelled = 0
+        self.stop_server: asyncio.Event | None = None
+
+    async def Generate(
+        self, request: lm_pb2.LMGenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[lm_pb2.LMGenerateResponse]:
+        yield lm_pb2.LMGenerateResponse(token_ids=[7], num_prompt_tokens=2)
+        try:
+            if self.then == "hang":
+                await asyncio.sleep(60)
+            if self.then == "invalid":
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens is too large")
+        except asyncio.CancelledError:
+            self.num_cancelled += 1
+            raise
+        yield lm_pb2.LMGenerateResponse(token_ids=[8], finish_reason=2)
+
+
+@pytest.fixture
+def lm() -> Iterator[Replica]:
+    replica = Replica(FakeLM(), lm_pb2_grpc.add_LanguageModelServicer_to_server)
+    yield replica
+    replica.close()
+
+
+def _generate(address: str, stall_timeout: float, timeout: float | None = 10.0) -> list:
+    """The tokens received, then the exception that ended the stream (or None)."""
+    backend = RemoteLMBackend([address], stall_timeout=stall_timeout)
+    request = LMRequest("r", [1, 2], SamplingParams(max_tokens=4))
+
+    async def run() -> list:
+        received: list = []
+        try:
+            async for out in backend.generate(request, timeout):
+                received.extend(out.new_token_ids)
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            received.append(exc)
+        else:
+            received.append(None)
+        await backend.close()
+        return received
+
+    return asyncio.run(run())
+
+
+def test_a_stream_silent_past_the_stall_timeout_fails_unavailable(lm: Replica) -> None:
+    lm.fake.then = "hang"
+    *tokens, error = _generate(lm.address, stall_timeout=0.3)
+    assert tokens == [7] and isinstance(error, Unavailable)
+    assert f"the language model service at {lm.address} sent nothing for 0.3s" in str(error)
+    assert lm.fake.num_cancelled == 1  # the backend call was cancelled, not left hanging
+
+
+def test_the_clients_deadline_is_no_stall(lm: Replica) -> None:
+    lm.fake.then = "hang"
+    *tokens, error = _generate(lm.address, stall_timeout=30, timeout=0.3)
+    assert isinstance(error, grpc.aio.AioRpcError)
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_stream_cut_by_the_server_names_the_service_then_the_transport(lm: Replica) -> None:
+    lm.fake.then = "hang"
+    lm.loop.call_later(0.3, lambda: asyncio.ensure_future(lm.server.stop()))
+    *tokens, error = _generate(lm.address, stall_timeout=30)
+    assert tokens == [7] and isinstance(error, Unavailable), error
+    sentence = str(error)
+    assert sentence.startswith(f"the language model service at {lm.address} failed mid-stream")
+    assert "retry shortly (" in sentence and sentence.endswith(")")  # the transport's words
+
+
+def test_the_backends_own_answer_travels_unchanged(lm: Replica) -> None:
+    lm.fake.then = "invalid"
+    *tokens, error = _generate(lm.address, stall_timeout=30)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "max_tokens is too large"
+
+
+def test_a_stopped_lm_fails_new_requests_with_a_sentence(lm: Replica) -> None:
+    address = lm.address
+    lm.close()
+    (error,) = _generate(address, stall_timeout=30)
+    assert isinstance(error, Unavailable)
+    assert str(error).startswith(f"the language model service at {address} failed; retry")
+    assert "UNAVAILABLE: " in str(error)
