@@ -275,6 +275,21 @@ def test_a_dropped_stream_closes_the_lm_stream(gateway: RunningGateway) -> None:
     assert len(lm.closed_early) == before + 1
 
 
+def test_a_client_that_gives_up_on_a_whole_answer_closes_the_lm_stream() -> None:
+    lm = FakeLM(list(range(40, 240)), delay=0.05)  # 10 s of tokens
+    running = serve_in_thread(_orchestrator(lm))
+    try:
+        body = {"prompt": "Hello", "max_tokens": 200}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{running.http_url}/v1/completions", json=body, timeout=0.5)
+        deadline = time.monotonic() + 5
+        while not lm.closed_early and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert lm.closed_early == lm.request_ids and len(lm.request_ids) == 1
+    finally:
+        running.close()
+
+
 # ----------------------------------------------------------------------------- errors
 
 
