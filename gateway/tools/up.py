@@ -213,7 +213,7 @@ def _print_ready(stack: Stack, args: argparse.Namespace) -> None:
 def _http_note(args: argparse.Namespace) -> str:
     if args.http_port is None:
         return ""
-    return f", OpenAI HTTP API on http://{args.host}:{args.http_port}/v1"
+    return f"  OpenAI HTTP API on http://{args.host}:{args.http_port}/v1"
 
 
 def _fail(message: str, code: int) -> int:
@@ -285,7 +285,7 @@ async def _serve_embedded(
         f"cache={format_bytes(cache_bytes)} each",
         flush=True,
     )
-    http_note = "" if http is None else f", OpenAI HTTP API on http://{host}:{http.port}/v1"
+    http_note = "" if http is None else f"  OpenAI HTTP API on http://{host}:{http.port}/v1"
     print(
         f"meshserve up: gateway on {host}:{port}{http_note}  (Ctrl-C or SIGTERM drains and stops)"
     )
