@@ -166,13 +166,15 @@ def test_chat_template_options(gateway: RunningGateway, client: openai.OpenAI) -
     prompts = gateway.orchestrator.prompts
     for extra, add_generation_prompt in (
         ({"continue_final_message": True, "add_generation_prompt": False}, False),
-        ({"add_generation_prompt": True}, True),
+        ({"add_generation_prompt": True, "chat_template_kwargs": {"enable_thinking": False}}, True),
     ):
         kwargs = {"continue_final_message": True} if not add_generation_prompt else {}
         rendered = prompts.render_chat(turns, add_generation_prompt, **kwargs)
         reply = _chat(client, gateway, turns, extra_body={**GREEDY["extra_body"], **extra})
         assert reply.usage.prompt_tokens == len(prompts.text_only(rendered))
     assert rendered.endswith("<|im_start|>assistant\n")
+    short = _chat(client, gateway, turns[:1], max_completion_tokens=3)  # wins over max_tokens
+    assert short.usage.completion_tokens == 3
 
 
 def test_precomputed_image_embeddings_answer_like_the_image(

@@ -4,8 +4,10 @@ model runs (the llama tokenizer and chat template only)."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import httpx
@@ -17,9 +19,13 @@ from gateway.api.http.app import build_app
 from gateway.api.http.auth import bearer_token
 from gateway.api.http.errors import api_error, field_path
 from gateway.api.http.options import HttpOptions
+from gateway.app import serve
+from gateway.backends.base import LMRequest
 from protos import errors
 from protos.channels import channel
+from protos.lm_messages import StepOutput
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from protos.ports import free_port
 from tests.gateway.api.http_gateway import RunningGateway, serve_in_thread
 from tests.gateway.pipeline.test_orchestrator import FakeLM, _orchestrator
 
@@ -288,6 +294,45 @@ def test_a_client_that_gives_up_on_a_whole_answer_closes_the_lm_stream() -> None
         assert lm.closed_early == lm.request_ids and len(lm.request_ids) == 1
     finally:
         running.close()
+
+
+class FailingLM(FakeLM):
+    """Streams two tokens, then loses its backend."""
+
+    async def generate(
+        self, request: LMRequest, timeout: float | None = None
+    ) -> AsyncIterator[StepOutput]:
+        sent = 0
+        async for out in super().generate(request, timeout):
+            yield out
+            sent += 1
+            if sent == 2:
+                raise errors.Unavailable("the LM service went away")
+
+
+def test_an_error_after_the_stream_began_is_an_error_event() -> None:
+    running = serve_in_thread(_orchestrator(FailingLM(SCRIPT)))
+    try:
+        stream = running.client().chat.completions.create(
+            model=running.model, messages=[{"role": "user", "content": "Hello"}], stream=True
+        )
+        with pytest.raises(openai.APIError, match="the LM service went away"):
+            for _ in stream:
+                pass
+    finally:
+        running.close()
+
+
+def test_a_taken_http_port_stops_the_gateway_with_a_sentence() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        work = serve(
+            _orchestrator(FakeLM(SCRIPT)), "127.0.0.1", free_port(), http=HttpOptions(port)
+        )
+        with pytest.raises(OSError, match=f"cannot bind the HTTP port 127.0.0.1:{port}"):
+            asyncio.run(work)
 
 
 # ----------------------------------------------------------------------------- errors
