@@ -25,13 +25,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     base = await convert.chat_request(body, reply.id, ctx.options.allowed_media_domains)
     requests = convert.fan_out(base, convert.num_choices(body))
     text_of = ctx.text_of if body.logprobs else None
+    include_usage = convert.include_usage(body)
     if body.stream:
-        include_usage = convert.include_usage(body)
         streams = await streaming.open_streams(ctx.orchestrator, requests)
         return streaming.sse_response(
             streaming.chat_payloads(reply, streams, text_of, include_usage)
         )
-    convert.include_usage(body)
     choices = await streaming.until_disconnected(request, _collect_all(ctx, requests))
     return JSONResponse(responses.chat_completion(reply, choices, text_of))
 

@@ -35,8 +35,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]
         {"object": "embedding", "index": i, "embedding": _vector(o.data, as_base64)}
         for i, o in enumerate(result.outputs)
     ]
-    reply = Reply(ctx.model_name, "embd")
-    return {"object": "list", "data": data, "model": reply.model, "usage": _usage(result.usage)}
+    return {"object": "list", "data": data, "model": ctx.model_name, "usage": _usage(result.usage)}
 
 
 @router.post("/score")
