@@ -76,7 +76,7 @@ HTTP_FLAGS: tuple[Flag, ...] = (
 API_KEY_FLAG = flag(
     "--api-key",
     default=None,
-    help=f"clients must send 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set)",
+    help=f"HTTP API clients must send 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})",
 )
 # Every flag of `meshserve gateway` but --model, --lm, --encoder and the server's own (--host,
 # --port, --grace-seconds); `meshserve up` takes these and forwards them to the gateway.
@@ -93,8 +93,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "gateway",
         help="serve the public gRPC API in front of encoder and LM services",
-        description="Serve meshserve.v1.Gateway: checks modality rules and limits, runs the "
-        "encoders and the LM, streams text back.",
+        description="Serve meshserve.v1.Gateway (and, with --http-port, the OpenAI-compatible "
+        "HTTP API): checks modality rules and limits, runs the encoders and the LM, streams text "
+        "back.",
     )
     p.add_argument("--model", required=True, help="HF model id or local path (tokenizer, config)")
     p.add_argument(
