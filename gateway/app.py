@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gateway.api.http.options import HttpOptions
 from gateway.backends.base import EncoderBackend, LMBackend
 from gateway.backends.local import LocalEncoderBackend, LocalLMBackend
 from gateway.pipeline.media_store import MediaStore
@@ -16,6 +17,7 @@ from gateway.rules.limits import validate_limits
 from gateway.rules.spec_table import spec_for
 from protos.errors import Unsupported
 from protos.modality import MEDIA_MODALITIES
+from protos.server import Register, Server, ServerConfig
 from protos.tasks import POOLING_TASKS, Task
 
 logger = logging.getLogger("meshserve.gateway")
@@ -151,23 +153,27 @@ async def serve(
     grace_seconds: float = 30.0,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    http: HttpOptions | None = None,
 ) -> None:
-    """Runs the Gateway gRPC server until SIGTERM/SIGINT (or `stop`), then drains.
+    """Runs the Gateway gRPC server (and, with `http`, the OpenAI HTTP front on its own port
+    in this same event loop, over this same orchestrator) until SIGTERM/SIGINT (or `stop`),
+    then drains both.
 
     NOT_SERVING until the backends are started and the LM has described itself; after that,
     NOT_SERVING whenever a backend it needs has no healthy replica (`follow_backends`).
+    /health says what gRPC health says.
     """
     from gateway.api.grpc_servicer import SERVICE_NAME, GatewayServicer
-    from protos import server
     from protos.meshserve.v1 import gateway_pb2_grpc
 
     servicer = GatewayServicer(orchestrator)
-    grpc_server = server.Server(
-        "gateway",
+    grpc_server = GatewayServer(
         [SERVICE_NAME],
-        lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, s),
-        server.ServerConfig(host, port, grace_seconds),
+        lambda grpc_server: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, grpc_server),
+        ServerConfig(host, port, grace_seconds),
     )
+    if http is not None:
+        grpc_server.add_http(orchestrator, http)
 
     async def load() -> str:
         for backend in (orchestrator.encoders, orchestrator.lm):
@@ -178,7 +184,8 @@ async def serve(
         servicer.model_impl, servicer.max_model_len = info.model_impl, info.max_model_len
         served = orchestrator.served
         limits = {k: v for k, v in served.limits.items() if v}
-        return f"model={served.model}  arch={served.architecture}  spec={served.spec}  {limits=}"
+        line = f"model={served.model}  arch={served.architecture}  spec={served.spec}  {limits=}"
+        return line + grpc_server.http_ready(info.max_model_len)
 
     is_ready = asyncio.Event()
     follower = asyncio.create_task(_follow_backends(grpc_server, orchestrator, is_ready, ready))
@@ -202,3 +209,54 @@ async def _follow_backends(
     await follow_backends(
         grpc_server.set_serving, grpc_server.health.set, orchestrator.lm, orchestrator.encoders
     )
+
+
+async def is_serving(health: Any) -> bool:
+    """Whether a grpc.aio HealthServicer reports the whole server ("") SERVING."""
+    from grpc_health.v1 import health_pb2
+
+    request = health_pb2.HealthCheckRequest(service="")
+    response = await health.Check(request, None)  # "" always exists: no context needed
+    return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class GatewayServer(Server):
+    """The gateway's gRPC server, and the OpenAI HTTP front beside it: they bind together,
+    /health reads this server's health, and both stop accepting when the drain ends."""
+
+    def __init__(
+        self, service_names: Sequence[str], register: Register, config: ServerConfig
+    ) -> None:
+        super().__init__("gateway", service_names, register, config)
+        self.http: Any = None  # gateway.api.http.server.HttpServer
+        self._http_app: Any = None
+
+    def add_http(self, orchestrator: Orchestrator, options: HttpOptions) -> None:
+        from gateway.api.http.app import build_app
+        from gateway.api.http.server import HttpServer
+
+        self._http_app = build_app(orchestrator, options, lambda: is_serving(self.health))
+        self.http = HttpServer(self._http_app, self.config.host, options.port)
+
+    def http_ready(self, max_model_len: int) -> str:
+        """The log line's HTTP part, once the LM has said its max_model_len."""
+        if self.http is None:
+            return ""
+        self._http_app.state.max_model_len = max_model_len
+        return f"  http={self.http.url}/v1"
+
+    async def start(self) -> int:
+        port = await super().start()
+        if self.http is not None:
+            try:
+                await self.http.start()
+            except BaseException:
+                await super().stop()
+                raise
+        return port
+
+    async def stop(self, grace: float = 0.0) -> None:
+        jobs = [super().stop(grace)]
+        if self.http is not None:
+            jobs.append(self.http.stop(grace))
+        await asyncio.gather(*jobs)

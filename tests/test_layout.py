@@ -103,6 +103,8 @@ def test_no_source_file_over_500_lines() -> None:
 REMOTE_GATEWAY = """
 import asyncio, sys
 from gateway.api.grpc_servicer import GatewayServicer
+from gateway.api.http.app import build_app
+from gateway.api.http.options import HttpOptions
 from gateway.app import build_orchestrator, remote_backends, served_model
 from gateway.tools.cli import build_parser
 
@@ -113,6 +115,7 @@ async def main():
     encoders, lm = remote_backends(["127.0.0.1:1"], {"image": ["127.0.0.1:2"]})
     orchestrator = build_orchestrator(served, encoders, lm)
     GatewayServicer(orchestrator, "native", 128)
+    build_app(orchestrator, HttpOptions(), is_serving=None)  # the OpenAI HTTP front too
     await encoders.close()
     await lm.close()
 

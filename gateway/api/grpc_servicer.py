@@ -10,7 +10,7 @@ import grpc
 from gateway.api.grpc_convert import chat_from_pb, chunk_to_pb, generate_from_pb, media_from_pb
 from gateway.backends.transcriber import Transcriber, TranscriptionRequest
 from gateway.pipeline.orchestrator import Orchestrator
-from gateway.pipeline.pooling import POOLING_TASKS, PoolingOrchestrator, not_served
+from gateway.pipeline.pooling import PoolingOrchestrator, not_served, require_generate
 from gateway.pipeline.types import GenerationRequest, Usage
 from protos.errors import Unsupported
 from protos.lm_codec import sampling_from_pb
@@ -35,8 +35,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return self._pooling
 
     def _require_generate(self) -> None:
-        if self.orchestrator.served.task in (*POOLING_TASKS, "transcription"):
-            raise self._not_served("generate")
+        require_generate(self.orchestrator.served)
 
     async def Generate(
         self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext

@@ -153,7 +153,9 @@ class Orchestrator:
             text = request.prompt
         else:
             text = self.prompts.render_chat(
-                list(request.messages or ()), request.add_generation_prompt
+                list(request.messages or ()),
+                request.add_generation_prompt,
+                **request.chat_template_kwargs,
             )
         slots = [
             MediaSlot(

@@ -57,6 +57,12 @@ def not_served(served: Any, task: str) -> Unsupported:
     )
 
 
+def require_generate(served: Any) -> None:
+    """Refuses text generation on a gateway that serves a pooling or transcription task."""
+    if served.task in (*POOLING_TASKS, "transcription"):
+        raise not_served(served, "generate")
+
+
 class PoolingOrchestrator:
     """Runs pooling requests for one served model; written once for local and remote LMs.
 

@@ -45,6 +45,8 @@ class GenerationRequest:
     messages: Sequence[Mapping[str, Any]] | None = None
     media: Sequence[MediaInput] = ()
     add_generation_prompt: bool = True
+    # to the chat template, e.g. {"continue_final_message": True, "enable_thinking": False}
+    chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     timeout: float | None = None  # seconds left of the client's deadline

@@ -129,6 +129,8 @@ class PromptBuilder:
             )
         except TemplateError as error:
             raise InvalidRequest(f"The chat template rejected the messages: {error}") from error
+        except ValueError as error:  # transformers' own checks, e.g. continue_final_message
+            raise InvalidRequest(f"The messages cannot be rendered: {error}") from error
 
     def build(
         self,

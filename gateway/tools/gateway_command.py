@@ -1,11 +1,14 @@
-"""`meshserve gateway`: the public gRPC API in front of encoder and LM services."""
+"""`meshserve gateway`: the public gRPC API (and, with --http-port, the OpenAI-compatible HTTP
+API) in front of encoder and LM services."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
+from gateway.api.http.options import API_KEY_ENV, HttpOptions, parse_domains
 from protos.flags import Flag, add_flags, add_server_args, flag, parse_bytes
 from protos.tasks import Task
 
@@ -72,6 +75,31 @@ BACKEND_FLAGS: tuple[Flag, ...] = (
         "Pool call in all) before the request fails with UNAVAILABLE (default 30)",
     ),
 )
+HTTP_FLAGS: tuple[Flag, ...] = (
+    flag(
+        "--http-port",
+        type=int,
+        default=None,
+        help="also serve the OpenAI-compatible HTTP API on this port (0 = any free; default off)",
+    ),
+    flag(
+        "--served-model-name",
+        default=None,
+        help="the model id HTTP clients name (default: the --model value)",
+    ),
+    flag(
+        "--allowed-media-domains",
+        default=None,
+        metavar="HOST[,HOST...]",
+        help="hosts whose http(s) image/video/audio URLs the HTTP API may fetch "
+        "(default: none; data: URLs only)",
+    ),
+)
+API_KEY_FLAG = flag(
+    "--api-key",
+    default=None,
+    help=f"HTTP API clients must send 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})",
+)
 # Every flag of `meshserve gateway` but --model, --lm, --encoder and the server's own (--host,
 # --port, --grace-seconds); `meshserve up` takes these and forwards them to the gateway.
 GATEWAY_FLAGS: tuple[Flag, ...] = (
@@ -79,6 +107,8 @@ GATEWAY_FLAGS: tuple[Flag, ...] = (
     *SERVED_MODEL_FLAGS,
     *TRANSCRIPTION_FLAGS,
     *BACKEND_FLAGS,
+    *HTTP_FLAGS,
+    API_KEY_FLAG,
 )
 
 
@@ -86,8 +116,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "gateway",
         help="serve the public gRPC API in front of encoder and LM services",
-        description="Serve meshserve.v1.Gateway: checks modality rules and limits, runs the "
-        "encoders and the LM, streams text back.",
+        description="Serve meshserve.v1.Gateway (and, with --http-port, the OpenAI-compatible "
+        "HTTP API): checks modality rules and limits, runs the encoders and the LM, streams text "
+        "back.",
     )
     p.add_argument("--model", required=True, help="HF model id or local path (tokenizer, config)")
     p.add_argument(
@@ -110,6 +141,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     transcription = "transcription (--task transcription runs the model in process)"
     add_flags(p.add_argument_group(transcription), TRANSCRIPTION_FLAGS)
     add_flags(p.add_argument_group("backends"), BACKEND_FLAGS)
+    add_flags(p.add_argument_group("OpenAI HTTP API"), (*HTTP_FLAGS, API_KEY_FLAG))
     p.set_defaults(func=run_gateway)
 
 
@@ -152,10 +184,23 @@ def run_gateway(args: argparse.Namespace) -> int:
             trust_remote_code=args.trust_remote_code,
             media_store_bytes=args.media_store_bytes,
         )
-        await serve(orchestrator, args.host, args.port, args.grace_seconds)
+        await serve(orchestrator, args.host, args.port, args.grace_seconds, http=http)
 
+    http = http_options(args)
     asyncio.run(main())
     return 0
+
+
+def http_options(args: argparse.Namespace) -> HttpOptions | None:
+    """The HTTP front's settings from the flags; None without --http-port."""
+    if args.http_port is None:
+        return None
+    return HttpOptions(
+        port=args.http_port,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        served_model_name=args.served_model_name,
+        allowed_media_domains=parse_domains(args.allowed_media_domains),
+    )
 
 
 def _lm_flag_problem(in_process: bool) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import shutil
 import sys
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.tools.gateway_command import DEFAULT_PORT
+from gateway.tools.gateway_command import DEFAULT_PORT, http_options
 from gateway.tools.stack_flags import add_stack_flags, service_argv
 
 if TYPE_CHECKING:
@@ -134,6 +135,8 @@ def run_up(args: argparse.Namespace) -> int:
 def run_processes(args: argparse.Namespace, modalities: list[str], replicas: dict) -> int:
     from gateway.tools.launcher import StopSignal, free_port, make_log_dir, plan_stack
 
+    if args.http_port == 0:  # the gateway is a child: pick its port here, to print it
+        args = argparse.Namespace(**{**vars(args), "http_port": free_port(args.host)})
     plan = plan_stack(stack_options(args, replicas), modalities, lambda: free_port(args.host))
     log_dir, is_temp = make_log_dir(args.log_dir)
     stop = StopSignal().install()
@@ -158,7 +161,7 @@ def _run_stack(plan: StackPlan, log_dir: Path, stop: StopSignal, args: argparse.
     try:
         with _progress(len(stack.children)) as progress:
             stack.start(args.ready_timeout, progress)
-        _print_ready(stack, args.model)
+        _print_ready(stack, args)
         is_clean = stack.watch(lambda text: println(f"meshserve up: {text}", sys.stderr))
     except Interrupted:
         is_clean = True
@@ -206,15 +209,21 @@ class _progress:
             print(f"  {child.spec.name} SERVING ({elapsed:.1f}s)", file=sys.stderr, flush=True)
 
 
-def _print_ready(stack: Stack, model: str) -> None:
+def _print_ready(stack: Stack, args: argparse.Namespace) -> None:
     from gateway.tools.launcher import describe, println
 
     for child in stack.children:
-        println(describe(child.spec, child.pid, model))
+        println(describe(child.spec, child.pid, args.model))
     println(
-        f"meshserve up: gateway on {stack.gateway.spec.address}  "
+        f"meshserve up: gateway on {stack.gateway.spec.address}{_http_note(args)}  "
         "(Ctrl-C or SIGTERM drains and stops every service)"
     )
+
+
+def _http_note(args: argparse.Namespace) -> str:
+    if args.http_port is None:
+        return ""
+    return f"  OpenAI HTTP API on http://{args.host}:{args.http_port}/v1"
 
 
 def _fail(message: str, code: int) -> int:
@@ -252,20 +261,25 @@ def run_embedded(args: argparse.Namespace, served: Any) -> int:
         from gateway.tools.launcher import free_port
 
         port = free_port(args.host)
+    http = http_options(args)
+    if http is not None and http.port == 0:
+        from gateway.tools.launcher import free_port
+
+        http = dataclasses.replace(http, port=free_port(args.host))
     asyncio.run(
-        _serve_embedded(orchestrator, args.host, port, args.grace_seconds, args.cache_bytes)
+        _serve_embedded(orchestrator, args.host, port, args.grace_seconds, args.cache_bytes, http)
     )
     return 0
 
 
 async def _serve_embedded(
-    orchestrator: Any, host: str, port: int, grace: float, cache_bytes: int
+    orchestrator: Any, host: str, port: int, grace: float, cache_bytes: int, http: Any
 ) -> None:
     from gateway.app import serve
     from gateway.tools.launcher import format_bytes
 
     ready = asyncio.Event()
-    server = asyncio.create_task(serve(orchestrator, host, port, grace, ready=ready))
+    server = asyncio.create_task(serve(orchestrator, host, port, grace, ready=ready, http=http))
     waiter = asyncio.create_task(ready.wait())
     await asyncio.wait({server, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if not waiter.done():
@@ -282,5 +296,8 @@ async def _serve_embedded(
         f"cache={format_bytes(cache_bytes)} each",
         flush=True,
     )
-    print(f"meshserve up: gateway on {host}:{port}  (Ctrl-C or SIGTERM drains and stops)")
+    http_note = "" if http is None else f"  OpenAI HTTP API on http://{host}:{http.port}/v1"
+    print(
+        f"meshserve up: gateway on {host}:{port}{http_note}  (Ctrl-C or SIGTERM drains and stops)"
+    )
     await server

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from gateway.tools.chat import ChatResult, chat_request, embeds_part, format_stats, stream_chat
@@ -476,12 +477,16 @@ def test_up_refuses_replicas_of_a_modality_the_model_lacks(
 
 
 def test_up_embedded_serves_in_one_process_and_stops_on_sigterm(tiny_model, start_up) -> None:
+    http_port = free_port()
     up = start_up("--embedded", "--model", str(tiny_model("qwen2_vl")),
-                  "--port", str(free_port()), "--num-blocks", "64", "--grace-seconds", "2")  # fmt: skip
+                  "--port", str(free_port()), "--num-blocks", "64", "--grace-seconds", "2",
+                  "--http-port", str(http_port))  # fmt: skip
     gateway = up.wait_ready()
     assert "kv_blocks=64 x 16" in up.services()["embedded"][2]
     with channel(gateway) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         first, again = _ask_about_image(stub, 0), _ask_about_image(stub, 0)
     assert first.text == again.text and again.cache_hits == (True,)  # greedy; cached
+    assert f"OpenAI HTTP API on http://127.0.0.1:{http_port}/v1" in "".join(up.stdout)
+    assert httpx.get(f"http://127.0.0.1:{http_port}/health").status_code == 200
     assert up.terminate() == 0
