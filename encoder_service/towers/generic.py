@@ -27,6 +27,7 @@ from encoder_service.errors import MediaError
 from encoder_service.towers.base import Tower, TowerInput
 from encoder_service.towers.media_modules import MediaModules, load_media_modules
 from protos.errors import Unsupported
+from protos.hf_processor import load_processor
 from protos.modality import Modality
 
 # modality -> (processor method, processor token attribute, model method, config id fields)
@@ -49,6 +50,11 @@ _ROUTES: dict[Modality, tuple[str, str, str, tuple[str, ...]]] = {
         "get_audio_features",
         ("audio_token_id", "audio_token_index"),
     ),
+}
+_KWARGS_GROUPS = {
+    Modality.IMAGE: "images_kwargs",
+    Modality.VIDEO: "videos_kwargs",
+    Modality.AUDIO: "audio_kwargs",
 }
 # Processor outputs that describe the text, not the media: never passed to the model.
 _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"})
@@ -80,10 +86,8 @@ class GenericTower(Tower):
     def from_pretrained(
         cls, path: str | Path, config: Any, *, dtype: torch.dtype, device: torch.device
     ) -> GenericTower:
-        from transformers import AutoProcessor
-
         media = load_media_modules(Path(path), config, dtype=dtype, device=device)
-        processor = AutoProcessor.from_pretrained(path)
+        processor = load_processor(path)
         return cls(config, Path(path), media, processor, dtype, device)
 
     @staticmethod
@@ -103,7 +107,7 @@ class GenericTower(Tower):
         process, token_attr, _, id_fields = _ROUTES[modality]
         try:
             processed, replacements = getattr(self.processor, process)(
-                [_hf_item(decoded)], return_tensors="pt"
+                [_hf_item(decoded)], **self._processor_kwargs(modality)
             )
         except (ValueError, TypeError, RuntimeError) as error:
             raise MediaError(modality, index, f"the processor refused it: {error}") from error
@@ -127,6 +131,15 @@ class GenericTower(Tower):
         return [self._features(item) for item in inputs]
 
     # ------------------------------------------------------------------ helpers
+
+    def _processor_kwargs(self, modality: Modality) -> dict[str, Any]:
+        """The processor's own defaults for `modality` (e.g. Idefics3's return_row_col_info),
+        as its `__call__` merges them."""
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        merged = self.processor._merge_kwargs(
+            tokenizer_init_kwargs=getattr(tokenizer, "init_kwargs", {}), return_tensors="pt"
+        )
+        return dict(merged[_KWARGS_GROUPS[modality]])
 
     def _embed_token_id(self, id_fields: tuple[str, ...], placeholder: str) -> int:
         for name in id_fields:
