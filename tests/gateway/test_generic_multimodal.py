@@ -173,3 +173,23 @@ def _tower(path: Path, modality: str) -> Any:
     if (path, modality) not in _TOWERS:
         _TOWERS[(path, modality)] = load_tower(path, modality, dtype="float32", device="cpu")
     return _TOWERS[(path, modality)]
+
+
+def test_idefics3_chunks_cut_inside_tiles_and_the_prefix_cache_keep_parity() -> None:
+    """Prefill chunks of 7 tokens end inside Idefics3's tiles, between row/col tags and image
+    rows; a second request reuses the cached prefix. Both equal HF."""
+    row = next(r for r in ROWS if r.model == "idefics3")
+    path = tiny_model_path(row.model)
+    items = _items(row)
+    processor = load_processor(path)
+    prompt = _raw_prompt(processor, row)
+    llm = LLM(model=str(path), **{**ENGINE, "max_num_batched_tokens": 7})
+    try:
+        request = {"prompt": prompt, "multi_modal_data": {"image": items[0][1]}}
+        first, second = (llm.generate(request, GREEDY)[0] for _ in range(2))
+    finally:
+        llm.close()
+    assert second.num_cached_tokens > 0
+    inputs = _hf_inputs(processor, prompt, items)
+    for out in (first, second):
+        _check(out, path, inputs, "idefics3-chunked")
