@@ -79,17 +79,18 @@ class LanguageModelNames:
         return list(found)
 
 
-def language_model_names(config: Any) -> LanguageModelNames:
-    """The language model's names in the checkpoint's multimodal class."""
-    model = _meta_model(config)
+def language_model_names(config: Any, model_class: type | None = None) -> LanguageModelNames:
+    """The language model's names in the checkpoint's multimodal class (`model_class`, else
+    the one `config` names)."""
+    model = _meta_model(config, model_class or _model_class(config))
     qualified = {id(module): name for name, module in model.named_modules()}
-    decoder_name = qualified.get(id(model.get_decoder()))
+    decoder, head = _decoder_and_head(model)
+    decoder_name = qualified.get(id(decoder))
     if not decoder_name:
         raise Unsupported(
             f"{_architecture(config)} has no language-model decoder that transformers' "
             "get_decoder() finds, so its language-model weights cannot be told apart"
         )
-    head = model.get_output_embeddings()
     head_name = qualified.get(id(head), "") if head is not None else ""
     return LanguageModelNames(
         architecture=_architecture(config),
@@ -105,10 +106,21 @@ def _architecture(config: Any) -> str:
     return (getattr(config, "architectures", None) or [type(config).__name__])[0]
 
 
-def _meta_model(config: Any) -> nn.Module:
-    model_class = _model_class(config)
+def _meta_model(config: Any, model_class: type) -> nn.Module:
     with torch.device("meta"):
         return model_class._from_config(config)
+
+
+def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    """The decoder and the LM head; a language model held whole (a `*ForCausalLM` child, as
+    remote-code classes such as InternVLChatModel do) gives its own base model and head."""
+    decoder = model.get_decoder()
+    get_head = getattr(decoder, "get_output_embeddings", None)
+    inner_head = get_head() if get_head is not None and decoder is not model else None
+    base = getattr(decoder, "base_model", decoder)
+    if inner_head is not None and base is not decoder:
+        return base, inner_head
+    return decoder, model.get_output_embeddings()
 
 
 def _model_class(config: Any) -> type:
@@ -120,6 +132,12 @@ def _model_class(config: Any) -> type:
     found = getattr(transformers, _architecture(config), None)
     if isinstance(found, type) and hasattr(found, "_from_config"):
         return found
+    auto_map = getattr(config, "auto_map", None) or {}
+    for key in ("AutoModelForImageTextToText", "AutoModelForCausalLM", "AutoModel"):
+        if key in auto_map:  # NOTE: the config was read with trust_remote_code: its code is here
+            from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+            return get_class_from_dynamic_module(auto_map[key], config._name_or_path)
     for auto in (AutoModelForImageTextToText, AutoModelForCausalLM, AutoModel):
         if type(config) in auto._model_mapping:
             return auto._model_mapping[type(config)]

@@ -55,6 +55,29 @@ def test_names_of_a_renamed_architecture_come_from_its_config_class() -> None:
     assert names.text_name("language_model.model.norm.weight") == "model.norm.weight"
 
 
+def test_a_language_model_held_whole_gives_its_base_and_head() -> None:
+    """Remote-code classes (InternVLChatModel) keep a whole `*ForCausalLM` as `language_model`:
+    its base model is the decoder, its own head the LM head."""
+    from torch import nn
+    from transformers import LlamaForCausalLM, PreTrainedModel
+
+    config = load_config(tiny_model_path("llava"))
+
+    class HoldsWholeLM(PreTrainedModel):
+        config_class = type(config)
+
+        def __init__(self, config: object) -> None:
+            super().__init__(config)
+            self.vision_model = nn.Linear(2, 2)
+            self.language_model = LlamaForCausalLM(config.text_config)
+
+    names = language_model_names(config, HoldsWholeLM)
+    up = "model.layers.0.mlp.up_proj.weight"
+    assert names.text_name(f"language_model.{up}") == up
+    assert names.text_name("language_model.lm_head.weight") == "lm_head.weight"
+    assert names.text_name("vision_model.weight") is None
+
+
 def _without(source: Path, target: Path, dropped: tuple[str, ...]) -> Path:
     """A copy of checkpoint `source` whose weights starting with `dropped` are gone."""
     shutil.copytree(source, target)
