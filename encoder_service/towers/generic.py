@@ -26,8 +26,8 @@ from torch import nn
 from encoder_service.errors import MediaError
 from encoder_service.towers.base import Tower, TowerInput
 from encoder_service.towers.media_modules import MediaModules, load_media_modules
-from encoder_service.towers.processor_kwargs import kwargs_for
 from protos.errors import Unsupported
+from protos.hf_processor import load_processor
 from protos.modality import Modality
 
 # modality -> (processor method, processor token attribute, model method, config id fields)
@@ -51,10 +51,10 @@ _ROUTES: dict[Modality, tuple[str, str, str, tuple[str, ...]]] = {
         ("audio_token_id", "audio_token_index"),
     ),
 }
-_SUB_PROCESSORS = {
-    Modality.IMAGE: "image_processor",
-    Modality.VIDEO: "video_processor",
-    Modality.AUDIO: "feature_extractor",
+_KWARGS_GROUPS = {
+    Modality.IMAGE: "images_kwargs",
+    Modality.VIDEO: "videos_kwargs",
+    Modality.AUDIO: "audio_kwargs",
 }
 # Processor outputs that describe the text, not the media: never passed to the model.
 _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"})
@@ -86,10 +86,8 @@ class GenericTower(Tower):
     def from_pretrained(
         cls, path: str | Path, config: Any, *, dtype: torch.dtype, device: torch.device
     ) -> GenericTower:
-        from transformers import AutoProcessor
-
         media = load_media_modules(Path(path), config, dtype=dtype, device=device)
-        processor = AutoProcessor.from_pretrained(path)
+        processor = load_processor(path)
         return cls(config, Path(path), media, processor, dtype, device)
 
     @staticmethod
@@ -109,7 +107,7 @@ class GenericTower(Tower):
         process, token_attr, _, id_fields = _ROUTES[modality]
         try:
             processed, replacements = getattr(self.processor, process)(
-                [_hf_item(decoded)], return_tensors="pt", **self._kwargs(modality)
+                [_hf_item(decoded)], **self._processor_kwargs(modality)
             )
         except (ValueError, TypeError, RuntimeError) as error:
             raise MediaError(modality, index, f"the processor refused it: {error}") from error
@@ -158,10 +156,16 @@ class GenericTower(Tower):
 
     # ------------------------------------------------------------------ helpers
 
-    def _kwargs(self, modality: Modality) -> dict[str, Any]:
-        """This modality's share of --mm-processor-kwargs."""
-        sub = getattr(self.processor, _SUB_PROCESSORS[modality], None) or self.processor
-        return kwargs_for(sub, self.processor_kwargs)
+    def _processor_kwargs(self, modality: Modality) -> dict[str, Any]:
+        """The processor's own defaults for `modality` (e.g. Idefics3's return_row_col_info)
+        with --mm-processor-kwargs on top, distributed as its `__call__` merges them."""
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        merged = self.processor._merge_kwargs(
+            tokenizer_init_kwargs=getattr(tokenizer, "init_kwargs", {}),
+            return_tensors="pt",
+            **self.processor_kwargs,
+        )
+        return dict(merged[_KWARGS_GROUPS[modality]])
 
     def _run_template(self, modality: Modality) -> tuple[str, str, str, int] | None:
         """(prefix, embed token, suffix, its id) of one item's replacement, from a probe item,

@@ -54,12 +54,6 @@ def check_processor_kwargs(
     return kwargs
 
 
-def kwargs_for(processor: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The subset of `kwargs` that `processor` takes (one modality's share)."""
-    accepted = accepted_kwargs(processor)
-    return {key: value for key, value in kwargs.items() if key in accepted}
-
-
 def canonical(kwargs: Mapping[str, Any]) -> str:
     """A stable text of the kwargs: part of the encoder's cache identity."""
     return json.dumps(dict(kwargs), sort_keys=True, separators=(",", ":"), default=repr)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protos.hf_processor import load_processor
+
 
 @dataclass(frozen=True, slots=True)
 class PlaceholderFormat:
@@ -93,10 +95,8 @@ def processor_tokens(model: str | Path, tokenizer: Any) -> dict[str, ModalityTok
 
     The processor is read for its token names only: no media is processed here.
     """
-    from transformers import AutoProcessor
-
     try:
-        processor = AutoProcessor.from_pretrained(model)
+        processor = load_processor(model)
     except (OSError, ValueError, ImportError, TypeError) as error:
         raise ValueError(f"cannot read the processor of {model}: {error}") from error
     tokens = {}

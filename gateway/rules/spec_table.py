@@ -27,6 +27,8 @@ SPECS: dict[tuple[str, Task], str] = {
     ("H2OVLChatModel", Task.GENERATE): "T + IE+",
     ("Idefics3ForConditionalGeneration", Task.GENERATE): "T + I",
     ("InternVLChatModel", Task.GENERATE): "T + IE+",
+    # transformers' class for the same seed row (InternVLChatModel above): the -hf checkpoints.
+    ("InternVLForConditionalGeneration", Task.GENERATE): "T + IE+",
     ("LlavaForConditionalGeneration", Task.GENERATE): "T + IE+",
     ("LlavaNextForConditionalGeneration", Task.GENERATE): "T + IE+",
     ("LlavaNextVideoForConditionalGeneration", Task.GENERATE): "T + V",

@@ -3,8 +3,9 @@
 A model is a local folder or a Hugging Face id (fetched with `snapshot_download`, which honours
 `HF_HUB_OFFLINE`). Weights stream one tensor at a time from safetensors (sharded or not), with
 `.bin` files as the fallback. Multimodal checkpoints hold the language model next to vision or
-audio towers; `language_model_weights` keeps only the former, filtering by name BEFORE a
-tensor is read, and renames it to the text model's names (`model.*`, `lm_head.*`).
+audio towers; `language_model_weights` keeps only the former (its names found from the model
+class, `language_model.py`), filtering by name BEFORE a tensor is read, and renames it to the
+text model's names (`model.*`, `lm_head.*`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lm_service.models.language_model import LanguageModelNames, language_model_names
 from protos.errors import InvalidRequest
 
 WeightFilter = Callable[[str], bool]
@@ -25,30 +27,6 @@ WeightFilter = Callable[[str], bool]
 CONFIG_PATTERNS = ["*.json", "*.py", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
-
-# Prefixes of the language model inside multimodal checkpoints, and the text model's name for
-# them. transformers 5 nests it as `model.language_model.*` (+ top-level `lm_head.*`); older
-# checkpoints (and v5's own save format for LLaVA / Qwen2-Audio) use `language_model.model.*`.
-LANGUAGE_MODEL_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("model.language_model.", "model."),
-    ("language_model.model.", "model."),
-    ("language_model.lm_head.", "lm_head."),
-    ("language_model.", "model."),
-)
-# Top-level names (after any `model.`) of towers and projectors; never read by the LM.
-NON_LANGUAGE_MODULES = frozenset(
-    {
-        "visual",
-        "vision_tower",
-        "vision_model",
-        "vision_embed_tokens",
-        "audio_tower",
-        "audio_model",
-        "multi_modal_projector",
-        "mm_projector",
-        "image_newline",
-    }
-)
 
 
 def _is_offline() -> bool:
@@ -204,36 +182,19 @@ def _pickle_tensors(path: Path, wanted: WeightFilter | None) -> Iterator[tuple[s
 # ----------------------------------------------------------------------------- LM of multimodal
 
 
-def language_model_weight_name(name: str) -> str | None:
-    """The text model's name for checkpoint weight `name`, or None when it is not part of the
-    language model (vision / audio towers, projectors).
-
-    `model.language_model.X` and `language_model.model.X` -> `model.X`;
-    `language_model.lm_head.X` -> `lm_head.X`; `model.X` and `lm_head.X` stay as they are
-    (Qwen2-VL's hub layout puts the LM there next to `visual.*`).
-    """
-    for prefix, replacement in LANGUAGE_MODEL_PREFIXES:
-        if name.startswith(prefix):
-            return replacement + name[len(prefix) :]
-    head, _, rest = name.partition(".")
-    top = rest.partition(".")[0] if head == "model" else head
-    if head in NON_LANGUAGE_MODULES or top in NON_LANGUAGE_MODULES:
-        return None
-    if head in ("model", "lm_head"):
-        return name
-    return None
-
-
-def language_model_weights(model_path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """The language-model weights of a multimodal checkpoint under the text model's names;
-    tower and projector tensors are never read."""
-    wanted = lambda name: language_model_weight_name(name) is not None  # noqa: E731
+def language_model_weights(
+    model_path: Path, names: LanguageModelNames
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The language-model weights of a multimodal checkpoint under the text model's names
+    (`model.*`, `lm_head.*`); tower and projector tensors are never read. Which names are the
+    language model's is found from the checkpoint's class (`language_model_names`)."""
+    wanted = lambda name: names.text_name(name) is not None  # noqa: E731
     for name, tensor in iterate_weights(model_path, wanted=wanted):
-        yield language_model_weight_name(name), tensor  # type: ignore[misc]
+        yield names.text_name(name), tensor  # type: ignore[misc]
 
 
 def model_weights(model_path: Path, config: Any) -> Iterator[tuple[str, torch.Tensor]]:
     """The weights of the language model under text-model names, for any checkpoint."""
     if is_multimodal(config):
-        return language_model_weights(model_path)
+        return language_model_weights(model_path, language_model_names(config))
     return iterate_weights(model_path)

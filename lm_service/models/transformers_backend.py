@@ -27,8 +27,9 @@ from kernels.attention import AttentionBackend, select_backend, write_kv_cache
 from kernels.forward_context import get_forward_context
 from kernels.torch_attention import paged_attention
 from lm_service.models.base import BaseCausalLM, KVCacheSpec
+from lm_service.models.language_model import LanguageModelNames, language_model_names
 from lm_service.models.loader import is_multimodal, language_model_weights, text_config_of
-from protos.errors import Unsupported
+from protos.errors import InvalidRequest, Unsupported
 
 ATTENTION_NAME = "meshserve_paged"
 MROPE_MODEL_TYPES = frozenset({"qwen2_vl", "qwen2_vl_text", "qwen2_5_vl", "qwen2_5_vl_text"})
@@ -296,7 +297,7 @@ class TransformersForCausalLM(BaseCausalLM):
             )
         else:
             hf_model = _from_language_model_weights(
-                model_class, has_head, text_config, model_path, options
+                model_class, has_head, hf_config, model_path, options
             )
         return cls(hf_model.to(device), text_config, dtype)
 
@@ -346,24 +347,52 @@ def _check_backend_compatible(model_class: type, hf_config: Any) -> None:
 
 
 def _from_language_model_weights(
-    model_class: type, has_head: bool, text_config: Any, model_path: Path, options: dict
+    model_class: type, has_head: bool, hf_config: Any, model_path: Path, options: dict
 ) -> nn.Module:
-    """Loads only the LM weights of a multimodal checkpoint into `model_class`."""
-    state = dict(language_model_weights(model_path))
+    """Loads only the LM weights of a multimodal checkpoint into `model_class`.
+
+    Raises:
+        InvalidRequest: a weight of the language model is not in the checkpoint.
+    """
+    names = language_model_names(hf_config)
+    state = dict(language_model_weights(model_path, names))
+    text_config = _text_config_for_build(hf_config)
+    load = dict(config=text_config, output_loading_info=True, **options)
     if has_head:
-        return model_class.from_pretrained(None, config=text_config, state_dict=state, **options)
+        model, info = model_class.from_pretrained(None, state_dict=state, **load)
+        _refuse_missing(info["missing_keys"], names, model_path)
+        return model
     head_weight = state.pop("lm_head.weight", None)
     decoder_state = {k.removeprefix("model."): v for k, v in state.items()}
-    decoder = model_class.from_pretrained(
-        None, config=text_config, state_dict=decoder_state, **options
+    decoder, info = model_class.from_pretrained(None, state_dict=decoder_state, **load)
+    missing = [f"model.{k}" for k in info["missing_keys"]]
+    tied = bool(text_config.tie_word_embeddings)
+    _refuse_missing(
+        missing + (["lm_head.weight"] if head_weight is None and not tied else []),
+        names,
+        model_path,
     )
     embed = decoder.get_input_embeddings().weight
     lm_head = nn.Linear(embed.shape[1], embed.shape[0], bias=False, dtype=embed.dtype)
-    if text_config.tie_word_embeddings or head_weight is None:
+    if tied:
         lm_head.weight = embed
     else:
         lm_head.weight.data.copy_(head_weight)
     return _DecoderWithHead(decoder, lm_head)
+
+
+def _refuse_missing(missing: list[str], names: LanguageModelNames, model_path: Path) -> None:
+    """A language model that would run on random weights is refused at start-up."""
+    if not missing:
+        return
+    prefixes = names.missing_prefixes(missing)
+    shown = ", ".join(prefixes[:6]) + (
+        f" and {len(prefixes) - 6} more" if len(prefixes) > 6 else ""
+    )
+    raise InvalidRequest(
+        f"{model_path} lacks {len(missing)} language-model weight(s) of {names.architecture} "
+        f"under {shown}; refusing to run them on random weights"
+    )
 
 
 def _decoder_of(hf_model: nn.Module) -> nn.Module:

@@ -15,8 +15,8 @@ changes. Builds go to a temp folder next to the target and are renamed into plac
 lock, so concurrent processes never see half a model.
 
 One module per concept: `tokenizer` (BPE / WordPiece training), `chat_template`, `weights`
-(seeded init, silenced specials, saving), one per family (`text`, `vision`, `audio`,
-`pooling`) and `build` (the registry, the cache and the command line).
+(seeded init, silenced specials, saving), one per family (`text`, `vision`, `vision_llava_next`,
+`vision_tiles`, `audio`, `pooling`) and `build` (the registry, the cache and the command line).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from gateway.tools.tiny_models.build import (  # noqa: E402
     ALL_MODELS,
     BUILDER_VERSION,
     BUILDERS,
+    GENERIC_MULTIMODAL_MODELS,
     MULTIMODAL_MODELS,
     OTHER_MODELS,
     build_all,
@@ -86,6 +87,7 @@ __all__ = [
     "CLIP_IMAGE_SIZE",
     "CLIP_PATCH_SIZE",
     "EOS_ID",
+    "GENERIC_MULTIMODAL_MODELS",
     "IM_END_ID",
     "IM_START_ID",
     "LLAMA_FAMILY",

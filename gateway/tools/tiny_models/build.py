@@ -16,12 +16,29 @@ from gateway.tools.tiny_models.audio import build_qwen2_audio, build_whisper
 from gateway.tools.tiny_models.pooling import build_bert, build_qwen2_cls
 from gateway.tools.tiny_models.text import TEXT_MODELS, build_text
 from gateway.tools.tiny_models.vision import build_llava, build_qwen2_vl
+from gateway.tools.tiny_models.vision_llava_next import (
+    build_llava_next,
+    build_llava_next_video,
+    build_llava_onevision,
+)
+from gateway.tools.tiny_models.vision_tiles import build_aria, build_idefics3, build_internvl
 
 # NOTE: bump whenever a builder changes: every cache (tests, demo) keeps one folder per version.
 BUILDER_VERSION = "2"
 MULTIMODAL_MODELS: tuple[str, ...] = ("llava", "qwen2_vl", "qwen2_audio")
+# Multimodal models that run through the generic, processor-driven path (no native tower).
+GENERIC_MULTIMODAL_MODELS: tuple[str, ...] = (
+    "llava_next",
+    "llava_next_video",
+    "llava_onevision",
+    "idefics3",
+    "internvl",
+    "aria",
+)
 OTHER_MODELS: tuple[str, ...] = ("whisper", "bert", "bert_cls", "qwen2_cls")
-ALL_MODELS: tuple[str, ...] = TEXT_MODELS + MULTIMODAL_MODELS + OTHER_MODELS
+ALL_MODELS: tuple[str, ...] = (
+    TEXT_MODELS + MULTIMODAL_MODELS + GENERIC_MULTIMODAL_MODELS + OTHER_MODELS
+)
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
@@ -29,6 +46,12 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "llava": build_llava,
     "qwen2_vl": build_qwen2_vl,
     "qwen2_audio": build_qwen2_audio,
+    "llava_next": build_llava_next,
+    "llava_next_video": build_llava_next_video,
+    "llava_onevision": build_llava_onevision,
+    "idefics3": build_idefics3,
+    "internvl": build_internvl,
+    "aria": build_aria,
     "whisper": build_whisper,
     "bert": lambda out: build_bert("bert", out),
     "bert_cls": lambda out: build_bert("bert_cls", out),

@@ -84,6 +84,8 @@ class TokenizerSpec:
         add_bos: whether encoding prepends `<s>` (Llama style) or nothing (Qwen/GPT style).
         bos_token, eos_token, pad_token: the tokenizer's named special tokens.
         model_max_length: the context length the tokenizer reports.
+        named_specials: (attribute, token) pairs a processor reads from the tokenizer
+            (InternVL's `context_image_token`); each token must also be a special above.
     """
 
     extra_specials: tuple[str, ...] = ()
@@ -93,6 +95,7 @@ class TokenizerSpec:
     eos_token: str = "</s>"
     pad_token: str = "<pad>"
     model_max_length: int = 512
+    named_specials: tuple[tuple[str, str], ...] = ()
 
 
 def _bpe_backend(spec: TokenizerSpec) -> Tokenizer:
@@ -128,6 +131,10 @@ def build_bpe_tokenizer(spec: TokenizerSpec, chat_template: str | None) -> Any:
 
     backend = _bpe_backend(spec)
     specials = [*BASE_SPECIALS[4:], *spec.extra_specials, *spec.tail_specials]
+    # NOTE: only when set, so the other models' tokenizer files stay byte-identical
+    named = (
+        {"model_specific_special_tokens": dict(spec.named_specials)} if spec.named_specials else {}
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=spec.bos_token,
@@ -136,6 +143,7 @@ def build_bpe_tokenizer(spec: TokenizerSpec, chat_template: str | None) -> Any:
         unk_token="<unk>",
         extra_special_tokens=specials,
         model_max_length=spec.model_max_length,
+        **named,
     )
     tokenizer.chat_template = chat_template
     return tokenizer

@@ -103,6 +103,12 @@ def test_table_keys_are_clean() -> None:
     assert spec_for("DeepseekVLV2ForCausalLM^") == spec_for("DeepseekVLV2ForCausalLM")
 
 
+def test_transformers_class_names_get_their_seed_row() -> None:
+    """The -hf InternVL checkpoints name transformers' class, not the seed's remote-code one."""
+    assert spec_for("InternVLForConditionalGeneration") == spec_for("InternVLChatModel")
+    assert str(spec_for("InternVLForConditionalGeneration")) == "T + IE+"
+
+
 def test_parse_structure() -> None:
     spec = ModalitySpec.parse("T + I+ / T + A+ / I+ + A+")
     text = ModalityTerm(Modality.TEXT)

@@ -18,30 +18,7 @@ from lm_service.models import loader  # noqa: E402
 from lm_service.models.registry import load_model  # noqa: E402
 from protos.errors import InvalidRequest  # noqa: E402
 
-TOWER_WORDS = ("vision", "visual", "audio", "multi_modal_projector")
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("model.language_model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weight"),
-        ("language_model.model.embed_tokens.weight", "model.embed_tokens.weight"),
-        ("language_model.lm_head.weight", "lm_head.weight"),
-        ("language_model.norm.weight", "model.norm.weight"),
-        ("model.layers.1.self_attn.q_proj.bias", "model.layers.1.self_attn.q_proj.bias"),
-        ("lm_head.weight", "lm_head.weight"),
-        ("visual.blocks.0.attn.qkv.weight", None),
-        ("model.visual.merger.mlp.0.weight", None),
-        ("vision_tower.vision_model.embeddings.patch_embedding.weight", None),
-        ("model.vision_tower.embeddings.class_embedding", None),
-        ("multi_modal_projector.linear_1.weight", None),
-        ("model.multi_modal_projector.linear.weight", None),
-        ("audio_tower.conv1.weight", None),
-        ("model.audio_tower.layers.0.fc1.weight", None),
-    ],
-)
-def test_language_model_weight_name(name: str, expected: str | None) -> None:
-    assert loader.language_model_weight_name(name) == expected
+TOWER_WORDS = ("vision", "visual", "audio", "multi_modal_projector", "connector", "image_newline")
 
 
 class _ReadLog:
@@ -87,6 +64,20 @@ class _ReadLog:
 @pytest.mark.parametrize("model_impl", ["native", "transformers"])
 @pytest.mark.parametrize("name", ["llava", "qwen2_vl", "qwen2_audio"])
 def test_multimodal_checkpoint_reads_only_language_model(
+    name: str, model_impl: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _check_reads_only_language_model(name, model_impl, monkeypatch)
+
+
+@pytest.mark.parametrize("name", ["llava_next", "idefics3", "internvl"])
+def test_generic_multimodal_checkpoint_reads_only_language_model(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Layouts the prefix list never knew (Idefics3's `model.text_model.*`, a tied head)."""
+    _check_reads_only_language_model(name, "transformers", monkeypatch)
+
+
+def _check_reads_only_language_model(
     name: str, model_impl: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tiny_model_path(name)

@@ -1,0 +1,202 @@
+"""The checkpoint's HF processor, also where its video processor needs torchvision.
+
+Shared: the encoder service runs it on media, the gateway reads its placeholder names.
+
+transformers' video processors are torchvision backends (`BaseVideoProcessor` ->
+`TorchvisionBackend`), and torchvision does not load against this machine's CPU torch; without
+it `AutoProcessor.from_pretrained` refuses every processor that has a video processor, even for
+images. `load_processor` then builds the same processor with the checkpoint's own video
+processor class, whose pixel operations are replaced by Pillow / torch ones:
+
+- `normalize`, `center_crop`, `pad`, `convert_to_rgb`: the same arithmetic as torchvision's
+  (subtract-divide, slicing, zero padding), so their output is identical;
+- `resize`: Pillow per frame, as the processors' PIL image backends do (torchvision's
+  antialiased resize differs by a few 1e-2 on CLIP; identical when frames already have the
+  target size).
+
+Frame sampling, sizes and the processor's replacement text stay the class's own. A user with
+torchvision gets HF's processor unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from protos.errors import Unsupported
+
+_VIDEO_CONFIG = "video_preprocessor_config.json"
+
+
+def load_processor(path: str | Path) -> Any:
+    """`AutoProcessor.from_pretrained(path)`, else (torchvision missing) the same processor
+    with its video processor's pixel operations done by Pillow and torch."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except ImportError as error:
+        if "torchvision" not in str(error).lower():
+            raise
+    return _processor_with_pil_video(Path(path))
+
+
+def _processor_with_pil_video(path: Path) -> Any:
+    processor_class = _processor_class(path)
+    processor_dict, _ = processor_class.get_processor_dict(str(path))
+    parts = [_sub_processor(attribute, path) for attribute in processor_class.get_attributes()]
+    # NOTE: same name, so the processor reads (and saves) as the checkpoint's own class
+    accepting = type(processor_class.__name__, (_AcceptsPilVideo, processor_class), {})
+    return accepting.from_args_and_dict(parts, processor_dict)
+
+
+class _AcceptsPilVideo:
+    """ProcessorMixin's class check looks `VideoProcessorMixin` up in transformers' exports,
+    which lack it without torchvision; the stand-in is checked against the real class."""
+
+    def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> type:
+        from transformers.video_processing_utils import VideoProcessorMixin
+
+        if argument_name == "video_processor" and isinstance(argument, VideoProcessorMixin):
+            return VideoProcessorMixin
+        return super().check_argument_for_proper_class(argument_name, argument)  # type: ignore[misc]
+
+
+def _processor_class(path: Path) -> type:
+    """The class `AutoProcessor` would pick: processor_config.json's, else the config's."""
+    import transformers
+    from transformers import AutoConfig
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+    for name in ("processor_config.json", _VIDEO_CONFIG, "preprocessor_config.json"):
+        file = path / name
+        if file.is_file() and (class_name := json.loads(file.read_text()).get("processor_class")):
+            return getattr(transformers, class_name)
+    return PROCESSOR_MAPPING[type(AutoConfig.from_pretrained(path))]
+
+
+def _sub_processor(attribute: str, path: Path) -> Any:
+    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers.models.auto.feature_extraction_auto import AutoFeatureExtractor
+
+    if attribute == "video_processor":
+        return pil_video_processor(path)
+    loaders = {
+        "tokenizer": AutoTokenizer,
+        "image_processor": AutoImageProcessor,
+        "feature_extractor": AutoFeatureExtractor,
+    }
+    if attribute not in loaders:
+        raise Unsupported(
+            f"the processor of {path} needs torchvision for its video processor, and its "
+            f"{attribute} cannot be loaded without it; install torchvision"
+        )
+    return loaders[attribute].from_pretrained(str(path))
+
+
+def pil_video_processor(path: Path) -> Any:
+    """The checkpoint's video processor class with Pillow / torch pixel operations; where the
+    class's own module imports torchvision, one that refuses videos with that reason."""
+    config = json.loads((path / _VIDEO_CONFIG).read_text())
+    class_name = config["video_processor_type"]
+    try:
+        video_class = _video_processor_class(class_name)
+    except ImportError:
+        from transformers.video_processing_utils import BaseVideoProcessor
+
+        video_class = type(class_name, (BaseVideoProcessor,), {"preprocess": _needs_torchvision})
+        return video_class.from_pretrained(str(path))
+    stand_in = type(video_class.__name__, (_PilVideoOps, video_class), {})
+    return stand_in.from_pretrained(str(path))
+
+
+def _needs_torchvision(self: Any, *args: Any, **kwargs: Any) -> Any:
+    raise Unsupported(
+        f"{type(self).__name__} needs torchvision, which is not installed: this model's "
+        "videos cannot be preprocessed here"
+    )
+
+
+def _video_processor_class(class_name: str) -> type:
+    """The real class, from its own module (the package's lazy export is a torchvision dummy)."""
+    import transformers
+
+    # NOTE: transformers' lazy module records where each exported class is defined.
+    module = getattr(transformers, "_class_to_module", {}).get(class_name)
+    found = module and getattr(importlib.import_module(f"transformers.{module}"), class_name, None)
+    if not isinstance(found, type):
+        raise Unsupported(f"transformers {transformers.__version__} has no {class_name}")
+    return found
+
+
+class _PilVideoOps:
+    """The torchvision operations of `TorchvisionBackend`, on [..., C, H, W] tensors."""
+
+    def convert_to_rgb(self, video: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Gray frames repeated to RGB; RGB kept (decoded videos are RGB)."""
+        if video.shape[-3] == 1:
+            return video.expand(*video.shape[:-3], 3, *video.shape[-2:])
+        if video.shape[-3] != 3:
+            raise Unsupported(f"frames with {video.shape[-3]} channels need torchvision")
+        return video
+
+    def normalize(
+        self, image: torch.Tensor, mean: Any, std: Any, inplace: bool = False, **kwargs: Any
+    ) -> torch.Tensor:
+        """torchvision's normalize: (x - mean) / std per channel."""
+        mean_t = torch.as_tensor(mean, dtype=image.dtype, device=image.device).view(-1, 1, 1)
+        std_t = torch.as_tensor(std, dtype=image.dtype, device=image.device).view(-1, 1, 1)
+        return (image - mean_t) / std_t
+
+    def center_crop(self, image: torch.Tensor, size: Any, **kwargs: Any) -> torch.Tensor:
+        """torchvision's center_crop: zero padding when the crop is bigger, then a slice."""
+        height, width = image.shape[-2:]
+        crop_height, crop_width = size.height, size.width
+        if crop_width > width or crop_height > height:
+            pad_w, pad_h = max(crop_width - width, 0), max(crop_height - height, 0)
+            padding = (pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2)
+            image = torch.nn.functional.pad(image, padding, value=0)
+            height, width = image.shape[-2:]
+        top, left = int((height - crop_height) / 2.0), int((width - crop_width) / 2.0)
+        return image[..., top : top + crop_height, left : left + crop_width]
+
+    def pad(self, images: Any, pad_size: Any = None, fill_value: int = 0, **kwargs: Any) -> Any:
+        if kwargs.get("padding_mode", "constant") != "constant" or kwargs.get("return_mask"):
+            raise Unsupported("this video processor pads in a way that needs torchvision")
+        height, width = images.shape[-2:]
+        padding = (0, pad_size.width - width, 0, pad_size.height - height)
+        return torch.nn.functional.pad(images, padding, value=fill_value)
+
+    def resize(
+        self, image: torch.Tensor, size: Any, resample: Any = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """Each frame through the PIL image backend's resize."""
+        from transformers.image_processing_backends import PilBackend
+
+        frames = image.reshape(-1, *image.shape[-3:])  # [N, C, H, W]
+        resized = [
+            PilBackend.resize(self, _to_uint8(frame), size, _pil_resample(resample))
+            for frame in frames
+        ]
+        out = torch.from_numpy(np.stack(resized)).to(image.dtype)
+        return out.reshape(*image.shape[:-2], *out.shape[-2:])
+
+
+def _to_uint8(frame: torch.Tensor) -> np.ndarray:
+    """A [C, H, W] uint8 frame for Pillow; float frames would lose precision: refused."""
+    if frame.dtype != torch.uint8:
+        raise Unsupported("this video processor resizes float frames, which needs torchvision")
+    return frame.numpy()
+
+
+def _pil_resample(resample: Any) -> Any:
+    from transformers.image_utils import PILImageResampling
+
+    if resample is None or isinstance(resample, PILImageResampling | int):
+        return resample
+    return PILImageResampling.BILINEAR
