@@ -145,16 +145,28 @@ async def serve(
     grace_seconds: float = 30.0,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    *,
+    metrics_port: int | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    api_key: str | None = None,
 ) -> None:
     """Runs the Gateway gRPC server until SIGTERM/SIGINT (or `stop`), then drains.
 
-    NOT_SERVING until the backends are started and the LM has described itself.
+    NOT_SERVING until the backends are started and the LM has described itself. With
+    `api_key`, every RPC but health and reflection needs `authorization: Bearer <api_key>`;
+    with `tls_cert` and `tls_key` (PEM files) the port speaks TLS only.
     """
+    from prometheus_client import CollectorRegistry
+
     from gateway.api.grpc_servicer import SERVICE_NAME, GatewayServicer
     from protos import server
+    from protos.auth import ApiKeyInterceptor
     from protos.meshserve.v1 import gateway_pb2_grpc
+    from protos.metrics import StreamMetrics
 
-    servicer = GatewayServicer(orchestrator)
+    registry = CollectorRegistry()
+    servicer = GatewayServicer(orchestrator, metrics=StreamMetrics(registry))
 
     async def load() -> str:
         for backend in (orchestrator.encoders, orchestrator.lm):
@@ -171,10 +183,14 @@ async def serve(
         "gateway",
         [SERVICE_NAME],
         lambda grpc_server: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, grpc_server),
-        server.ServerConfig(host, port, grace_seconds),
+        server.ServerConfig(
+            host, port, grace_seconds, metrics_port=metrics_port, tls_cert=tls_cert, tls_key=tls_key
+        ),
         load=load,
         ready=ready,
         stop=stop,
+        interceptors=(ApiKeyInterceptor(api_key),) if api_key else (),
+        registry=registry,
     )
     await orchestrator.encoders.close()
     await orchestrator.lm.close()

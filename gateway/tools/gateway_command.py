@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Any
 
+from protos.auth import API_KEY_ENV, resolve_api_key
 from protos.flags import Flag, add_flags, add_server_args, flag, parse_bytes
 from protos.tasks import Task
 
@@ -50,12 +52,26 @@ TRANSCRIPTION_FLAGS: tuple[Flag, ...] = (
     flag("--dtype", default="float32", help="weights and activations (default float32)"),
     flag("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)"),
 )
+SECURITY_FLAGS: tuple[Flag, ...] = (
+    flag(
+        "--api-key",
+        default=None,
+        help="require the metadata 'authorization: Bearer KEY' on every RPC but health and "
+        f"reflection (default: ${API_KEY_ENV}; unset: no key). Prefer the environment "
+        "variable or --api-key-file: a flag shows in process lists",
+    ),
+    flag("--api-key-file", default=None, help="read the API key from this file (a secret)"),
+    flag("--tls-cert", default=None, help="PEM certificate chain: the port speaks TLS only"),
+    flag("--tls-key", default=None, help="PEM private key of --tls-cert"),
+)
 # Every flag of `meshserve gateway` but --model, --lm, --encoder and the server's own (--host,
-# --port, --grace-seconds); `meshserve up` takes these and forwards them to the gateway.
+# --port, --grace-seconds, --metrics-port); `meshserve up` takes these and forwards them to the
+# gateway.
 GATEWAY_FLAGS: tuple[Flag, ...] = (
     TRUST_REMOTE_CODE_FLAG,
     *SERVED_MODEL_FLAGS,
     *TRANSCRIPTION_FLAGS,
+    *SECURITY_FLAGS,
 )
 
 
@@ -86,6 +102,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_flags(p.add_argument_group("served model"), SERVED_MODEL_FLAGS)
     transcription = "transcription (--task transcription runs the model in process)"
     add_flags(p.add_argument_group(transcription), TRANSCRIPTION_FLAGS)
+    add_flags(p.add_argument_group("security of the public port"), SECURITY_FLAGS)
     p.set_defaults(func=run_gateway)
 
 
@@ -102,6 +119,11 @@ def run_gateway(args: argparse.Namespace) -> int:
     in_process = args.task == "transcription"
     if (args.lm is None) != in_process:
         print(f"meshserve gateway: error: {_lm_flag_problem(in_process)}", file=sys.stderr)
+        return 2
+    try:
+        options = server_options(args)
+    except (OSError, ValueError) as exc:
+        print(f"meshserve gateway: error: {exc}", file=sys.stderr)
         return 2
     served = served_model(args.model, args.task, args.limit_mm_per_prompt, args.trust_remote_code)
     targets = parse_encoder_targets(args.encoder)
@@ -127,10 +149,26 @@ def run_gateway(args: argparse.Namespace) -> int:
             trust_remote_code=args.trust_remote_code,
             media_store_bytes=args.media_store_bytes,
         )
-        await serve(orchestrator, args.host, args.port, args.grace_seconds)
+        await serve(orchestrator, args.host, args.port, args.grace_seconds, **options)
 
     asyncio.run(main())
     return 0
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`gateway.app.serve`'s metrics and security keywords from the flags; raises OSError or
+    ValueError, with a sentence, for a bad key file or TLS file (before any model loads)."""
+    from protos.server import ServerConfig
+
+    metrics_port = getattr(args, "metrics_port", None)
+    config = ServerConfig(metrics_port=metrics_port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    config.credentials()
+    return {
+        "metrics_port": metrics_port,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "api_key": resolve_api_key(args.api_key, args.api_key_file),
+    }
 
 
 def _lm_flag_problem(in_process: bool) -> str:

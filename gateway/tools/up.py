@@ -69,6 +69,13 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--log-dir", default=None, help="keep the services' logs here (default: a temp folder)"
     )
+    g.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="the gateway's Prometheus port; the LM and encoders take the ports after it "
+        "(default: no metrics)",
+    )
     add_stack_flags(p)
     p.set_defaults(func=run_up)
 
@@ -88,6 +95,7 @@ def stack_options(args: argparse.Namespace, replicas: Mapping[str, int]) -> Stac
         lm_flags=argv["lm"],
         encoder_flags=argv["encoder"],
         gateway_flags=argv["gateway"],
+        metrics_port=args.metrics_port,
     )
 
 
@@ -217,8 +225,13 @@ def _fail(message: str, code: int) -> int:
 
 def run_embedded(args: argparse.Namespace, served: Any) -> int:
     from gateway.app import build_orchestrator, local_backends, media_modalities
+    from gateway.tools.gateway_command import server_options
     from lm_service.cli import engine_config_from_args
 
+    try:
+        options = server_options(args)  # a bad key or TLS file, before any weights load
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc), code=2)
     encoders = ", ".join(media_modalities(served)) or "no"
     print(f"meshserve up --embedded: loading the LM and {encoders} encoder(s) in this process")
     encoder_backend, lm_backend = local_backends(
@@ -242,19 +255,26 @@ def run_embedded(args: argparse.Namespace, served: Any) -> int:
 
         port = free_port(args.host)
     asyncio.run(
-        _serve_embedded(orchestrator, args.host, port, args.grace_seconds, args.cache_bytes)
+        _serve_embedded(
+            orchestrator, args.host, port, args.grace_seconds, args.cache_bytes, options
+        )
     )
     return 0
 
 
 async def _serve_embedded(
-    orchestrator: Any, host: str, port: int, grace: float, cache_bytes: int
+    orchestrator: Any,
+    host: str,
+    port: int,
+    grace: float,
+    cache_bytes: int,
+    options: Mapping[str, Any],
 ) -> None:
     from gateway.app import serve
     from gateway.tools.launcher import format_bytes
 
     ready = asyncio.Event()
-    server = asyncio.create_task(serve(orchestrator, host, port, grace, ready=ready))
+    server = asyncio.create_task(serve(orchestrator, host, port, grace, ready=ready, **options))
     waiter = asyncio.create_task(ready.wait())
     await asyncio.wait({server, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if not waiter.done():

@@ -20,7 +20,16 @@ SERVICE_ARGV = {
     "gateway": ("gateway", "--model", "m", "--lm", "127.0.0.1:1"),
 }
 # The launcher sets these for each child; they are never taken from the user's flags.
-WIRING = {"--model", "--host", "--port", "--grace-seconds", "--modality", "--lm", "--encoder"}
+WIRING = {
+    "--model",
+    "--host",
+    "--port",
+    "--grace-seconds",
+    "--metrics-port",
+    "--modality",
+    "--lm",
+    "--encoder",
+}
 UP_ONLY = ("--replicas", "--embedded", "--encoder-device", "--ready-timeout", "--log-dir")
 SAMPLE_VALUES = {
     int: "7",
@@ -94,9 +103,16 @@ def test_every_service_flag_given_to_up_reaches_that_service(service: str, optio
 
 @pytest.mark.parametrize("service", SERVICE_ARGV)
 def test_the_launcher_sets_every_wiring_flag_of_a_service(service: str) -> None:
-    planned = planned_argv()[service]
+    planned = planned_argv("--metrics-port", "9400")[service]
     wiring = [option for option in SERVICE_OPTIONS[service] if option in WIRING]
     assert [option for option in wiring if option not in planned] == []
+
+
+def test_metrics_ports_follow_the_gateway_s() -> None:
+    planned = planned_argv("--metrics-port", "9400")
+    ports = {service: argv[argv.index("--metrics-port") + 1] for service, argv in planned.items()}
+    assert ports == {"gateway": "9400", "lm": "9401", "encoder": "9402"}
+    assert all("--metrics-port" not in argv for argv in planned_argv().values())
 
 
 def test_up_without_flags_forwards_nothing_but_the_wiring() -> None:
