@@ -60,6 +60,8 @@ async def abort_with_status(
 ) -> NoReturn:
     """Ends the call with the status `exc` stands for (raises grpc.aio.AbortError)."""
     code, details = _code_and_details(exc)
+    if code is grpc.StatusCode.INTERNAL and _set_by_handler(context) is not None:
+        code, details = _set_by_handler(context)  # type: ignore[misc]
     if code is grpc.StatusCode.INTERNAL:
         logger.exception("internal error in %s", method or "a call", exc_info=exc)
     elif isinstance(exc, UndecodableRequest):  # the client's fault: one line, no traceback
@@ -78,6 +80,16 @@ def _code_and_details(exc: Exception) -> tuple[grpc.StatusCode, str]:
     if code is grpc.StatusCode.INTERNAL:
         return code, f"internal error: {type(exc).__name__}: {exc}"
     return code, str(exc) or code.name
+
+
+def _set_by_handler(context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
+    """The error status a handler set before raising (grpc's generated "not implemented" stubs
+    set UNIMPLEMENTED, then raise NotImplementedError), or None."""
+    code = context.code()
+    if not isinstance(code, grpc.StatusCode) or code is grpc.StatusCode.OK:
+        return None
+    details = context.details() or code.name
+    return code, details.decode() if isinstance(details, bytes) else str(details)
 
 
 class StatusInterceptor(grpc.aio.ServerInterceptor):
@@ -142,6 +154,8 @@ def with_status(
     a traceback at ERROR): the handler gets raw bytes instead and `decoding` parses them.
     """
     behavior = getattr(handler, handler_kind(handler))
+    if not handler.request_streaming:
+        behavior = as_async(behavior, handler.response_streaming)
     decode = handler.request_deserializer
     if decode is not None and _is_async(behavior):
         behavior, decode = decoding(behavior, decode, handler.request_streaming), None
@@ -150,6 +164,30 @@ def with_status(
 
 def _is_async(behavior: Callable[..., Any]) -> bool:
     return inspect.isasyncgenfunction(behavior) or inspect.iscoroutinefunction(behavior)
+
+
+def as_async(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+    """A sync method as an async one, run inline on the event loop.
+
+    NOTE: meshserve's servicers are all async; the sync ones left are grpc's generated stubs
+    of methods a servicer lacks (grpc.health.v1's List), which only set UNIMPLEMENTED.
+    """
+    if _is_async(behavior):
+        return behavior
+    if streaming:
+
+        @functools.wraps(behavior)
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            for reply in behavior(request, context):
+                yield reply
+
+        return stream
+
+    @functools.wraps(behavior)
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return behavior(request, context)
+
+    return call
 
 
 def request_type_name(decode: Decode) -> str:
@@ -204,7 +242,8 @@ def _mapping_errors(
     behavior: Callable[..., Any], method: str = "", on_status: OnStatus | None = None
 ) -> Callable[..., Any]:
     """An async method (coroutine or async generator) whose exceptions end the call with
-    their status. Sync behaviors stay as they are (meshserve servers have none)."""
+    their status. Sync behaviors (only sync client streams are left: `as_async` converts the
+    rest) stay as they are."""
     if inspect.isasyncgenfunction(behavior):
 
         @functools.wraps(behavior)
