@@ -110,6 +110,12 @@ def run_up(args: argparse.Namespace) -> int:
         replicas = parse_replicas(args.replicas)
     except ValueError as exc:
         return _fail(str(exc), code=2)
+    if args.tls_cert and not args.embedded:
+        return _fail(
+            "--tls-cert needs --embedded here: up checks its gateway's health in plaintext; "
+            "or run `meshserve gateway --tls-cert ...` yourself in front of the backends",
+            code=2,
+        )
     served = served_model(args.model, args.task, args.limit_mm_per_prompt, args.trust_remote_code)
     modalities = media_modalities(served)
     unknown = [name for name in replicas if name != "lm" and name not in modalities]

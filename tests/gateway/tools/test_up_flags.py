@@ -153,3 +153,11 @@ def test_services_that_disagree_on_a_default_cannot_share_a_flag() -> None:
     encoder = flag("--device", default="cuda")
     with pytest.raises(ValueError, match="--device is declared differently"):
         stack_flags({"lm": (lm,), "encoder": (encoder,)})
+
+
+def test_up_refuses_tls_for_a_gateway_it_checks_in_plaintext(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = build_parser().parse_args(["up", "--model", "m", "--tls-cert", "c", "--tls-key", "k"])
+    assert args.func(args) == 2
+    assert "--tls-cert needs --embedded" in capsys.readouterr().err
