@@ -69,6 +69,19 @@ ENCODER_FLAGS: tuple[Flag, ...] = (
         help="arguments of the HF processor on every item, e.g. '{\"do_pan_and_scan\": true}' "
         "(Gemma 3) or '{\"max_pixels\": 200704}' (Qwen2-VL); unknown keys are refused",
     ),
+    flag(
+        "--max-queued-items",
+        type=int,
+        default=1024,
+        help="most media items in Encode calls at once; past it new calls get "
+        "RESOURCE_EXHAUSTED (default 1024)",
+    ),
+    flag(
+        "--decode-threads",
+        type=int,
+        default=None,
+        help="threads that decode and preprocess media (default: CPU cores, at most 4)",
+    ),
 )
 
 
@@ -125,6 +138,8 @@ async def _serve(args: argparse.Namespace) -> None:
             max_batch_size=args.max_batch_size,
             max_wait_s=args.batch_wait_ms / 1e3,
             mm_processor_kwargs=args.mm_processor_kwargs,
+            max_queued_items=args.max_queued_items,
+            **({"num_decode_threads": args.decode_threads} if args.decode_threads else {}),
         )
         servicer.attach(encoder)
         info = encoder.info()
@@ -139,5 +154,6 @@ async def _serve(args: argparse.Namespace) -> None:
         lambda server: encoder_pb2_grpc.add_EncoderServicer_to_server(servicer, server),
         ServerConfig.from_args(args),
         load=load,
+        registry=servicer.registry,
     )
     servicer.close()

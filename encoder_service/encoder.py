@@ -4,16 +4,20 @@
 1. validate each item and its options; items carrying precomputed embeddings ("E" inputs) are
    checked and passed through;
 2. hash the rest (bytes + options + model) and look the hashes up in the EmbeddingCache;
-3. decode and preprocess the misses (in the caller's thread), each distinct item once;
+3. decode and preprocess the misses on a few decode threads, each distinct item once;
 4. run them through the tower together with the misses of concurrent callers (MicroBatcher);
 5. cache the new embeddings and answer in item order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
@@ -30,10 +34,12 @@ from encoder_service.registry import check_modality, load_tower
 from encoder_service.towers import Tower, TowerInput
 from encoder_service.towers.processor_kwargs import canonical
 from protos.encoder_messages import EncodeResult, EncoderInfo, MediaItem
+from protos.errors import Overloaded
 from protos.micro_batcher import MicroBatcher, Ticket
 from protos.modality import Modality
 
 _VIDEO_OPTIONS = ("fps", "num_frames")
+DEFAULT_DECODE_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -57,6 +63,9 @@ class Encoder:
         limits: hard limits on each media item.
         cache_bytes: embedding cache budget in bytes (0 disables the cache).
         max_batch_size, max_wait_s: micro-batching of concurrent calls.
+        max_queued_items: most items admitted (`admit`) at once; None: no bound.
+        num_decode_threads: threads that decode and preprocess media (see `_prepare_distinct`).
+        on_tower_call: called with (num_items, seconds) after each tower call (metrics).
     """
 
     def __init__(
@@ -69,7 +78,15 @@ class Encoder:
         cache_bytes: int = 256 << 20,
         max_batch_size: int = 32,
         max_wait_s: float = 0.005,
+        max_queued_items: int | None = None,
+        num_decode_threads: int = DEFAULT_DECODE_THREADS,
+        on_tower_call: Callable[[int, float], None] | None = None,
     ) -> None:
+        if num_decode_threads < 1 or (max_queued_items is not None and max_queued_items < 1):
+            raise ValueError(
+                f"num_decode_threads ({num_decode_threads}) and max_queued_items "
+                f"({max_queued_items}) must be >= 1"
+            )
         self.tower = tower
         self.modality = modality
         self.model_id = model_id
@@ -82,8 +99,14 @@ class Encoder:
             max_wait_s=max_wait_s,
             name=f"encoder-{modality}",
         )
+        # NOTE: decoders keep per-thread buffers (FFmpeg, malloc arenas, OpenMP teams of
+        # torch ops): decoding on a few fixed threads, not on every caller's, keeps RSS flat.
+        self._decoders = ThreadPoolExecutor(num_decode_threads, f"decode-{modality}")
+        self.max_queued_items = max_queued_items
+        self.on_tower_call = on_tower_call
         self._lock = threading.Lock()
         self._num_requests = self._num_items = self._num_encoded = self._num_tower_calls = 0
+        self.num_queued_items = 0  # admitted, not yet answered
 
     @classmethod
     def from_pretrained(
@@ -100,6 +123,7 @@ class Encoder:
         max_wait_s: float = 0.005,
         tower: Tower | None = None,
         mm_processor_kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> Encoder:
         """Loads only the encoder tower of the checkpoint at `path`.
 
@@ -107,7 +131,7 @@ class Encoder:
         encoders) to share instead of loading a second copy; `dtype` and `device` are then
         the tower's. Raises Unsupported when the architecture has no tower or cannot encode
         `modality`. `mm_processor_kwargs` go to the HF processor on every item and are part
-        of the cache identity (a shared `tower` keeps its own).
+        of the cache identity (a shared `tower` keeps its own). `options`: the other keywords of `Encoder` (max_queued_items, ...).
         """
         if tower is None:
             tower, value = load_tower(
@@ -126,9 +150,29 @@ class Encoder:
             cache_bytes=cache_bytes,
             max_batch_size=max_batch_size,
             max_wait_s=max_wait_s,
+            **options,
         )
 
     # ------------------------------------------------------------------------------- public
+
+    @contextlib.contextmanager
+    def admit(self, num_items: int) -> Iterator[None]:
+        """Holds `num_items` places among `max_queued_items` for the `with` block; raises
+        Overloaded, with the numbers, when they are not free."""
+        with self._lock:
+            queued, limit = self.num_queued_items, self.max_queued_items
+            if limit is not None and queued + num_items > limit:
+                raise Overloaded(
+                    f"the {self.modality} encoder is full: {queued} items are queued and this "
+                    f"request brings {num_items} (--max-queued-items {limit}); retry shortly "
+                    "or add encoder replicas"
+                )
+            self.num_queued_items += num_items
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.num_queued_items -= num_items
 
     def encode(self, items: Sequence[MediaItem]) -> list[EncodeResult]:
         """Embeddings for each item, in order. Raises MediaError naming the first bad item."""
@@ -166,8 +210,9 @@ class Encoder:
         )
 
     def close(self) -> None:
-        """Finishes queued work and stops the batching thread."""
+        """Finishes queued work and stops the batching and decoding threads."""
         self._batcher.close()
+        self._decoders.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> Encoder:
         return self
@@ -203,12 +248,18 @@ class Encoder:
     def _prepare_distinct(
         self, misses: list[_Miss], found: dict[str, CachedEncoding | None]
     ) -> list[tuple[str, TowerInput]]:
-        """Decodes and preprocesses the first item of each key the cache lacks."""
+        """Decodes and preprocesses the first item of each key the cache lacks, on the decode
+        threads; raises the first item's error (in item order)."""
         todo: dict[str, _Miss] = {}
         for miss in misses:
             if found[miss.key] is None:
                 todo.setdefault(miss.key, miss)
-        return [(key, self._prepare(miss)) for key, miss in todo.items()]
+        futures = {key: self._decoders.submit(self._prepare, miss) for key, miss in todo.items()}
+        try:
+            return [(key, future.result()) for key, future in futures.items()]
+        finally:
+            for future in futures.values():
+                future.cancel()  # after an error: the items nobody waits for any more
 
     def _compute(
         self,
@@ -238,7 +289,10 @@ class Encoder:
             if key not in position:
                 position[key] = len(inputs)
                 inputs.append(tower_input)
+        started = time.perf_counter()
         outputs = [self._own(output) for output in self.tower.forward(inputs)]
+        if self.on_tower_call is not None:
+            self.on_tower_call(len(inputs), time.perf_counter() - started)
         with self._lock:
             self._num_tower_calls += 1
             self._num_encoded += len(inputs)

@@ -154,6 +154,11 @@ async def serve(
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     http: HttpOptions | None = None,
+    *,
+    metrics_port: int | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    api_key: str | None = None,
 ) -> None:
     """Runs the Gateway gRPC server (and, with `http`, the OpenAI HTTP front on its own port
     in this same event loop, over this same orchestrator) until SIGTERM/SIGINT (or `stop`),
@@ -162,15 +167,27 @@ async def serve(
     NOT_SERVING until the backends are started and the LM has described itself; after that,
     NOT_SERVING whenever a backend it needs has no healthy replica (`follow_backends`).
     /health says what gRPC health says.
+    With
+    `api_key`, every RPC but health and reflection needs `authorization: Bearer <api_key>`;
+    with `tls_cert` and `tls_key` (PEM files) the port speaks TLS only.
     """
-    from gateway.api.grpc_servicer import SERVICE_NAME, GatewayServicer
-    from protos.meshserve.v1 import gateway_pb2_grpc
+    from prometheus_client import CollectorRegistry
 
-    servicer = GatewayServicer(orchestrator)
+    from gateway.api.grpc_servicer import SERVICE_NAME, GatewayServicer
+    from protos.auth import ApiKeyInterceptor
+    from protos.meshserve.v1 import gateway_pb2_grpc
+    from protos.metrics import StreamMetrics
+
+    registry = CollectorRegistry()
+    servicer = GatewayServicer(orchestrator, metrics=StreamMetrics(registry))
     grpc_server = GatewayServer(
         [SERVICE_NAME],
         lambda grpc_server: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, grpc_server),
-        ServerConfig(host, port, grace_seconds),
+        ServerConfig(
+            host, port, grace_seconds, metrics_port=metrics_port, tls_cert=tls_cert, tls_key=tls_key
+        ),
+        interceptors=(ApiKeyInterceptor(api_key),) if api_key else (),
+        registry=registry,
     )
     if http is not None:
         grpc_server.add_http(orchestrator, http)
@@ -225,9 +242,13 @@ class GatewayServer(Server):
     /health reads this server's health, and both stop accepting when the drain ends."""
 
     def __init__(
-        self, service_names: Sequence[str], register: Register, config: ServerConfig
+        self,
+        service_names: Sequence[str],
+        register: Register,
+        config: ServerConfig,
+        **options: Any,  # interceptors, registry: as Server takes them
     ) -> None:
-        super().__init__("gateway", service_names, register, config)
+        super().__init__("gateway", service_names, register, config, **options)
         self.http: Any = None  # gateway.api.http.server.HttpServer
         self._http_app: Any = None
 

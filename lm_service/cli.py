@@ -76,6 +76,13 @@ ENGINE_FLAGS: tuple[Flag, ...] = (
         help="pooling tasks: JSON that replaces the model's pooler defaults, e.g. "
         '\'{"pooling_type": "MEAN", "normalize": false}\'',
     ),
+    flag(
+        "--max-queued-requests",
+        type=int,
+        default=1024,
+        help="most requests waiting for a place in the batch; past it new ones get "
+        "RESOURCE_EXHAUSTED (default 1024)",
+    ),
 )
 TASK_FLAG = flag(
     "--task",
@@ -112,6 +119,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         trust_remote_code=args.trust_remote_code,
         hf_overrides=args.hf_overrides,
         revision=args.revision,
+        max_queued_requests=args.max_queued_requests,
     )
 
 
@@ -163,6 +171,7 @@ async def _serve(args: argparse.Namespace, config: EngineConfig) -> None:
         lambda server: lm_pb2_grpc.add_LanguageModelServicer_to_server(servicer, server),
         ServerConfig.from_args(args),
         load=load,
+        registry=servicer.registry,
     )
     servicer.close()
 

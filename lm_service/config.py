@@ -20,6 +20,8 @@ class EngineConfig:
         model_impl: "auto" (native if we have one, else transformers), "native", "transformers".
         num_blocks: KV blocks; None sizes the cache from `kv_cache_memory` (bytes).
         max_model_len: longest prompt + output; None takes the model's context length.
+        max_queued_requests: most requests waiting for a place in the batch; past it a new
+            request is refused (Overloaded). None: no bound (the offline API).
     """
 
     model: str
@@ -36,6 +38,7 @@ class EngineConfig:
     trust_remote_code: bool = False
     hf_overrides: dict[str, Any] = field(default_factory=dict)
     revision: str | None = None
+    max_queued_requests: int | None = None
 
     def __post_init__(self) -> None:
         if self.model_impl not in MODEL_IMPLS:
@@ -51,3 +54,7 @@ class EngineConfig:
             raise InvalidRequest(f"num_blocks must be > 0, got {self.num_blocks}")
         if self.max_model_len is not None and self.max_model_len <= 0:
             raise InvalidRequest(f"max_model_len must be > 0, got {self.max_model_len}")
+        if self.max_queued_requests is not None and self.max_queued_requests < 0:
+            raise InvalidRequest(
+                f"max_queued_requests must be >= 0, got {self.max_queued_requests}"
+            )

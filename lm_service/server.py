@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from lm_service.engine_loop import EngineLoop, stream_outputs
+from lm_service.metrics import lm_metrics
 from protos.errors import Unavailable, Unsupported
 from protos.lm_codec import (
     mrope_from_pb,
@@ -25,6 +27,7 @@ from protos.lm_codec import (
 from protos.meshserve.v1 import lm_pb2, lm_pb2_grpc
 
 if TYPE_CHECKING:
+    from lm_service.engine.scheduler import SchedulerStats
     from lm_service.pooling import PoolingModel
 
 logger = logging.getLogger(__name__)
@@ -39,10 +42,21 @@ class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
     attaches a PoolingModel instead, and then answers Pool only.
     """
 
-    def __init__(self, model_name: str, loop: EngineLoop | None = None) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        loop: EngineLoop | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.model_name = model_name
         self._loop = loop
         self._pooling: PoolingModel | None = None
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = lm_metrics(self.registry, self._engine_stats)
+
+    def _engine_stats(self) -> SchedulerStats | None:
+        loop = self._loop
+        return None if loop is None else loop.engine.scheduler.stats
 
     def attach(self, loop: EngineLoop) -> None:
         self._loop = loop
@@ -92,9 +106,12 @@ class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
             spans_from_pb(request.mm_spans),
             mrope_from_pb(request),
         )
-        async with contextlib.aclosing(outputs):
-            async for batch in outputs:
-                yield step_to_pb(batch)
+        with self.metrics.stream() as tracker:
+            async with contextlib.aclosing(outputs):
+                async for batch in outputs:
+                    num_tokens = sum(len(out.new_token_ids) for out in batch)
+                    tracker.on_tokens(num_tokens, batch[-1].finish_reason)
+                    yield step_to_pb(batch)
 
     async def Pool(
         self, request: lm_pb2.PoolRequest, context: grpc.aio.ServicerContext

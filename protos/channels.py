@@ -41,9 +41,14 @@ def channel_options(target: str) -> list[tuple[str, int | str]]:
     return options
 
 
-def channel(target: str) -> grpc.Channel:
-    """An insecure client channel with our limits; `dns:///` targets balance over replicas."""
-    return grpc.insecure_channel(target, options=channel_options(target))
+def channel(target: str, root_certificates: bytes | None = None) -> grpc.Channel:
+    """A client channel with our limits; `dns:///` targets balance over replicas. With
+    `root_certificates` (PEM of the CA that signed the server's certificate) it speaks TLS."""
+    options = channel_options(target)
+    if root_certificates is None:
+        return grpc.insecure_channel(target, options=options)
+    credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def health_status(target_or_channel: str | grpc.Channel, timeout: float = 2.0) -> str:

@@ -33,3 +33,7 @@ class Unsupported(MeshError):
 
 class Unavailable(MeshError):
     """Draining, not loaded yet, or a backend is down (UNAVAILABLE)."""
+
+
+class Unauthenticated(MeshError):
+    """No API key, or a wrong one, on a port that requires one (UNAUTHENTICATED)."""

@@ -98,7 +98,7 @@ def forward(flags: Sequence[Flag], values: Mapping[str, Any]) -> tuple[str, ...]
 
 
 def add_server_args(parser: argparse.ArgumentParser, default_port: int) -> None:
-    """--host, --port and --grace-seconds, the same for every service."""
+    """--host, --port, --grace-seconds and --metrics-port, the same for every service."""
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(
         "--port",
@@ -111,6 +111,13 @@ def add_server_args(parser: argparse.ArgumentParser, default_port: int) -> None:
         type=float,
         default=30.0,
         help="on SIGTERM, how long in-flight calls may finish (default 30)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics over HTTP on --host and this port (default: none; "
+        "0 = any free)",
     )
 
 

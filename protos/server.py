@@ -14,13 +14,16 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import _async as aio_health
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from protos.channels import CHANNEL_OPTIONS
+from protos.metrics import MetricsEndpoint, refusal_counter
 from protos.status import StatusInterceptor
 
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
@@ -52,12 +55,17 @@ class ServerConfig:
         grace_seconds: once draining, how long in-flight calls may finish.
         announce_seconds: how long health says NOT_SERVING while calls are still taken, so
             balancers and probes see it before the server stops accepting.
+        metrics_port: serve Prometheus text on host:metrics_port (None: no metrics endpoint).
+        tls_cert, tls_key: PEM files; with both, the port speaks TLS only.
     """
 
     host: str = "127.0.0.1"
     port: int = 0
     grace_seconds: float = 30.0
     announce_seconds: float = 2.0
+    metrics_port: int | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.grace_seconds < 0 or self.announce_seconds < 0:
@@ -65,17 +73,51 @@ class ServerConfig:
                 f"--grace-seconds must be >= 0 (got {self.grace_seconds}), and so must "
                 f"announce_seconds (got {self.announce_seconds})"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together: pass both, or neither")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerConfig:
-        """From the flags of `protos.flags.add_server_args`."""
-        return cls(host=args.host, port=args.port, grace_seconds=args.grace_seconds)
+        """From the flags of `protos.flags.add_server_args` (and --tls-cert/--tls-key where
+        the service has them)."""
+        return cls(
+            host=args.host,
+            port=args.port,
+            grace_seconds=args.grace_seconds,
+            metrics_port=args.metrics_port,
+            tls_cert=getattr(args, "tls_cert", None),
+            tls_key=getattr(args, "tls_key", None),
+        )
+
+    def credentials(self) -> grpc.ServerCredentials | None:
+        """TLS credentials from the PEM files (None without TLS); OSError names a bad file."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        pair = (_read_pem(self.tls_key, "--tls-key"), _read_pem(self.tls_cert, "--tls-cert"))
+        return grpc.ssl_server_credentials([pair])
 
 
-def bind(server: grpc.aio.Server, host: str, port: int) -> int:
-    """Binds insecure `host:port` (port 0 picks a free one); returns the bound port."""
+def _read_pem(path: str, flag: str) -> bytes:
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise OSError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
+
+
+def bind(
+    server: grpc.aio.Server,
+    host: str,
+    port: int,
+    credentials: grpc.ServerCredentials | None = None,
+) -> int:
+    """Binds `host:port` (port 0 picks a free one), with TLS when `credentials` are given;
+    returns the bound port."""
+    address = f"{host}:{port}"
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError:
         bound = 0
     if bound == 0:
@@ -94,15 +136,29 @@ class Server:
         name: the service in the log ("lm", "encoder", "gateway").
         service_names: the full gRPC names health reports on, e.g. "meshserve.v1.Encoder".
         register: adds the servicers to the server (once, before it starts).
+        interceptors: more server interceptors, run inside `StatusInterceptor` (so that what
+            they raise becomes a status too), e.g. `protos.auth.ApiKeyInterceptor`.
+        registry: the service's Prometheus registry (default: a new one); the server adds
+            `meshserve:refused_requests_total` and serves it on `config.metrics_port`.
     """
 
     def __init__(
-        self, name: str, service_names: Sequence[str], register: Register, config: ServerConfig
+        self,
+        name: str,
+        service_names: Sequence[str],
+        register: Register,
+        config: ServerConfig,
+        *,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.name = name
         self.service_names = tuple(service_names)
         self.config = config
         self.port = 0  # the bound port, once started
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = MetricsEndpoint(self.registry)
+        self._interceptors = (StatusInterceptor(refusal_counter(self.registry)), *interceptors)
         # NOTE: the sync HealthServicer on an aio server parks one executor thread per open
         # Watch (every `dns:///` client holds one): threads run out and shutdown never ends.
         self.health = aio_health.HealthServicer()
@@ -143,7 +199,7 @@ class Server:
 
     async def start(self) -> int:
         """Registers the servicers, binds and starts, NOT_SERVING; returns the bound port."""
-        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=(StatusInterceptor(),))
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=self._interceptors)
         self._register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -151,7 +207,16 @@ class Server:
         )
         await self.set_serving(False)
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-        self.port = bind(server, self.config.host, self.config.port)
+        config = self.config
+        credentials = config.credentials()
+        if config.metrics_port is not None:
+            port = self.metrics.start(config.host, config.metrics_port)
+            logger.info("%s metrics on http://%s:%d/metrics", self.name, config.host, port)
+        try:
+            self.port = bind(server, config.host, config.port, credentials)
+        except BaseException:
+            self.metrics.stop()
+            raise
         await server.start()
         self._server = server
         return self.port
@@ -177,6 +242,7 @@ class Server:
         """Stops accepting calls; in-flight ones get `grace` seconds, then are cancelled."""
         if self._server is not None:
             await self._server.stop(grace)
+        self.metrics.stop()
 
 
 async def serve(
@@ -188,10 +254,15 @@ async def serve(
     load: Load | None = None,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    registry: CollectorRegistry | None = None,
 ) -> None:
     """Runs one service's server from start to stop, the same way for every service
     (`Server.run`): NOT_SERVING while `load` runs, SERVING until `stop`, then drained."""
-    await Server(name, service_names, register, config).run(load, ready, stop)
+    server = Server(
+        name, service_names, register, config, interceptors=interceptors, registry=registry
+    )
+    await server.run(load, ready, stop)
 
 
 def stop_on_signals() -> asyncio.Event:

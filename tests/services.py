@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from protos.channels import health_status
+from protos.channels import channel, health_status
 from protos.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,21 +40,29 @@ class Service:
                 self.process.wait(5)
 
 
-def start(command: str, args: Sequence[str], timeout: float = 120.0) -> Service:
-    """`meshserve COMMAND ARGS --port <free>`; returns once health says SERVING."""
-    (service,) = start_many([(command, args)], timeout)
+def start(
+    command: str,
+    args: Sequence[str],
+    timeout: float = 120.0,
+    root_certificates: bytes | None = None,
+) -> Service:
+    """`meshserve COMMAND ARGS --port <free>`; returns once health says SERVING (asked over
+    TLS with `root_certificates`, for a service started with --tls-cert)."""
+    (service,) = start_many([(command, args)], timeout, root_certificates)
     return service
 
 
 def start_many(
-    commands: Sequence[tuple[str, Sequence[str]]], timeout: float = 120.0
+    commands: Sequence[tuple[str, Sequence[str]]],
+    timeout: float = 120.0,
+    root_certificates: bytes | None = None,
 ) -> list[Service]:
     """Starts every service at once (they load in parallel) and waits until all are SERVING;
     stops them all if one fails."""
     services = [_spawn(command, args) for command, args in commands]
     try:
         for service in services:
-            _wait_serving(service, timeout)
+            _wait_serving(service, timeout, root_certificates)
     except BaseException:
         for service in services:
             service.stop()
@@ -90,13 +98,14 @@ def _spawn(command: str, args: Sequence[str], port: int | None = None) -> Servic
     return Service(process, f"127.0.0.1:{port}", log, command, tuple(args))
 
 
-def _wait_serving(service: Service, timeout: float) -> None:
+def _wait_serving(service: Service, timeout: float, root_certificates: bytes | None) -> None:
     process, command = service.process, service.command
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"meshserve {command} exited early:\n{service.log_tail()}")
-        if health_status(service.address, timeout=1.0) == "SERVING":
-            return
+        with channel(service.address, root_certificates) as ch:
+            if health_status(ch, timeout=1.0) == "SERVING":
+                return
         time.sleep(0.2)
     raise TimeoutError(f"meshserve {command} not SERVING after {timeout}s:\n{service.log_tail()}")

@@ -113,7 +113,9 @@ def test_compose_has_every_component_built_from_one_dockerfile(compose: dict) ->
 def test_compose_commands_exist_and_ports_match(compose: dict) -> None:
     for name, (service, args) in compose_services(compose).items():
         assert args.host == "0.0.0.0", f"{name} must listen beyond the container's loopback"
-        assert [int(p) for p in service["expose"]] == [args.port], name
+        assert [int(p) for p in service["expose"]] == [args.port, args.metrics_port], name
+        assert service["labels"]["prometheus.io/scrape"] == "true", name
+        assert service["labels"]["prometheus.io/port"] == str(args.metrics_port), name
         test = " ".join(service["healthcheck"]["test"])
         assert f"127.0.0.1:{args.port}" in test and "health_status" in test, name
         if service["command"][0] == "encoder":
@@ -136,6 +138,16 @@ def test_compose_gateway_reaches_every_replica_by_dns_name(compose: dict) -> Non
         for name, args in owners:
             assert args.port == port, f"{name} listens on {args.port}, the gateway dials {port}"
             assert modality == "lm" or args.modality == modality, name
+
+
+def test_compose_gateway_reads_its_api_key_from_a_secret(compose: dict) -> None:
+    service, gateway = compose_services(compose)["gateway"]
+    (secret,) = service["secrets"]
+    assert gateway.api_key is None, "a key in the command line shows in process lists"
+    assert gateway.api_key_file == f"/run/secrets/{secret}"
+    assert compose["secrets"][secret] == {"environment": "MESHSERVE_API_KEY"}
+    backends = [name for name in compose["services"] if name != "gateway"]
+    assert all("secrets" not in compose["services"][name] for name in backends)
 
 
 def test_compose_cuda_profile_reserves_a_gpu_for_the_lm(compose: dict) -> None:
@@ -229,7 +241,11 @@ def test_k8s_deployments_have_commands_probes_and_resources(k8s: list[dict]) -> 
     for name, deployment in deployments.items():
         container, args = container_args(deployment)
         assert args.host == "0.0.0.0", name
-        assert [p["containerPort"] for p in container["ports"]] == [args.port], name
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"grpc": args.port, "metrics": args.metrics_port}, name
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true", name
+        assert annotations["prometheus.io/port"] == str(args.metrics_port), name
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"]["port"] == args.port, f"{name} {probe}"
         assert container["resources"]["requests"], name
@@ -274,6 +290,18 @@ def test_k8s_readiness_asks_the_service_and_liveness_only_the_process(k8s: list[
         assert container["livenessProbe"]["grpc"]["service"] == LIVENESS_SERVICE, name
         started = LIVENESS_SERVICE if name == "gateway" else HEALTH_NAMES[name]
         assert container["startupProbe"]["grpc"]["service"] == started, name
+
+
+def test_k8s_gateway_takes_its_api_key_from_a_secret(k8s: list[dict]) -> None:
+    deployments = of_kind(k8s, "Deployment")
+    container, args = container_args(deployments["gateway"])
+    assert args.api_key is None and args.api_key_file is None
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MESHSERVE_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "meshserve-api-key"
+    assert not of_kind(k8s, "Secret"), "the key is created by the operator, never committed"
+    for name in set(deployments) - {"gateway"}:
+        backend, _ = container_args(deployments[name])
+        assert "MESHSERVE_API_KEY" not in {e["name"] for e in backend["env"]}, name
 
 
 def test_k8s_lm_requests_a_gpu(k8s: list[dict]) -> None:

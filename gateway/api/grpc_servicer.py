@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from gateway.api.grpc_convert import chat_from_pb, chunk_to_pb, generate_from_pb, media_from_pb
 from gateway.backends.transcriber import Transcriber, TranscriptionRequest
@@ -15,17 +16,30 @@ from gateway.pipeline.types import GenerationRequest, Usage
 from protos.errors import Unsupported
 from protos.lm_codec import sampling_from_pb
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from protos.metrics import StreamMetrics
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    """meshserve.v1.Gateway over one orchestrator.
+
+    Args:
+        metrics: where Generate and Chat streams are timed and counted (default: a registry
+            of this servicer's own).
+    """
+
     def __init__(
-        self, orchestrator: Orchestrator, model_impl: str = "", max_model_len: int = 0
+        self,
+        orchestrator: Orchestrator,
+        model_impl: str = "",
+        max_model_len: int = 0,
+        metrics: StreamMetrics | None = None,
     ) -> None:
         self.orchestrator = orchestrator
         self.model_impl = model_impl
         self.max_model_len = max_model_len
+        self.metrics = metrics if metrics is not None else StreamMetrics(CollectorRegistry())
         self._pooling: PoolingOrchestrator | None = None
 
     @property
@@ -41,7 +55,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         self._require_generate()
-        replies = _replies(self.orchestrator, generate_from_pb(request, context.time_remaining()))
+        generation = generate_from_pb(request, context.time_remaining())
+        replies = _replies(self.orchestrator, generation, self.metrics)
         async with contextlib.aclosing(replies):
             async for reply in replies:
                 yield reply
@@ -50,7 +65,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         self._require_generate()
-        replies = _replies(self.orchestrator, chat_from_pb(request, context.time_remaining()))
+        generation = chat_from_pb(request, context.time_remaining())
+        replies = _replies(self.orchestrator, generation, self.metrics)
         async with contextlib.aclosing(replies):
             async for reply in replies:
                 yield reply
@@ -165,10 +181,12 @@ def _usage_to_pb(usage: Usage) -> common_pb2.Usage:
 
 
 async def _replies(
-    orchestrator: Orchestrator, request: GenerationRequest
+    orchestrator: Orchestrator, request: GenerationRequest, metrics: StreamMetrics
 ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
     """The stream's replies; closing it (client gone) closes the LM stream at once, not at GC."""
     chunks = orchestrator.generate(request)
-    async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            yield chunk_to_pb(chunk)
+    with metrics.stream() as tracker:
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                tracker.on_tokens(len(chunk.token_ids), chunk.finish_reason)
+                yield chunk_to_pb(chunk)

@@ -109,14 +109,18 @@ def stream_chat(
     *,
     timeout: float | None = None,
     on_text: Callable[[str], None] | None = None,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> ChatResult:
-    """Streams Chat; calls `on_text` with every new piece of text. Raises grpc.RpcError."""
+    """Streams Chat; calls `on_text` with every new piece of text. Raises grpc.RpcError.
+
+    `metadata`: sent with the call, e.g. `protos.auth.bearer_metadata(key)`.
+    """
     started = time.perf_counter()
     first = last = None
     pieces: list[str] = []
     num_tokens = 0
     final = gateway_pb2.GenerateResponse()
-    for reply in stub.Chat(request, timeout=timeout):
+    for reply in stub.Chat(request, timeout=timeout, metadata=tuple(metadata)):
         now = time.perf_counter()
         if reply.token_ids:
             first = first if first is not None else now
@@ -222,6 +226,18 @@ def add_chat_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="default 0 (greedy)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=300.0, help="deadline in seconds")
+    parser.add_argument(
+        "--tls-ca",
+        default=None,
+        metavar="FILE.pem",
+        help="speak TLS, trusting the CA certificate(s) in this PEM file",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="the gateway's API key, sent as 'authorization: Bearer KEY' (default: "
+        "$MESHSERVE_API_KEY)",
+    )
 
 
 def media_from_args(args: argparse.Namespace) -> list[gateway_pb2.MediaPart]:
@@ -237,13 +253,16 @@ def media_from_args(args: argparse.Namespace) -> list[gateway_pb2.MediaPart]:
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    from protos.auth import bearer_metadata, resolve_api_key
     from protos.channels import channel
 
     try:
         media = media_from_args(args)
+        root_certificates = Path(args.tls_ca).read_bytes() if args.tls_ca else None
     except OSError as exc:
         print(f"meshserve chat: error: {exc}", file=sys.stderr)
         return 2
+    api_key = resolve_api_key(args.api_key)
     request = chat_request(
         args.prompt,
         media,
@@ -252,10 +271,14 @@ def run_chat(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         seed=args.seed,
     )
-    with channel(args.gateway) as ch:
+    with channel(args.gateway, root_certificates) as ch:
         try:
             result = stream_chat(
-                gateway_pb2_grpc.GatewayStub(ch), request, timeout=args.timeout, on_text=_echo
+                gateway_pb2_grpc.GatewayStub(ch),
+                request,
+                timeout=args.timeout,
+                on_text=_echo,
+                metadata=bearer_metadata(api_key) if api_key else (),
             )
         except grpc.RpcError as exc:
             print(f"\nmeshserve chat: {exc.code().name}: {exc.details()}", file=sys.stderr)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
+from typing import Any
 
-from gateway.api.http.options import API_KEY_ENV, HttpOptions, parse_domains
+from gateway.api.http.options import HttpOptions, parse_domains
+from protos.auth import API_KEY_ENV, resolve_api_key
 from protos.flags import Flag, add_flags, add_server_args, flag, parse_bytes
 from protos.tasks import Task
 
@@ -95,20 +96,29 @@ HTTP_FLAGS: tuple[Flag, ...] = (
         "(default: none; data: URLs only)",
     ),
 )
-API_KEY_FLAG = flag(
-    "--api-key",
-    default=None,
-    help=f"HTTP API clients must send 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})",
+SECURITY_FLAGS: tuple[Flag, ...] = (
+    flag(
+        "--api-key",
+        default=None,
+        help="require the metadata 'authorization: Bearer KEY' on every RPC but health and "
+        "reflection, and 'Authorization: Bearer KEY' on the HTTP API but /health "
+        f" (default: ${API_KEY_ENV}; unset: no key). Prefer the environment "
+        "variable or --api-key-file: a flag shows in process lists",
+    ),
+    flag("--api-key-file", default=None, help="read the API key from this file (a secret)"),
+    flag("--tls-cert", default=None, help="PEM certificate chain: the port speaks TLS only"),
+    flag("--tls-key", default=None, help="PEM private key of --tls-cert"),
 )
 # Every flag of `meshserve gateway` but --model, --lm, --encoder and the server's own (--host,
-# --port, --grace-seconds); `meshserve up` takes these and forwards them to the gateway.
+# --port, --grace-seconds, --metrics-port); `meshserve up` takes these and forwards them to the
+# gateway.
 GATEWAY_FLAGS: tuple[Flag, ...] = (
     TRUST_REMOTE_CODE_FLAG,
     *SERVED_MODEL_FLAGS,
     *TRANSCRIPTION_FLAGS,
     *BACKEND_FLAGS,
     *HTTP_FLAGS,
-    API_KEY_FLAG,
+    *SECURITY_FLAGS,
 )
 
 
@@ -141,7 +151,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     transcription = "transcription (--task transcription runs the model in process)"
     add_flags(p.add_argument_group(transcription), TRANSCRIPTION_FLAGS)
     add_flags(p.add_argument_group("backends"), BACKEND_FLAGS)
-    add_flags(p.add_argument_group("OpenAI HTTP API"), (*HTTP_FLAGS, API_KEY_FLAG))
+    add_flags(p.add_argument_group("OpenAI HTTP API"), HTTP_FLAGS)
+    add_flags(p.add_argument_group("security of the public port"), SECURITY_FLAGS)
     p.set_defaults(func=run_gateway)
 
 
@@ -158,6 +169,11 @@ def run_gateway(args: argparse.Namespace) -> int:
     in_process = args.task == "transcription"
     if (args.lm is None) != in_process:
         print(f"meshserve gateway: error: {_lm_flag_problem(in_process)}", file=sys.stderr)
+        return 2
+    try:
+        options = server_options(args)
+    except (OSError, ValueError) as exc:
+        print(f"meshserve gateway: error: {exc}", file=sys.stderr)
         return 2
     served = served_model(args.model, args.task, args.limit_mm_per_prompt, args.trust_remote_code)
     targets = parse_encoder_targets(args.encoder)
@@ -184,7 +200,7 @@ def run_gateway(args: argparse.Namespace) -> int:
             trust_remote_code=args.trust_remote_code,
             media_store_bytes=args.media_store_bytes,
         )
-        await serve(orchestrator, args.host, args.port, args.grace_seconds, http=http)
+        await serve(orchestrator, args.host, args.port, args.grace_seconds, http=http, **options)
 
     http = http_options(args)
     asyncio.run(main())
@@ -197,10 +213,26 @@ def http_options(args: argparse.Namespace) -> HttpOptions | None:
         return None
     return HttpOptions(
         port=args.http_port,
-        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        api_key=resolve_api_key(args.api_key, args.api_key_file),
         served_model_name=args.served_model_name,
         allowed_media_domains=parse_domains(args.allowed_media_domains),
     )
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`gateway.app.serve`'s metrics and security keywords from the flags; raises OSError or
+    ValueError, with a sentence, for a bad key file or TLS file (before any model loads)."""
+    from protos.server import ServerConfig
+
+    metrics_port = getattr(args, "metrics_port", None)
+    config = ServerConfig(metrics_port=metrics_port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    config.credentials()
+    return {
+        "metrics_port": metrics_port,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "api_key": resolve_api_key(args.api_key, args.api_key_file),
+    }
 
 
 def _lm_flag_problem(in_process: bool) -> str:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -65,6 +65,8 @@ class StackOptions:
         lm_flags / encoder_flags / gateway_flags: argv for each sub-command beyond the wiring
             (model, host, port, grace, addresses): the service's own flags as `up` was
             given them, forwarded by the service's declaration (gateway/tools/stack_flags.py).
+        metrics_port: the gateway's --metrics-port; the backends take the ports after it,
+            in plan order (None: no metrics endpoints).
     """
 
     model: str
@@ -75,6 +77,7 @@ class StackOptions:
     lm_flags: tuple[str, ...] = ()
     encoder_flags: tuple[str, ...] = ()
     gateway_flags: tuple[str, ...] = ()
+    metrics_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +118,22 @@ def plan_stack(
         for spec in _replicas(options, modality, f"encoder-{modality}", pick_port, _encoder_argv)
     ]
     gateway_spec = _gateway_spec(options, lm, encoders)
-    return StackPlan(backends=(*lm, *encoders), gateway=gateway_spec)
+    return _with_metrics_ports(
+        StackPlan(backends=(*lm, *encoders), gateway=gateway_spec), options.metrics_port
+    )
+
+
+def _with_metrics_ports(plan: StackPlan, first: int | None) -> StackPlan:
+    """Gives the gateway `--metrics-port first` and each backend the next port in turn."""
+    if first is None:
+        return plan
+
+    def with_port(spec: ServiceSpec, port: int) -> ServiceSpec:
+        return replace(spec, argv=(*spec.argv, "--metrics-port", str(port)))
+
+    gateway = with_port(plan.gateway, first)
+    backends = tuple(with_port(spec, first + 1 + i) for i, spec in enumerate(plan.backends))
+    return StackPlan(backends=backends, gateway=gateway)
 
 
 def _replicas(

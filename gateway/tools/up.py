@@ -79,6 +79,13 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> None:
         "again, after 1s, 2s, 4s ... up to 30s; never: leave it down. Either way the other "
         "services keep running",
     )
+    g.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="the gateway's Prometheus port; the LM and encoders take the ports after it "
+        "(default: no metrics)",
+    )
     add_stack_flags(p)
     p.set_defaults(func=run_up)
 
@@ -98,6 +105,7 @@ def stack_options(args: argparse.Namespace, replicas: Mapping[str, int]) -> Stac
         lm_flags=argv["lm"],
         encoder_flags=argv["encoder"],
         gateway_flags=argv["gateway"],
+        metrics_port=args.metrics_port,
     )
 
 
@@ -112,6 +120,12 @@ def run_up(args: argparse.Namespace) -> int:
         replicas = parse_replicas(args.replicas)
     except ValueError as exc:
         return _fail(str(exc), code=2)
+    if args.tls_cert and not args.embedded:
+        return _fail(
+            "--tls-cert needs --embedded here: up checks its gateway's health in plaintext; "
+            "or run `meshserve gateway --tls-cert ...` yourself in front of the backends",
+            code=2,
+        )
     served = served_model(args.model, args.task, args.limit_mm_per_prompt, args.trust_remote_code)
     modalities = media_modalities(served)
     unknown = [name for name in replicas if name != "lm" and name not in modalities]
@@ -236,8 +250,13 @@ def _fail(message: str, code: int) -> int:
 
 def run_embedded(args: argparse.Namespace, served: Any) -> int:
     from gateway.app import build_orchestrator, local_backends, media_modalities
+    from gateway.tools.gateway_command import server_options
     from lm_service.cli import engine_config_from_args
 
+    try:
+        options = server_options(args)  # a bad key or TLS file, before any weights load
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc), code=2)
     encoders = ", ".join(media_modalities(served)) or "no"
     print(f"meshserve up --embedded: loading the LM and {encoders} encoder(s) in this process")
     encoder_backend, lm_backend = local_backends(
@@ -267,19 +286,29 @@ def run_embedded(args: argparse.Namespace, served: Any) -> int:
 
         http = dataclasses.replace(http, port=free_port(args.host))
     asyncio.run(
-        _serve_embedded(orchestrator, args.host, port, args.grace_seconds, args.cache_bytes, http)
+        _serve_embedded(
+            orchestrator, args.host, port, args.grace_seconds, args.cache_bytes, http, options
+        )
     )
     return 0
 
 
 async def _serve_embedded(
-    orchestrator: Any, host: str, port: int, grace: float, cache_bytes: int, http: Any
+    orchestrator: Any,
+    host: str,
+    port: int,
+    grace: float,
+    cache_bytes: int,
+    http: Any,
+    options: Mapping[str, Any],
 ) -> None:
     from gateway.app import serve
     from gateway.tools.launcher import format_bytes
 
     ready = asyncio.Event()
-    server = asyncio.create_task(serve(orchestrator, host, port, grace, ready=ready, http=http))
+    server = asyncio.create_task(
+        serve(orchestrator, host, port, grace, ready=ready, http=http, **options)
+    )
     waiter = asyncio.create_task(ready.wait())
     await asyncio.wait({server, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if not waiter.done():

@@ -78,6 +78,7 @@ class Engine:
                 num_blocks=self.num_blocks,
                 enable_prefix_caching=config.enable_prefix_caching,
                 max_model_len=self.max_model_len,
+                max_queued_requests=config.max_queued_requests,
             )
         )
         self.sampler = Sampler()

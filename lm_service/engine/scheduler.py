@@ -31,6 +31,8 @@ class SchedulerConfig:
         num_blocks: KV blocks in the cache.
         max_model_len: longest sequence (prompt + output) a request may reach.
         enable_prefix_caching: reuse KV blocks of identical prompt prefixes.
+        max_queued_requests: most requests waiting (to start, or to resume after a
+            preemption); a new one past it is refused (Overloaded). None: no bound.
     """
 
     max_num_batched_tokens: int
@@ -39,6 +41,7 @@ class SchedulerConfig:
     num_blocks: int
     max_model_len: int
     enable_prefix_caching: bool = True
+    max_queued_requests: int | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -51,6 +54,8 @@ class SchedulerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_queued_requests is not None and self.max_queued_requests < 0:
+            raise ValueError(f"max_queued_requests must be >= 0, got {self.max_queued_requests}")
 
     @property
     def cache_capacity_tokens(self) -> int:
@@ -149,8 +154,18 @@ class Scheduler:
         if request.request_id in self.requests:
             raise InvalidRequest(f"request id {request.request_id!r} is already in use")
         self._check_fits(request.num_prompt_tokens)
+        self._check_queue()
         self.requests[request.request_id] = request
         self.waiting.append(request)
+
+    def _check_queue(self) -> None:
+        limit = self.config.max_queued_requests
+        if limit is not None and self.num_waiting >= limit:
+            raise Overloaded(
+                f"the LM's queue is full: {self.num_waiting} requests are waiting and "
+                f"{self.num_running} are running (--max-queued-requests {limit}); retry "
+                "shortly or add LM replicas"
+            )
 
     def _check_fits(self, num_prompt_tokens: int) -> None:
         config = self.config

@@ -1,41 +1,27 @@
-"""The bearer check of `--api-key` on the HTTP front.
-
-NOTE: the gRPC side of `--api-key` brings its own reusable check; once both have landed this
-one should call that instead of keeping a copy.
-"""
+"""The bearer check of `--api-key` on the HTTP front: the rule is `protos.auth.check_bearer`,
+the same one the gRPC interceptor applies; here it answers with OpenAI error objects."""
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
 from gateway.api.http.errors import ApiError
-
-BEARER = "bearer "
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header; None for any other header."""
-    if not authorization or authorization[: len(BEARER)].lower() != BEARER:
-        return None
-    return authorization[len(BEARER) :].strip() or None
+from protos.auth import check_bearer
 
 
 def check_api_key(authorization: str | None, api_key: str | None) -> None:
     """Nothing when no key is configured or the header carries it; else a 401 ApiError."""
-    if api_key is None:
+    if api_key is None or check_bearer(authorization, api_key):
         return
-    token = bearer_token(authorization)
-    if token is None:
+    if authorization is None:
         raise ApiError(
             401,
             "This gateway needs an API key: send the header 'Authorization: Bearer <key>'",
             code="invalid_api_key",
         )
-    if not hmac.compare_digest(token.encode(), api_key.encode()):
-        raise ApiError(401, "Incorrect API key provided", code="invalid_api_key")
+    raise ApiError(401, "Incorrect API key provided", code="invalid_api_key")
 
 
 class ApiKeyMiddleware:

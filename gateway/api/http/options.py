@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from protos.errors import InvalidRequest
 
-API_KEY_ENV = "MESHSERVE_API_KEY"
 MAX_URL_MEDIA_BYTES = 64 << 20  # a media file fetched from an allowed http(s) URL
 URL_FETCH_SECONDS = 30.0
 

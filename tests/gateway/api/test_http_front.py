@@ -16,12 +16,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.api.http.app import build_app
-from gateway.api.http.auth import bearer_token
 from gateway.api.http.errors import api_error, field_path
 from gateway.api.http.options import HttpOptions
 from gateway.app import serve
 from gateway.backends.base import LMRequest
 from protos import errors
+from protos.auth import check_bearer
 from protos.channels import channel
 from protos.lm_messages import StepOutput
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -82,10 +82,11 @@ def test_the_api_key_guards_every_v1_route_but_not_health(gateway: RunningGatewa
     assert reply.usage.completion_tokens == len(SCRIPT) and reply.model == "tiny-llama"
 
 
-def test_bearer_token_reads_only_bearer_headers() -> None:
-    assert bearer_token("Bearer abc") == "abc" and bearer_token("bearer  abc ") == "abc"
-    assert bearer_token("Basic abc") is None and bearer_token(None) is None
-    assert bearer_token("Bearer ") is None
+def test_the_http_key_rule_reads_only_bearer_headers() -> None:
+    # The HTTP front applies protos.auth's rule, the gRPC interceptor's.
+    assert check_bearer("Bearer abc", "abc") and check_bearer("bearer  abc ", "abc")
+    assert not check_bearer("Basic abc", "abc") and not check_bearer(None, "abc")
+    assert not check_bearer("Bearer ", "abc")
 
 
 # ----------------------------------------------------------------------------- models, health

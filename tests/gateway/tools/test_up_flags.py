@@ -21,7 +21,16 @@ SERVICE_ARGV = {
     "gateway": ("gateway", "--model", "m", "--lm", "127.0.0.1:1"),
 }
 # The launcher sets these for each child; they are never taken from the user's flags.
-WIRING = {"--model", "--host", "--port", "--grace-seconds", "--modality", "--lm", "--encoder"}
+WIRING = {
+    "--model",
+    "--host",
+    "--port",
+    "--grace-seconds",
+    "--metrics-port",
+    "--modality",
+    "--lm",
+    "--encoder",
+}
 UP_ONLY = (
     "--replicas",
     "--embedded",
@@ -103,9 +112,16 @@ def test_every_service_flag_given_to_up_reaches_that_service(service: str, optio
 
 @pytest.mark.parametrize("service", SERVICE_ARGV)
 def test_the_launcher_sets_every_wiring_flag_of_a_service(service: str) -> None:
-    planned = planned_argv()[service]
+    planned = planned_argv("--metrics-port", "9400")[service]
     wiring = [option for option in SERVICE_OPTIONS[service] if option in WIRING]
     assert [option for option in wiring if option not in planned] == []
+
+
+def test_metrics_ports_follow_the_gateway_s() -> None:
+    planned = planned_argv("--metrics-port", "9400")
+    ports = {service: argv[argv.index("--metrics-port") + 1] for service, argv in planned.items()}
+    assert ports == {"gateway": "9400", "lm": "9401", "encoder": "9402"}
+    assert all("--metrics-port" not in argv for argv in planned_argv().values())
 
 
 def test_up_without_flags_forwards_nothing_but_the_wiring() -> None:
@@ -146,3 +162,11 @@ def test_services_that_disagree_on_a_default_cannot_share_a_flag() -> None:
     encoder = flag("--device", default="cuda")
     with pytest.raises(ValueError, match="--device is declared differently"):
         stack_flags({"lm": (lm,), "encoder": (encoder,)})
+
+
+def test_up_refuses_tls_for_a_gateway_it_checks_in_plaintext(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = build_parser().parse_args(["up", "--model", "m", "--tls-cert", "c", "--tls-key", "k"])
+    assert args.func(args) == 2
+    assert "--tls-cert needs --embedded" in capsys.readouterr().err
