@@ -256,7 +256,9 @@ class GatewayServer(Server):
         from gateway.api.http.app import build_app
         from gateway.api.http.server import HttpServer
 
-        self._http_app = build_app(orchestrator, options, lambda: is_serving(self.health))
+        self._http_app = build_app(
+            orchestrator, options, lambda: is_serving(self.health), self.registry
+        )
         self.http = HttpServer(self._http_app, self.config.host, options.port)
 
     def http_ready(self, max_model_len: int) -> str:

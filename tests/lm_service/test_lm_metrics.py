@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.lm_service.engine.test_scheduler import FakeModel, make_config, make_request, prompt
 
 from lm_service.engine.scheduler import Scheduler
 from lm_service.metrics import lm_metrics
+from tests.lm_service.engine.test_scheduler import FakeModel, make_config, make_request, prompt
 
 
 def _scrape(registry: CollectorRegistry) -> dict[str, float]:

@@ -8,11 +8,12 @@ naming the field, not FastAPI's 422.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from gateway.api.http import audio, generation, pooling
@@ -23,12 +24,20 @@ from gateway.api.http.options import HttpOptions
 from gateway.pipeline.orchestrator import Orchestrator
 from protos.errors import MeshError
 
-OPEN_PATHS = ("/health",)  # answered without the API key, like vLLM's
+OPEN_PATHS = ("/health", "/metrics")  # answered without the API key, like vLLM's
 
 
-def build_app(orchestrator: Orchestrator, options: HttpOptions, is_serving: HealthProbe) -> FastAPI:
-    """The app over `orchestrator` (the gateway's own, which its gRPC API uses too)."""
+def build_app(
+    orchestrator: Orchestrator,
+    options: HttpOptions,
+    is_serving: HealthProbe,
+    registry: Any = None,
+) -> FastAPI:
+    """The app over `orchestrator` (the gateway's own, which its gRPC API uses too);
+    `registry`: the gateway's Prometheus registry, served on GET /metrics."""
     app = FastAPI(title="meshserve", summary="OpenAI-compatible API of a meshserve gateway")
+    if registry is not None:
+        _add_metrics(app, registry)
     app.state.context = HttpContext.of(orchestrator, options, is_serving)
     app.state.started = int(time.time())
     app.state.max_model_len = 0  # the LM's, once it has described itself
@@ -41,6 +50,15 @@ def build_app(orchestrator: Orchestrator, options: HttpOptions, is_serving: Heal
     app.add_exception_handler(Exception, _refusal)  # INTERNAL: a 500, logged with its traceback
     app.add_middleware(ApiKeyMiddleware, api_key=options.api_key, open_paths=OPEN_PATHS)
     return app
+
+
+def _add_metrics(app: FastAPI, registry: Any) -> None:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus text: the same registry --metrics-port serves."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def error_response(error: ApiError) -> JSONResponse:

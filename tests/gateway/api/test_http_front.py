@@ -375,3 +375,17 @@ def test_field_paths_drop_pydantic_union_labels() -> None:
     loc = ("body", "messages", 0, "content", "list[ContentPart]", 1, "image_url", "url")
     assert field_path(loc) == "messages[0].content[1].image_url.url"
     assert field_path(("body", "stop", "str")) == "stop"
+
+
+def test_metrics_are_served_beside_health_without_the_key(gateway: RunningGateway) -> None:
+    # GET /metrics: the gateway's Prometheus registry (the one --metrics-port serves), open to
+    # scrapers like /health, and it counts the requests served through HTTP too.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    gateway.client(api_key=KEY).chat.completions.create(
+        model="tiny-llama", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    response = httpx.get(f"{gateway.http_url}/metrics")
+    assert response.status_code == 200
+    names = {family.name for family in text_string_to_metric_families(response.text)}
+    assert "meshserve:request_success" in names

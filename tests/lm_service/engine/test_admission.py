@@ -4,12 +4,12 @@ past it a new request is refused with the numbers; the defaults take 200 concurr
 from __future__ import annotations
 
 import pytest
-from tests.lm_service.engine.test_scheduler import FakeModel, make_config, make_request, prompt
-from tests.lm_service.engine.test_scheduler import run_until_done as run
 
 from gateway.tools.cli import build_parser
 from lm_service.engine.scheduler import Scheduler
 from protos.errors import Overloaded
+from tests.lm_service.engine.test_scheduler import FakeModel, make_config, make_request, prompt
+from tests.lm_service.engine.test_scheduler import run_until_done as run
 
 
 def test_a_request_past_the_bound_is_refused_with_the_numbers() -> None:
