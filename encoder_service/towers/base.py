@@ -73,6 +73,12 @@ class Tower(ABC):
         self.device = device
 
     @classmethod
+    def handles(cls, config: Any) -> bool:
+        """Whether this tower encodes this checkpoint of its architecture (some architectures
+        take several kinds of vision tower; the generic tower serves the others)."""
+        return True
+
+    @classmethod
     def from_pretrained(
         cls, path: str | Path, config: Any, *, dtype: torch.dtype, device: torch.device
     ) -> Tower:

@@ -10,7 +10,10 @@ Nothing here is model-specific:
 
 The answer carries, besides the embeddings, the placeholder, its replacement text and the token
 id whose positions take the embedding rows (the model's `image_token_id`), so the gateway can
-splice any model's prompt without knowing the model.
+splice any model's prompt without knowing the model. A discrete-token encoder answers token
+ids ([num_tokens] int64) instead of embeddings: they take the embed positions as prompt tokens.
+A processor that places images itself, before the prompt (BLIP-2: no `replace_image_token`),
+answers the placeholder `BEFORE_PROMPT` (see `encoder_service.towers.placement`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from torch import nn
 from encoder_service.errors import MediaError
 from encoder_service.towers.base import Tower, TowerInput
 from encoder_service.towers.media_modules import MediaModules, load_media_modules
+from encoder_service.towers.placement import before_prompt_replacement
+from protos.encoder_messages import BEFORE_PROMPT
 from protos.errors import Unsupported
+from protos.hf_processor import load_hf_processor
 from protos.modality import Modality
 
 # modality -> (processor method, processor token attribute, model method, config id fields)
@@ -50,6 +56,7 @@ _ROUTES: dict[Modality, tuple[str, str, str, tuple[str, ...]]] = {
         ("audio_token_id", "audio_token_index"),
     ),
 }
+_TOKENS_METHOD = "get_image_tokens"  # the image route of discrete-token encoders
 # Processor outputs that describe the text, not the media: never passed to the model.
 _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"})
 
@@ -75,15 +82,17 @@ class GenericTower(Tower):
         self.processor = processor
         self.architecture = media.architecture  # type: ignore[misc]  # per instance here
         self.modalities = supported_modalities(media.base, processor)  # type: ignore[misc]
+        # image tokens the processor puts before the prompt itself; None: it replaces them
+        self.before_prompt = before_prompt_replacement(processor, self.modalities)
+        # discrete-token encoders (Chameleon's VQ codes) answer ids, not embeddings
+        self.emits_token_ids = callable(getattr(media.base, _TOKENS_METHOD, None))
 
     @classmethod
     def from_pretrained(
         cls, path: str | Path, config: Any, *, dtype: torch.dtype, device: torch.device
     ) -> GenericTower:
-        from transformers import AutoProcessor
-
         media = load_media_modules(Path(path), config, dtype=dtype, device=device)
-        processor = AutoProcessor.from_pretrained(path)
+        processor = load_hf_processor(path)
         return cls(config, Path(path), media, processor, dtype, device)
 
     @staticmethod
@@ -100,11 +109,9 @@ class GenericTower(Tower):
         return int(extractor.sampling_rate)
 
     def prepare(self, modality: Modality, decoded: Any, index: int) -> TowerInput:
-        process, token_attr, _, id_fields = _ROUTES[modality]
+        _, token_attr, _, id_fields = _ROUTES[modality]
         try:
-            processed, replacements = getattr(self.processor, process)(
-                [_hf_item(decoded)], return_tensors="pt"
-            )
+            processed, replacement = self._process(modality, _hf_item(decoded))
         except (ValueError, TypeError, RuntimeError) as error:
             raise MediaError(modality, index, f"the processor refused it: {error}") from error
         tensors = {
@@ -112,13 +119,26 @@ class GenericTower(Tower):
             for key, value in processed.items()
             if key not in _TEXT_KEYS and isinstance(value, torch.Tensor)
         }
-        placeholder = str(getattr(self.processor, token_attr))
+        token = str(getattr(self.processor, token_attr))
+        placeholder = BEFORE_PROMPT if self._is_before_prompt(modality) else token
         metadata = {
             "placeholder": placeholder,
-            "replacement": replacements[0] if replacements else placeholder,
-            "embed_token_id": self._embed_token_id(id_fields, placeholder),
+            "replacement": replacement or token,
+            "embed_token_id": self._embed_token_id(id_fields, token),
         }
         return TowerInput(modality, tensors, metadata)
+
+    def _process(self, modality: Modality, item: Any) -> tuple[Mapping[str, Any], str | None]:
+        """The processor's tensors for one item, and the text that replaces its placeholder."""
+        if self._is_before_prompt(modality):
+            processed = self.processor.image_processor([item], return_tensors="pt")
+            return processed, self.before_prompt
+        process = _ROUTES[modality][0]
+        processed, replacements = getattr(self.processor, process)([item], return_tensors="pt")
+        return processed, replacements[0] if replacements else None
+
+    def _is_before_prompt(self, modality: Modality) -> bool:
+        return modality is Modality.IMAGE and self.before_prompt is not None
 
     @torch.inference_mode()
     def forward(self, inputs: Sequence[TowerInput]) -> list[torch.Tensor]:
@@ -137,9 +157,14 @@ class GenericTower(Tower):
         return int(self.processor.tokenizer.convert_tokens_to_ids(placeholder))
 
     def _features(self, item: TowerInput) -> torch.Tensor:
-        method = getattr(self.media.base, _ROUTES[item.modality][2])
+        """[num_tokens, hidden] embeddings, or [num_tokens] int64 ids (discrete tokens)."""
+        discrete = self.emits_token_ids and item.modality is Modality.IMAGE
+        name = _TOKENS_METHOD if discrete else _ROUTES[item.modality][2]
+        method = getattr(self.media.base, name)
         kwargs = _accepted(method, {k: self._to_device(v) for k, v in item.tensors.items()})
         output = method(**kwargs)
+        if discrete:
+            return output.reshape(-1).long()  # [num_tokens]
         return _flatten(output).to(self.dtype)  # [num_tokens, hidden]
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
