@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from gateway.tools.tiny_models.audio import build_qwen2_audio, build_whisper
+from gateway.tools.tiny_models.generic_vlm import GENERIC_VLM_BUILDERS, GENERIC_VLM_MODELS
 from gateway.tools.tiny_models.pooling import build_bert, build_qwen2_cls
 from gateway.tools.tiny_models.text import TEXT_MODELS, build_text
 from gateway.tools.tiny_models.vision import build_llava, build_qwen2_vl
@@ -21,7 +22,7 @@ from gateway.tools.tiny_models.vision import build_llava, build_qwen2_vl
 BUILDER_VERSION = "2"
 MULTIMODAL_MODELS: tuple[str, ...] = ("llava", "qwen2_vl", "qwen2_audio")
 OTHER_MODELS: tuple[str, ...] = ("whisper", "bert", "bert_cls", "qwen2_cls")
-ALL_MODELS: tuple[str, ...] = TEXT_MODELS + MULTIMODAL_MODELS + OTHER_MODELS
+ALL_MODELS: tuple[str, ...] = TEXT_MODELS + MULTIMODAL_MODELS + OTHER_MODELS + GENERIC_VLM_MODELS
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
@@ -33,6 +34,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "bert": lambda out: build_bert("bert", out),
     "bert_cls": lambda out: build_bert("bert_cls", out),
     "qwen2_cls": build_qwen2_cls,
+    **GENERIC_VLM_BUILDERS,
 }
 
 
