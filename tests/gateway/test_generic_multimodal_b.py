@@ -194,6 +194,20 @@ def test_gemma3_chunked_prefill_and_prefix_cache_match_hf() -> None:
         llm.close()
 
 
+def test_gemma3_two_images_are_two_blocks() -> None:
+    """Each image's tokens see each other, never the other image's later tokens."""
+    path = tiny_model_path("gemma3")
+    images = [_picture((32, 32), (200, 30, 40)), _picture((32, 32), (10, 90, 250))]
+    text = "<start_of_image>and<start_of_image>Compare them."
+    llm = LLM(model=str(path), limit_mm_per_prompt={"image": 2}, **ENGINE)
+    try:
+        out = llm.generate({"prompt": text, "multi_modal_data": {"image": images}}, GREEDY)[0]
+        inputs = load_hf_processor(path)(text=text, images=[images], return_tensors="pt")
+        _check(out, path, dict(inputs), "gemma3-two-images")
+    finally:
+        llm.close()
+
+
 def test_paligemma_prefix_blocks_are_not_shared_across_prompts() -> None:
     """PaliGemma's prefix is bidirectional: two prompts with the same image and the same first
     blocks must not share those blocks (their KV saw different later tokens)."""
