@@ -192,8 +192,16 @@ class Encoder:
             self._compute(prepared, found, ticket)
         computed = {key for key, _ in prepared}
         for miss in misses:
-            results[miss.index] = _result(miss.key, found[miss.key], miss.key not in computed)
+            result = _result(miss.key, found[miss.key], miss.key not in computed)
+            results[miss.index] = self._as_token_ids(result)
         return results  # type: ignore[return-value]
+
+    def _as_token_ids(self, result: EncodeResult) -> EncodeResult:
+        """A discrete-token answer: the ids go in `token_ids`, no embedding rows."""
+        if result.embeddings.ndim != 1:
+            return result
+        empty = torch.empty(0, self.tower.hidden_size, dtype=self.tower.dtype)
+        return result._replace(embeddings=empty, token_ids=tuple(result.embeddings.tolist()))
 
     def info(self) -> EncoderInfo:
         with self._lock:
@@ -301,6 +309,9 @@ class Encoder:
     def _own(self, output: torch.Tensor) -> torch.Tensor:
         """A compact copy: tower outputs are views into the batch (and, for audio, its padding),
         which would keep the whole batch alive in the cache."""
+        is_token_ids = output.ndim == 1 and not output.is_floating_point()
+        if is_token_ids and getattr(self.tower, "emits_token_ids", False):
+            return output.clone()  # [num_tokens] int64
         if output.ndim != 2 or output.shape[1] != self.tower.hidden_size:
             raise RuntimeError(f"{self.tower.architecture} tower returned {tuple(output.shape)}")
         return output.clone(memory_format=torch.contiguous_format)

@@ -33,9 +33,13 @@ def architecture_of(config: Any) -> str:
     return str(architectures[0])
 
 
-def tower_class(architecture: str) -> type[Tower]:
-    """The native tower of `architecture`, else the generic, processor-driven one."""
-    return TOWERS.get(architecture, GenericTower)
+def tower_class(architecture: str, config: Any = None) -> type[Tower]:
+    """The native tower of `architecture` when it handles `config`, else the generic,
+    processor-driven one."""
+    native = TOWERS.get(architecture)
+    if native is None or (config is not None and not native.handles(config)):
+        return GenericTower
+    return native
 
 
 def check_modality(tower: type[Tower] | Tower, modality: str) -> Modality:
@@ -62,7 +66,7 @@ def load_tower(
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path)
-    cls = tower_class(architecture_of(config))
+    cls = tower_class(architecture_of(config), config)
     check_modality(cls, modality)  # before loading weights: a wrong modality fails fast
     tower = cls.from_pretrained(
         path, config, dtype=resolve_dtype(dtype, config_dtype(config)), device=torch.device(device)

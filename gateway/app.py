@@ -38,7 +38,7 @@ def served_model(
     task = Task.parse(task)
     config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     architecture = (getattr(config, "architectures", None) or [type(config).__name__])[0]
-    spec = spec_for(architecture, task)
+    spec = spec_for(architecture, task, config)
     limits = validate_limits(spec, limit_mm_per_prompt, architecture, task)
     return ServedModel(model=model, architecture=architecture, task=task, spec=spec, limits=limits)
 

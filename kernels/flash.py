@@ -4,20 +4,28 @@
 paged KV cache only when the block size is a multiple of 256 ("Paged KV cache block size must be
 divisible by 256"), so the runner should pick `block_size=256` on CUDA to get this path; other
 block sizes fall back to the torch reference.
+
+flash-attn's masks are causal (with a window) or full; it cannot open a bidirectional range
+inside a causal sequence (Gemma 3's images, PaliGemma's prefix). A step whose metadata has such
+ranges runs on the torch reference instead (it reads the same KV layout), and this is logged
+once; every other step of the same model stays on flash-attn.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from kernels import torch_attention
 from kernels.metadata import AttentionMetadata
 
 PAGED_BLOCK_MULTIPLE = 256  # flash-attn 2's constraint on the paged KV block size
+logger = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -76,6 +84,17 @@ def paged_attention(
     Returns:
         `[T, num_heads, head_dim]`.
     """
+    if meta.has_bidirectional:
+        _log_bidirectional_fallback()
+        return torch_attention.paged_attention(
+            query,
+            k_cache,
+            v_cache,
+            meta,
+            scale=scale,
+            sliding_window=sliding_window,
+            logits_soft_cap=logits_soft_cap,
+        )
     varlen_func = _load_varlen_func()
     if varlen_func is None:
         raise RuntimeError("flash-attn is not installed")
@@ -97,4 +116,12 @@ def paged_attention(
         window_size=window,
         block_table=meta.block_table.to(torch.int32),
         **extra,
+    )
+
+
+@functools.cache
+def _log_bidirectional_fallback() -> None:
+    logger.info(
+        "flash-attn cannot express bidirectional attention ranges (media or prefix); steps "
+        "that have them run on the torch reference attention"
     )

@@ -2,6 +2,12 @@
 
 Both backends (the torch reference and flash-attn) and the forward context read it; it imports
 no other kernel module, so every arrow in `kernels/` points at it and none back.
+
+Bidirectional ranges: positions `[start, end)` of a request that attend each other both ways
+(HF's `block_sequence_ids`: Gemma 3's image tokens, PaliGemma's prefix); everything else is
+causal. A key inside a range is visible to a query of the same range even when it comes later,
+so every range a step's queries sit in must end inside the step (`end <= seq_len`): the
+scheduler never ends a prefill chunk inside one.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+Ranges = tuple[tuple[int, int], ...]  # (start, end) position ranges, sorted and disjoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +37,9 @@ class AttentionMetadata:
     max_seq_len: int
     query_start_loc_cpu: tuple[int, ...]  # host copy of query_start_loc
     seq_lens_cpu: tuple[int, ...]  # host copy of seq_lens
+    # per request, the bidirectional ranges that give one of its new queries a LATER key;
+    # () for every request when the step is plain causal
+    bidirectional_cpu: tuple[Ranges, ...] = ()
 
     @property
     def num_reqs(self) -> int:
@@ -38,6 +49,15 @@ class AttentionMetadata:
     def num_tokens(self) -> int:
         return self.query_start_loc_cpu[-1]
 
+    @property
+    def has_bidirectional(self) -> bool:
+        """Some query of this step sees a later key: the step is not plain causal."""
+        return any(self.bidirectional_cpu)
+
+    def bidirectional_of(self, req: int) -> Ranges:
+        """Request `req`'s ranges that matter this step (see `bidirectional_cpu`)."""
+        return self.bidirectional_cpu[req] if self.bidirectional_cpu else ()
+
     @classmethod
     def build(
         cls,
@@ -46,6 +66,7 @@ class AttentionMetadata:
         block_tables: Sequence[Sequence[int]],
         block_size: int,
         device: torch.device | str | None = None,
+        bidirectional_ranges: Sequence[Ranges] | None = None,
     ) -> AttentionMetadata:
         """Metadata for a step from per-request host lists (tests and the runner use it).
 
@@ -55,8 +76,11 @@ class AttentionMetadata:
             block_tables: each request's block ids, covering at least `seq_len` tokens.
             block_size: tokens per KV block.
             device: where the tensors go (CPU when None).
+            bidirectional_ranges: per request, its `(start, end)` position ranges that attend
+                both ways (sorted, disjoint); None: all causal.
         """
         _check_batch(query_lens, seq_lens, block_tables, block_size)
+        bidirectional = _step_ranges(query_lens, seq_lens, bidirectional_ranges)
         query_start_loc = [0, *itertools.accumulate(query_lens)]
         block_table = _padded_block_table(block_tables)  # [B, max_blocks] on CPU
         slot_mapping = _slot_mapping(query_lens, seq_lens, block_table, block_size)
@@ -69,6 +93,7 @@ class AttentionMetadata:
             max_seq_len=max(seq_lens, default=0),
             query_start_loc_cpu=tuple(query_start_loc),
             seq_lens_cpu=tuple(int(n) for n in seq_lens),
+            bidirectional_cpu=bidirectional,
         )
 
 
@@ -115,3 +140,36 @@ def _slot_mapping(
     pos = torch.arange(req.numel()) - starts[req] + first_pos[req]  # [T] position in sequence
     blocks = block_table.long()[req, pos // block_size]  # [T]
     return blocks * block_size + pos % block_size  # [T] int64
+
+
+def _step_ranges(
+    query_lens: Sequence[int], seq_lens: Sequence[int], ranges: Sequence[Ranges] | None
+) -> tuple[Ranges, ...]:
+    """Each request's ranges that give one of this step's queries a later key; () if none do."""
+    if not ranges:
+        return ()
+    if len(ranges) != len(query_lens):
+        raise ValueError(f"{len(ranges)} bidirectional range lists for {len(query_lens)} requests")
+    kept = tuple(
+        _live_ranges(i, seq_len - q_len, seq_len, request_ranges)
+        for i, (q_len, seq_len, request_ranges) in enumerate(
+            zip(query_lens, seq_lens, ranges, strict=True)
+        )
+    )
+    return kept if any(kept) else ()
+
+
+def _live_ranges(req: int, first: int, seq_len: int, ranges: Ranges) -> Ranges:
+    """The ranges in which a query in [first, seq_len) has a later key (in its range)."""
+    live = []
+    for start, end in ranges:
+        if end <= first or start >= seq_len:
+            continue  # none of the step's queries is in it
+        if end > seq_len:
+            raise ValueError(
+                f"request {req}: bidirectional range [{start}, {end}) ends after the step's "
+                f"{seq_len} tokens; a prefill chunk must not end inside one"
+            )
+        if max(start, first) < end - 1:  # else only its last position is queried: causal
+            live.append((int(start), int(end)))
+    return tuple(live)

@@ -4,7 +4,9 @@
   block table into `[B, S, num_kv_heads, head_dim]` and attended in one masked SDPA call, with
   the query heads of a KV group laid out as the query rows of that KV head (no KV expansion);
 - each prefill chunk runs SDPA against its whole sequence: `is_causal` when the chunk is the
-  whole sequence and no window cuts it, an explicit mask otherwise.
+  whole sequence and no window or bidirectional range changes it, an explicit mask otherwise
+  (a bidirectional range opens the keys of the range to every query in it, then the window
+  cuts: HF's `AND(sliding_window, OR(causal, blockwise))`, Gemma 3's rule).
 Host copies of the lengths (`*_cpu`) drive all the Python-level decisions, so nothing syncs
 with the device. A decode's output is bit-identical alone or batched with longer sequences
 (masked padding adds exact zeros). The gather copies each decode's K/V once per layer: on CPU
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.metadata import AttentionMetadata
+from kernels.metadata import AttentionMetadata, Ranges
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,19 +200,27 @@ def _prefill_chunk(
     keys = _gather_blocks(k_cache, block_ids)[:seq_len].transpose(0, 1)  # [Hkv, S, D]
     values = _gather_blocks(v_cache, block_ids)[:seq_len].transpose(0, 1)  # [Hkv, S, D]
     window = options.sliding_window
-    whole = q_len == seq_len and (window is None or window >= seq_len)
-    mask = None if whole else _prefill_mask(q_len, seq_len, window, query.device)  # [L, S]
+    ranges = meta.bidirectional_of(chunk.req)
+    whole = q_len == seq_len and (window is None or window >= seq_len) and not ranges
+    mask = None if whole else _prefill_mask(q_len, seq_len, window, query.device, ranges)
     q = query.transpose(0, 1)  # [H, L, D]
     return _attend_gqa(q, keys, values, mask, options).transpose(0, 1)  # [L, H, D]
 
 
 def _prefill_mask(
-    q_len: int, seq_len: int, window: int | None, device: torch.device
+    q_len: int,
+    seq_len: int,
+    window: int | None,
+    device: torch.device,
+    ranges: Ranges = (),
 ) -> torch.Tensor:
-    """`[L, S]` bool: query i sits at position `seq_len - q_len + i`."""
+    """`[L, S]` bool: query i sits at position `seq_len - q_len + i`; a query inside a
+    bidirectional range also sees the range's later keys."""
     q_pos = torch.arange(seq_len - q_len, seq_len, device=device)[:, None]  # [L, 1]
     k_pos = torch.arange(seq_len, device=device)[None, :]  # [1, S]
     mask = k_pos <= q_pos
+    for start, end in ranges:
+        mask |= (start <= q_pos) & (q_pos < end) & (start <= k_pos) & (k_pos < end)
     if window is not None:
         mask &= q_pos - k_pos < window
     return mask

@@ -85,6 +85,7 @@ def result_to_pb(result: EncodeResult) -> encoder_pb2.EncodedItem:
         setattr(message, key, str(result.metadata.get(key) or ""))
     if result.metadata.get("embed_token_id") is not None:
         message.embed_token_id = int(result.metadata["embed_token_id"])
+    message.token_ids.extend(int(t) for t in result.token_ids)
     return message
 
 
@@ -108,6 +109,7 @@ def encode_results_from_pb(reply: encoder_pb2.EncodeResponse) -> list[EncodeResu
                 content_hash=item.content_hash,
                 cache_hit=item.cache_hit,
                 metadata=metadata,
+                token_ids=tuple(int(t) for t in item.token_ids),
             )
         )
     return results

@@ -31,12 +31,29 @@ class MediaItem:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
+# The placeholder of an item whose processor puts it before the prompt, not in the text
+# (BLIP-2): its replacement tokens come first, before the tokenized prompt and its BOS.
+BEFORE_PROMPT = ""
+
+
 class EncodeResult(NamedTuple):
-    embeddings: torch.Tensor  # [num_tokens, hidden], read-only: shared with the cache
+    """One encoded item.
+
+    Args:
+        embeddings: [num_tokens, hidden], read-only (shared with the cache); [0, hidden] when
+            the encoder answers token ids.
+        metadata: e.g. {"grid_thw": (t, h, w)} (Qwen2-VL); generic towers: "placeholder",
+            "replacement", "embed_token_id".
+        token_ids: discrete-token encoders (Chameleon's VQ codes): the ids that take the embed
+            positions of the prompt, one per position; () otherwise.
+    """
+
+    embeddings: torch.Tensor
     num_tokens: int
     content_hash: str
     cache_hit: bool
-    metadata: Mapping[str, Any]  # e.g. {"grid_thw": (t, h, w)} for Qwen2-VL
+    metadata: Mapping[str, Any]
+    token_ids: tuple[int, ...] = ()
 
 
 class CacheStats(NamedTuple):

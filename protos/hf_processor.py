@@ -16,12 +16,19 @@ processor class, whose pixel operations are replaced by Pillow / torch ones:
 
 Frame sampling, sizes and the processor's replacement text stay the class's own. A user with
 torchvision gets HF's processor unchanged.
+
+Other processor classes (PixtralProcessor) are marked as needing torchvision only because
+their module imports a helper from the torchvision image processor's module, while the same
+helper lives in the PIL image processor's module: `processor_class` imports them with that
+module aliased to its PIL twin.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +38,24 @@ import torch
 from protos.errors import Unsupported
 
 _VIDEO_CONFIG = "video_preprocessor_config.json"
+_MODELS = "transformers.models"
 
 
-def load_processor(path: str | Path) -> Any:
-    """`AutoProcessor.from_pretrained(path)`, else (torchvision missing) the same processor
-    with its video processor's pixel operations done by Pillow and torch."""
+def load_processor(path: str | Path, **kwargs: Any) -> Any:
+    """`AutoProcessor.from_pretrained(path)`, else (torchvision missing) the same processor:
+    with its video processor's pixel operations done by Pillow and torch, or its class
+    imported beside the PIL image processor."""
     from transformers import AutoProcessor
 
     try:
-        return AutoProcessor.from_pretrained(path)
+        return AutoProcessor.from_pretrained(path, **kwargs)
     except ImportError as error:
         if "torchvision" not in str(error).lower():
             raise
-    return _processor_with_pil_video(Path(path))
+        refused = error
+    if (Path(path) / _VIDEO_CONFIG).is_file():
+        return _processor_with_pil_video(Path(path))
+    return processor_class(_processor_class_name(path), refused).from_pretrained(path, **kwargs)
 
 
 def _processor_with_pil_video(path: Path) -> Any:
@@ -200,3 +212,51 @@ def _pil_resample(resample: Any) -> Any:
     if resample is None or isinstance(resample, PILImageResampling | int):
         return resample
     return PILImageResampling.BILINEAR
+
+
+def processor_class(class_name: str, error: ImportError | None = None) -> type:
+    """The real processor class `class_name` (not transformers' torchvision placeholder)."""
+    from transformers.models.auto.processing_auto import (
+        PROCESSOR_MAPPING_NAMES,
+        model_type_to_module_name,
+    )
+
+    for model_type, name in PROCESSOR_MAPPING_NAMES.items():
+        if name != class_name:
+            continue
+        module = model_type_to_module_name(model_type)
+        _alias_pil_image_processor(module)
+        try:
+            found = importlib.import_module(f"{_MODELS}.{module}.processing_{module}")
+        except ImportError:
+            continue
+        if hasattr(found, class_name):
+            return getattr(found, class_name)
+    raise ImportError(f"cannot load {class_name} without torchvision") from error
+
+
+def _alias_pil_image_processor(module: str) -> None:
+    """Point `image_processing_<module>` (torchvision) at `image_processing_pil_<module>`.
+
+    NOTE: only when the torchvision module does not import: nothing that works is replaced.
+    """
+    name = f"{_MODELS}.{module}.image_processing_{module}"
+    pil = f"{_MODELS}.{module}.image_processing_pil_{module}"
+    if name in sys.modules or importlib.util.find_spec(pil) is None:
+        return
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        sys.modules[name] = importlib.import_module(pil)
+
+
+def _processor_class_name(path: str | Path) -> str:
+    from transformers.utils import cached_file
+
+    for file in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        config = cached_file(str(path), file, _raise_exceptions_for_missing_entries=False)
+        if config is not None:
+            name = json.loads(Path(config).read_text()).get("processor_class")
+            if name:
+                return str(name)
+    raise ImportError(f"{path} names no processor_class; its processor needs torchvision")

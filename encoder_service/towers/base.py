@@ -86,6 +86,12 @@ class Tower(ABC):
         return [getattr(self, name) for name in names if getattr(self, name, None) is not None]
 
     @classmethod
+    def handles(cls, config: Any) -> bool:
+        """Whether this tower encodes this checkpoint of its architecture (some architectures
+        take several kinds of vision tower; the generic tower serves the others)."""
+        return True
+
+    @classmethod
     def from_pretrained(
         cls, path: str | Path, config: Any, *, dtype: torch.dtype, device: torch.device
     ) -> Tower:

@@ -10,7 +10,10 @@ Nothing here is model-specific:
 
 The answer carries, besides the embeddings, the placeholder, its replacement text and the token
 id whose positions take the embedding rows (the model's `image_token_id`), so the gateway can
-splice any model's prompt without knowing the model.
+splice any model's prompt without knowing the model. A discrete-token encoder answers token
+ids ([num_tokens] int64) instead of embeddings: they take the embed positions as prompt tokens.
+A processor that places images itself, before the prompt (BLIP-2: no `replace_image_token`),
+answers the placeholder `BEFORE_PROMPT` (see `encoder_service.towers.placement`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from torch import nn
 from encoder_service.errors import MediaError
 from encoder_service.towers.base import Tower, TowerInput
 from encoder_service.towers.media_modules import MediaModules, load_media_modules
+from encoder_service.towers.placement import before_prompt_replacement
+from protos.encoder_messages import BEFORE_PROMPT
 from protos.errors import Unsupported
 from protos.hf_processor import load_processor
 from protos.modality import Modality
@@ -56,6 +61,7 @@ _KWARGS_GROUPS = {
     Modality.VIDEO: "videos_kwargs",
     Modality.AUDIO: "audio_kwargs",
 }
+_TOKENS_METHOD = "get_image_tokens"  # the image route of discrete-token encoders
 # Processor outputs that describe the text, not the media: never passed to the model.
 _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"})
 
@@ -81,6 +87,10 @@ class GenericTower(Tower):
         self.processor = processor
         self.architecture = media.architecture  # type: ignore[misc]  # per instance here
         self.modalities = supported_modalities(media.base, processor)  # type: ignore[misc]
+        # image tokens the processor puts before the prompt itself; None: it replaces them
+        self.before_prompt = before_prompt_replacement(processor, self.modalities)
+        # discrete-token encoders (Chameleon's VQ codes) answer ids, not embeddings
+        self.emits_token_ids = callable(getattr(media.base, _TOKENS_METHOD, None))
 
     @classmethod
     def from_pretrained(
@@ -104,11 +114,9 @@ class GenericTower(Tower):
         return int(extractor.sampling_rate)
 
     def prepare(self, modality: Modality, decoded: Any, index: int) -> TowerInput:
-        process, token_attr, _, id_fields = _ROUTES[modality]
+        _, token_attr, _, id_fields = _ROUTES[modality]
         try:
-            processed, replacements = getattr(self.processor, process)(
-                [_hf_item(decoded)], **self._processor_kwargs(modality)
-            )
+            processed, replacement = self._process(modality, _hf_item(decoded))
         except (ValueError, TypeError, RuntimeError) as error:
             raise MediaError(modality, index, f"the processor refused it: {error}") from error
         tensors = {
@@ -116,11 +124,12 @@ class GenericTower(Tower):
             for key, value in processed.items()
             if key not in _TEXT_KEYS and isinstance(value, torch.Tensor)
         }
-        placeholder = str(getattr(self.processor, token_attr))
+        token = str(getattr(self.processor, token_attr))
+        placeholder = BEFORE_PROMPT if self._is_before_prompt(modality) else token
         metadata = {
             "placeholder": placeholder,
-            "replacement": replacements[0] if replacements else placeholder,
-            "embed_token_id": self._embed_token_id(id_fields, placeholder),
+            "replacement": replacement or token,
+            "embed_token_id": self._embed_token_id(id_fields, token),
         }
         return TowerInput(modality, tensors, metadata)
 
@@ -139,14 +148,28 @@ class GenericTower(Tower):
                 f"{self.architecture} lays out each {modality} by its size (tiles or row "
                 "breaks), so precomputed embeddings cannot be placed; send the file instead",
             )
-        prefix, token, suffix, embed_token_id = template
+        placeholder, prefix, token, suffix, embed_token_id = template
         rows = int(embeddings.shape[0])
         return {
             **metadata,
-            "placeholder": str(getattr(self.processor, _ROUTES[modality][1])),
+            "placeholder": placeholder,
             "replacement": prefix + token * rows + suffix,
             "embed_token_id": embed_token_id,
         }
+
+    def _process(self, modality: Modality, item: Any) -> tuple[Mapping[str, Any], str | None]:
+        """The processor's tensors for one item, and the text that replaces its placeholder."""
+        if self._is_before_prompt(modality):
+            processed = self.processor.image_processor([item], **self._processor_kwargs(modality))
+            return processed, self.before_prompt
+        process = _ROUTES[modality][0]
+        processed, replacements = getattr(self.processor, process)(
+            [item], **self._processor_kwargs(modality)
+        )
+        return processed, replacements[0] if replacements else None
+
+    def _is_before_prompt(self, modality: Modality) -> bool:
+        return modality is Modality.IMAGE and self.before_prompt is not None
 
     @torch.inference_mode()
     def forward(self, inputs: Sequence[TowerInput]) -> list[torch.Tensor]:
@@ -167,15 +190,15 @@ class GenericTower(Tower):
         )
         return dict(merged[_KWARGS_GROUPS[modality]])
 
-    def _run_template(self, modality: Modality) -> tuple[str, str, str, int] | None:
-        """(prefix, embed token, suffix, its id) of one item's replacement, from a probe item,
+    def _run_template(self, modality: Modality) -> tuple[str, str, str, str, int] | None:
+        """(placeholder, prefix, embed token, suffix, its id) of one item, from a probe item,
         when the embed token forms a single run in it; else None. Cached per modality."""
         cache = self.__dict__.setdefault("_templates", {})
         if modality not in cache:
             cache[modality] = self._probe_template(modality)
         return cache[modality]
 
-    def _probe_template(self, modality: Modality) -> tuple[str, str, str, int] | None:
+    def _probe_template(self, modality: Modality) -> tuple[str, str, str, str, int] | None:
         if modality is not Modality.IMAGE:
             return None  # NOTE: only images have E rows among the generic architectures
         from PIL import Image
@@ -191,7 +214,9 @@ class GenericTower(Tower):
         while replacement.startswith(token, end):
             end += len(token)
         prefix, suffix = replacement[:first], replacement[end:]
-        return None if token in suffix else (prefix, token, suffix, embed_token_id)
+        if token in suffix:
+            return None
+        return str(probe.metadata["placeholder"]), prefix, token, suffix, embed_token_id
 
     def _embed_token_id(self, id_fields: tuple[str, ...], placeholder: str) -> int:
         for name in id_fields:
@@ -202,9 +227,14 @@ class GenericTower(Tower):
         return int(self.processor.tokenizer.convert_tokens_to_ids(placeholder))
 
     def _features(self, item: TowerInput) -> torch.Tensor:
-        method = getattr(self.media.base, _ROUTES[item.modality][2])
+        """[num_tokens, hidden] embeddings, or [num_tokens] int64 ids (discrete tokens)."""
+        discrete = self.emits_token_ids and item.modality is Modality.IMAGE
+        name = _TOKENS_METHOD if discrete else _ROUTES[item.modality][2]
+        method = getattr(self.media.base, name)
         kwargs = _accepted(method, {k: self._to_device(v) for k, v in item.tensors.items()})
         output = method(**kwargs)
+        if discrete:
+            return output.reshape(-1).long()  # [num_tokens]
         return _flatten(output).to(self.dtype)  # [num_tokens, hidden]
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:

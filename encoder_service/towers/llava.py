@@ -11,6 +11,8 @@ from torch import nn
 from encoder_service.towers.base import Tower, TowerInput, group_by_shape
 from protos.modality import Modality
 
+NATIVE_LLAVA_VISION = frozenset({"clip_vision_model", "siglip_vision_model"})
+
 
 class LlavaTower(Tower):
     """CLIP/SigLIP vision tower + multi_modal_projector, honouring vision_feature_layer (an
@@ -19,6 +21,14 @@ class LlavaTower(Tower):
     architecture = "LlavaForConditionalGeneration"
     modalities = (Modality.IMAGE,)
     roots = ("vision_tower", "multi_modal_projector")
+
+    @classmethod
+    def handles(cls, config: Any) -> bool:
+        """CLIP and SigLIP towers only: a Pixtral tower (pixtral-12b) takes image sizes and
+        [IMG_BREAK] rows, which the generic tower gets from its processor.
+        NOTE: gateway.prompt.placeholders.NATIVE_LLAVA_VISION says the same to the gateway."""
+        model_type = getattr(getattr(config, "vision_config", None), "model_type", None)
+        return model_type is None or model_type in NATIVE_LLAVA_VISION
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)

@@ -3,7 +3,9 @@ read from the checkpoint.
 
 The language model is found from the model class (its `language_model` / `text_model` child),
 not from a list of weight prefixes, and stays on the meta device: it is never run here, and a
-feature function that touched it would fail loudly instead of using random weights.
+feature function that touched it would fail loudly instead of using random weights. A base that
+IS the decoder (Chameleon: its layers sit next to its VQ model) has no such child: its media
+modules are then the children built from one of the config's media sub-configs.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def load_media_modules(
     architecture = (getattr(config, "architectures", None) or [type(config).__name__])[0]
     model = build_on_meta(lambda: _model_class(architecture)(config))
     base = _feature_module(model, architecture)
-    roots = media_roots(base)
+    roots = media_roots(base, config)
     media = _MediaView(base, roots)
     load_tower_weights(media, path, roots, dtype=dtype, device=device)
     base.eval().requires_grad_(False)
@@ -76,17 +78,37 @@ def _children_defining_features(module: nn.Module) -> bool:
     return any(callable(getattr(type(module), m, None)) for m in _FEATURE_METHODS)
 
 
-def media_roots(base: nn.Module) -> tuple[str, ...]:
+def media_roots(base: nn.Module, config: Any = None) -> tuple[str, ...]:
     """The base's direct children and parameters that are not the language model."""
     language = [name for name in _LANGUAGE_MODEL_CHILDREN if hasattr(base, name)]
     if not language:
-        raise Unsupported(
-            f"{type(base).__name__} has no language_model or text_model child: its media "
-            "modules cannot be told apart from the language model"
-        )
+        return _sub_config_children(base, config)
     names = [name for name, _ in base.named_children() if name not in language]
     names += [name for name, _ in base.named_parameters(recurse=False)]
     return tuple(names)
+
+
+_MEDIA_SUB_CONFIGS = ("vision_config", "vq_config", "audio_config")
+
+
+def _sub_config_children(base: nn.Module, config: Any) -> tuple[str, ...]:
+    """The children of a decoder-shaped base that a media sub-config built (Chameleon's
+    `vqmodel` from `vq_config`), told apart by their config's model_type."""
+    media_types = {
+        getattr(getattr(config, name, None), "model_type", None) for name in _MEDIA_SUB_CONFIGS
+    } - {None}
+    names = tuple(
+        name
+        for name, child in base.named_children()
+        if getattr(getattr(child, "config", None), "model_type", None) in media_types
+    )
+    if not names:
+        raise Unsupported(
+            f"{type(base).__name__} has no language_model or text_model child and no child "
+            "built from a media sub-config: its media modules cannot be told apart from the "
+            "language model"
+        )
+    return names
 
 
 class _MediaView(nn.Module):

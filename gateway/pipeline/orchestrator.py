@@ -167,6 +167,7 @@ class Orchestrator:
                 placeholder=result.metadata.get("placeholder"),
                 replacement=result.metadata.get("replacement"),
                 embed_token_id=result.metadata.get("embed_token_id"),
+                token_ids=tuple(getattr(result, "token_ids", ())) or None,
             )
             for item, result in zip(request.media, encoded, strict=True)
         ]

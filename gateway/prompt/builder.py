@@ -29,6 +29,7 @@ from gateway.prompt.chat_template import (
     read_chat_template,
     uses_content_parts,
 )
+from gateway.prompt.layout import TextLayout, text_layout
 from gateway.prompt.mrope import VisionRun, mrope_positions
 from gateway.prompt.placeholders import (
     ModalityTokens,
@@ -37,8 +38,9 @@ from gateway.prompt.placeholders import (
     resolve_tokens,
 )
 from gateway.prompt.slots import BuiltPrompt, MediaSlot, PlaceholderRange
-from gateway.prompt.splice import locate_embeds, splice
+from gateway.prompt.splice import before_prompt, locate_embeds, splice, take_token_ids
 from protos.errors import InvalidRequest
+from protos.hf_processor import load_processor
 from protos.modality import MEDIA_MODALITIES
 
 MODALITIES: tuple[str, ...] = tuple(m.value for m in MEDIA_MODALITIES)
@@ -51,6 +53,8 @@ class PromptBuilder:
         tokenizer: the model's HF tokenizer.
         config: the model's HF config (`architectures`, placeholder token ids, vision config).
         chat_template: the Jinja chat template, or None when the model has none.
+        tokens: SPLICED models: each modality's placeholder, as the processor names it.
+        layout: SPLICED models whose processor rewrites the text first (`gateway.prompt.layout`).
     """
 
     def __init__(
@@ -59,8 +63,10 @@ class PromptBuilder:
         config: Any,
         chat_template: str | None = None,
         tokens: Mapping[str, ModalityTokens] | None = None,
+        layout: TextLayout | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        self.layout = layout
         self.config = config
         self.architecture: str = (getattr(config, "architectures", None) or [""])[0]
         self.chat_template = chat_template
@@ -85,9 +91,12 @@ class PromptBuilder:
         config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
         architecture = (getattr(config, "architectures", None) or [""])[0]
-        spliced = family_for(architecture, config).spliced
-        tokens = processor_tokens(model, tokenizer) if spliced else None
-        return cls(tokenizer, config, read_chat_template(model, tokenizer), tokens)
+        template = read_chat_template(model, tokenizer)
+        if not family_for(architecture, config).spliced:
+            return cls(tokenizer, config, template)
+        processor = load_processor(model)
+        tokens = processor_tokens(model, tokenizer, processor)
+        return cls(tokenizer, config, template, tokens, text_layout(processor))
 
     # ------------------------------------------------------------------ public API
 
@@ -275,9 +284,15 @@ class PromptBuilder:
                     f"processor; {item.modality} item {index} came without them (precomputed "
                     "embeddings are not supported for this model yet)"
                 )
+        if self.layout is not None:
+            text = self.layout.apply(text, sum(item.modality == "image" for item in items))
         expanded, order = splice(text, items, self.placeholder)
-        token_ids = self._tokenize(expanded, add_special_tokens)
-        return BuiltPrompt(token_ids, locate_embeds(token_ids, items, order))
+        first = before_prompt(items)  # BLIP-2: the image's tokens, then the prompt with BOS
+        head = "".join(str(items[i].replacement) for i in first)
+        token_ids = self._tokenize(head, False) if head else []
+        token_ids += self._tokenize(expanded, add_special_tokens)
+        ranges = locate_embeds(token_ids, items, first + order)
+        return take_token_ids(BuiltPrompt(token_ids, ranges), items)
 
     def _mrope(
         self, num_tokens: int, ranges: Sequence[PlaceholderRange], items: Sequence[MediaSlot]

@@ -46,6 +46,8 @@ class PromptFamily:
     mrope: bool = False
     time_scaled_video: bool = False
     spliced: bool = False  # the encoder's processor gives each item's replacement text
+    # the vision towers (vision_config.model_type) the row is for; None: any
+    vision_model_types: frozenset[str] | None = None
 
 
 LLAVA_IMAGE = PlaceholderFormat(("image_token_index", "image_token_id"), "<image>")
@@ -59,7 +61,10 @@ QWEN_AUDIO = PlaceholderFormat(
     ("audio_token_index", "audio_token_id"), "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
 )
 
-LLAVA = PromptFamily({"image": LLAVA_IMAGE})
+# NOTE: encoder_service.towers.llava.NATIVE_LLAVA_VISION says the same to the encoder: other
+# LLaVA towers (Pixtral, pixtral-12b) run the generic tower, so their prompts are SPLICED.
+NATIVE_LLAVA_VISION = frozenset({"clip_vision_model", "siglip_vision_model"})
+LLAVA = PromptFamily({"image": LLAVA_IMAGE}, vision_model_types=NATIVE_LLAVA_VISION)
 TEXT_ONLY = PromptFamily()
 SPLICED = PromptFamily(spliced=True)
 FAMILIES: Mapping[str, PromptFamily] = {
@@ -79,26 +84,33 @@ FAMILIES: Mapping[str, PromptFamily] = {
 def family_for(architecture: str, config: Any) -> PromptFamily:
     """The family row of `architecture`; SPLICED for any other model with media sub-configs
     (its encoder's processor says how each item enters the prompt), else text-only."""
-    if architecture in FAMILIES:
-        return FAMILIES[architecture]
+    family = FAMILIES.get(architecture)
+    if family is not None and _family_takes(family, config):
+        return family
     if any(getattr(config, name, None) is not None for name in MEDIA_SUB_CONFIGS):
         return SPLICED
     return TEXT_ONLY
+
+
+def _family_takes(family: PromptFamily, config: Any) -> bool:
+    if family.vision_model_types is None:
+        return True
+    model_type = getattr(getattr(config, "vision_config", None), "model_type", None)
+    return model_type is None or model_type in family.vision_model_types
 
 
 MEDIA_SUB_CONFIGS = ("vision_config", "audio_config", "vq_config", "qformer_config")
 _TOKEN_ATTRIBUTES = {"image": "image_token", "video": "video_token", "audio": "audio_token"}
 
 
-def processor_tokens(model: str | Path, tokenizer: Any) -> dict[str, ModalityTokens]:
+def processor_tokens(
+    model: str | Path, tokenizer: Any, processor: Any = None
+) -> dict[str, ModalityTokens]:
     """Each modality's placeholder as the checkpoint's own HF processor names it.
 
     The processor is read for its token names only: no media is processed here.
     """
-    try:
-        processor = load_processor(model)
-    except (OSError, ValueError, ImportError, TypeError) as error:
-        raise ValueError(f"cannot read the processor of {model}: {error}") from error
+    processor = processor if processor is not None else load_processor(model)
     tokens = {}
     for modality, attribute in _TOKEN_ATTRIBUTES.items():
         placeholder = getattr(processor, attribute, None)

@@ -25,7 +25,10 @@ class MediaSlot:
         second_per_grid_t: Qwen2.5-VL seconds per temporal grid of a video.
         placeholder, replacement, embed_token_id: for SPLICED models, the encoder's processor
             said: `placeholder` in the text becomes `replacement`, whose `embed_token_id`
-            positions take the embedding rows.
+            positions take the embedding rows. `placeholder` BEFORE_PROMPT: the replacement
+            goes before the tokenized prompt (BLIP-2).
+        token_ids: a discrete-token encoder's ids (Chameleon): they take the embed positions
+            as prompt tokens, and the item has no embedding rows.
     """
 
     modality: str
@@ -36,6 +39,7 @@ class MediaSlot:
     placeholder: str | None = None
     replacement: str | None = None
     embed_token_id: int | None = None
+    token_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:

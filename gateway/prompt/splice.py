@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from gateway.prompt.slots import MediaSlot, PlaceholderRange
+from gateway.prompt.slots import BuiltPrompt, MediaSlot, PlaceholderRange
+from protos.encoder_messages import BEFORE_PROMPT
 from protos.errors import InvalidRequest
 
 
@@ -19,10 +20,12 @@ def splice(
     text: str, items: Sequence[MediaSlot], placeholder_of: Callable[[str], str]
 ) -> tuple[str, list[int]]:
     """`text` with the k-th placeholder of each kind replaced by the k-th such item's
-    replacement; and the item indices in the order their placeholders appear."""
+    replacement; and the item indices in the order their placeholders appear (items placed
+    BEFORE_PROMPT are not in the text: see `before_prompt`)."""
     queues: dict[str, list[int]] = {}
     for index, item in enumerate(items):
-        queues.setdefault(str(item.placeholder), []).append(index)
+        if item.placeholder != BEFORE_PROMPT:
+            queues.setdefault(str(item.placeholder), []).append(index)
     _check_counts(text, items, queues, placeholder_of)
     if not queues:
         return text, []
@@ -35,6 +38,11 @@ def splice(
         return str(items[index].replacement)
 
     return pattern.sub(replace, text), order
+
+
+def before_prompt(items: Sequence[MediaSlot]) -> list[int]:
+    """The items whose processor puts them before the prompt, in item order."""
+    return [i for i, item in enumerate(items) if item.placeholder == BEFORE_PROMPT]
 
 
 def _check_counts(
@@ -85,3 +93,24 @@ def _range(index: int, positions: Sequence[int]) -> PlaceholderRange:
     taken = set(positions)
     mask = tuple(p in taken for p in range(offset, offset + length))
     return PlaceholderRange(index, offset, length, mask)
+
+
+def take_token_ids(built: BuiltPrompt, items: Sequence[MediaSlot]) -> BuiltPrompt:
+    """Discrete-token items (Chameleon) write their ids at their embed positions, as prompt
+    tokens, and keep no range: the LM embeds them like any token."""
+    token_ids, ranges = list(built.token_ids), []
+    for r in built.ranges:
+        ids = items[r.item_index].token_ids
+        if ids is None:
+            ranges.append(r)
+            continue
+        mask = r.is_embed or (True,) * r.length
+        positions = [r.offset + i for i, takes in enumerate(mask) if takes]
+        if len(positions) != len(ids):
+            raise InvalidRequest(
+                f"media item {r.item_index} has {len(ids)} token ids for {len(positions)} "
+                "embed positions"
+            )
+        for position, token_id in zip(positions, ids, strict=True):
+            token_ids[position] = int(token_id)
+    return BuiltPrompt(token_ids, tuple(ranges), built.mrope_positions)

@@ -11,11 +11,11 @@ The notation, from the seed's multimodal section:
   (how many is capped by `--limit-mm-per-prompt`, default 1, see `gateway.rules.limits`).
 
 `gateway.rules.spec_table` holds every multimodal architecture's spec, per task; its
-`spec_for()` answers for any architecture: one without a row is text-only (`T`), because the
-Transformers fallback runs only the language backbone (the seed: vision-language support for the
-fallback "is planned"), so an image sent to such a model is refused by `check()` with the rule
-named ("FooForCausalLM accepts T: image is not supported"). Whether the model can run the task at
-all is not decided here (the model registry does that).
+`spec_for()` answers for any architecture: one without a row gets a spec derived from its
+config's vision/audio sub-configs, and a config without any is text-only (`T`), so an image sent
+to such a model is refused by `check()` with the rule named ("FooForCausalLM accepts T: image is
+not supported"). Whether the model can run the task at all is not decided here (the model
+registry does that).
 """
 
 from __future__ import annotations

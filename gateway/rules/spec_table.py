@@ -1,16 +1,21 @@
 """The seed's multimodal tables as data: (architecture, task) -> modality notation.
 
-`spec_for()` answers for any architecture: one without a row is text-only (`T`), because the
-Transformers fallback runs only the language backbone (the seed: vision-language support for the
-fallback "is planned").
+`spec_for()` answers for any architecture. One without a row gets a spec derived from its
+config's media sub-configs (a vision tower takes images, an audio tower audio; several items,
+no precomputed embeddings), with a log line saying so: the generic, processor-driven path runs
+any checkpoint transformers implements. Only a config with no media sub-config is text-only.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+from typing import Any
 
 from gateway.rules.modalities import ModalitySpec
 from protos.tasks import Task
+
+logger = logging.getLogger("meshserve.gateway")
 
 # The seed's multimodal tables, row by row: (architecture, task) -> spec. Architectures the seed
 # marks with "^" (set through --hf-overrides) are listed without the caret.
@@ -50,6 +55,9 @@ SPECS: dict[tuple[str, Task], str] = {
     # The seed's note: TIGER-Lab/Mantis-8B-siglip-llama3 (a LLaVA-1.5 row) runs with
     # --hf-overrides '{"architectures": ["MantisForConditionalGeneration"]}'.
     ("MantisForConditionalGeneration", Task.GENERATE): "T + IE+",
+    # transformers' class names for seed rows that the seed names otherwise
+    ("Mistral3ForConditionalGeneration", Task.GENERATE): "T + I+",  # the seed's Pixtral row
+    ("Phi4MultimodalForCausalLM", Task.GENERATE): "T + I+ / T + A+ / I+ + A+",  # Phi4MM's row
     # "Text embedding (--task embed)", multimodal table
     ("LlavaNextForConditionalGeneration", Task.EMBED): "T / I",
     ("Phi3VForCausalLM", Task.EMBED): "T + I",
@@ -78,11 +86,21 @@ _FALLBACK_TASKS: dict[Task, tuple[Task, ...]] = {
 }
 
 
-def spec_for(architecture: str, task: str = "generate") -> ModalitySpec:
+# A config's media sub-configs -> the modality letter they give a derived spec. NOTE: a vision
+# tower is taken to read images: videos need a row (few processors take both).
+_DERIVED_LETTERS: tuple[tuple[str, str], ...] = (
+    ("vision_config", "I"),
+    ("vq_config", "I"),
+    ("qformer_config", "I"),
+    ("audio_config", "A"),
+)
+
+
+def spec_for(architecture: str, task: str = "generate", config: Any = None) -> ModalitySpec:
     """The modality spec of `architecture` (as in config.architectures[0]) for `task`.
 
     Looks up (architecture, task), then the task's fallbacks (see `_FALLBACK_TASKS`); an
-    architecture with no row at all is text-only (`T`).
+    architecture with no row at all gets `derived_spec(config)` (text-only without a config).
     """
     if task not in tuple(Task):  # a programming error: --task choices come from Task
         raise ValueError(f"Unknown task {task!r}; expected one of {', '.join(Task)}")
@@ -92,7 +110,24 @@ def spec_for(architecture: str, task: str = "generate") -> ModalitySpec:
         notation = SPECS.get((name, candidate))
         if notation is not None:
             return _parse_cached(notation)
-    return _parse_cached(TEXT_ONLY)
+    notation = derived_spec(config)
+    if notation != TEXT_ONLY:
+        logger.info(
+            "%s has no row in the seed's tables; its modality spec %r is derived from its "
+            "config's media sub-configs",
+            name,
+            notation,
+        )
+    return _parse_cached(notation)
+
+
+def derived_spec(config: Any) -> str:
+    """`T + I+`, `T + A+`, `T + I+ + A+` from the config's media sub-configs; else `T`."""
+    letters = []
+    for field, letter in _DERIVED_LETTERS:
+        if getattr(config, field, None) is not None and letter not in letters:
+            letters.append(letter)
+    return " + ".join(["T", *(f"{letter}+" for letter in letters)])
 
 
 @functools.cache

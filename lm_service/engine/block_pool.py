@@ -39,16 +39,33 @@ def block_extra_keys(request: Request, start: int, end: int) -> tuple:
 
     Each media span overlapping the block adds (content_hash, offset relative to the block), so
     prompts that differ only in an image (same placeholder ids) never share KV; an adapter adds
-    its id.
+    its id. A bidirectional range reaching past the block adds what it holds after the block:
+    those later tokens shaped this block's KV too.
     """
     keys: tuple = tuple(
         (span.content_hash, span.offset - start)
         for span in request.mm_spans
         if span.offset < end and span.end > start
     )
+    keys += tuple(
+        ("bidirectional", range_start - start, _range_tail(request, end, range_end))
+        for range_start, range_end in request.bidirectional_ranges
+        if range_start < end < range_end
+    )
     if request.adapter_id is not None:
         keys += (("adapter", request.adapter_id),)
     return keys
+
+
+def _range_tail(request: Request, start: int, end: int) -> bytes:
+    """A digest of positions [start, end) of the prompt: token ids and the media in them."""
+    media = tuple(
+        (span.content_hash, span.offset - start)
+        for span in request.mm_spans
+        if span.offset < end and span.end > start
+    )
+    payload = repr((tuple(request.prompt_token_ids[start:end]), media)).encode()
+    return hashlib.blake2b(payload, digest_size=16).digest()
 
 
 @dataclass(eq=False, slots=True)

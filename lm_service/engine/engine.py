@@ -20,6 +20,7 @@ from lm_service.engine.request import Request
 from lm_service.engine.runner import ModelRunner
 from lm_service.engine.sampler import Sampler, SamplingMetadata
 from lm_service.engine.scheduler import Scheduler, SchedulerConfig
+from lm_service.models.prompt_attention import bidirectional_ranges, prompt_attention_of
 from lm_service.models.registry import load_model
 from protos.errors import InvalidRequest
 from protos.lm_messages import MultiModalSpan, StepOutput
@@ -52,6 +53,8 @@ class Engine:
             revision=config.revision,
         )
         text_config = self.loaded.text_config
+        self.prompt_attention = prompt_attention_of(self.loaded.hf_config)
+        self.sliding_window = getattr(text_config, "sliding_window", None)
         self.vocab_size = int(text_config.vocab_size)
         self.hidden_size = int(text_config.hidden_size)
         self.max_model_len = _max_model_len(config.max_model_len, text_config)
@@ -110,6 +113,9 @@ class Engine:
             arrival_time=time.monotonic(),
             mm_spans=tuple(mm_spans),
             mrope_positions=mrope_positions,
+            bidirectional_ranges=bidirectional_ranges(
+                self.prompt_attention, len(prompt), mm_spans, self.sliding_window
+            ),
         )
         self.scheduler.add_request(request)
         self._requests[request_id] = request

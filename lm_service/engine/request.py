@@ -78,6 +78,9 @@ class Request:
         mm_spans: media placeholders, sorted by offset and non-overlapping.
         mrope_positions: [3, num_prompt_tokens] positions for M-RoPE models (Qwen2-VL).
         adapter_id: the adapter (LoRA) the request runs with; part of the prefix-cache key.
+        bidirectional_ranges: prompt position ranges `[start, end)` whose tokens attend each
+            other both ways (Gemma 3's images, PaliGemma's prefix); sorted and disjoint.
+            NOTE: a prefill chunk never ends inside one (the scheduler's rule).
     """
 
     request_id: str
@@ -88,6 +91,7 @@ class Request:
     mm_spans: tuple[MultiModalSpan, ...] = ()
     mrope_positions: Any = field(default=None, repr=False)
     adapter_id: str | None = None
+    bidirectional_ranges: tuple[tuple[int, int], ...] = ()
     # --- state, owned by the engine ---
     output_token_ids: list[int] = field(default_factory=list, init=False)
     output_logprobs: list[LogprobEntry | None] = field(default_factory=list, init=False)
@@ -107,6 +111,7 @@ class Request:
         if not self.prompt_token_ids:
             raise InvalidRequest("the prompt must contain at least one token")
         self._check_mm_spans()
+        self._check_bidirectional_ranges()
         self.all_token_ids = list(self.prompt_token_ids)
 
     def _check_mm_spans(self) -> None:
@@ -118,6 +123,26 @@ class Request:
                     f"lies outside the prompt of {self.num_prompt_tokens} tokens"
                 )
             end = span.end
+
+    def _check_bidirectional_ranges(self) -> None:
+        self.bidirectional_ranges = tuple((int(s), int(e)) for s, e in self.bidirectional_ranges)
+        end = 0
+        for start, stop in self.bidirectional_ranges:
+            if start < end or stop <= start or stop > self.num_prompt_tokens:
+                raise InvalidRequest(
+                    f"bidirectional range [{start}, {stop}) overlaps another, is empty or lies "
+                    f"outside the prompt of {self.num_prompt_tokens} tokens"
+                )
+            end = stop
+
+    def chunk_end(self, start: int, end: int) -> int:
+        """The end of a chunk [start, end) moved so that it does not fall inside a
+        bidirectional range: back to the range's start, or, when the chunk starts inside the
+        range, out to its end (the caller checks that the budget allows it)."""
+        for range_start, range_end in self.bidirectional_ranges:
+            if range_start < end < range_end:
+                return range_start if range_start > start else range_end
+        return end
 
     @property
     def num_prompt_tokens(self) -> int:

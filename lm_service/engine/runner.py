@@ -90,6 +90,7 @@ class ModelRunner:
             block_tables=[item.request.block_ids for item in scheduled],
             block_size=self.block_size,
             device=self.device,
+            bidirectional_ranges=[item.request.bidirectional_ranges for item in scheduled],
         )
         pos = torch.cat(mrope, dim=1) if self.uses_mrope else torch.tensor(positions)
         return StepInputs(

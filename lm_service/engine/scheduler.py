@@ -155,6 +155,7 @@ class Scheduler:
             raise InvalidRequest(f"request id {request.request_id!r} is already in use")
         self._check_fits(request.num_prompt_tokens)
         self._check_queue()
+        self._check_ranges_fit(request)
         self.requests[request.request_id] = request
         self.waiting.append(request)
 
@@ -181,6 +182,17 @@ class Scheduler:
                 f"{config.block_size} tokens; the cache has {config.num_blocks} "
                 f"({config.cache_capacity_tokens} tokens)"
             )
+
+    def _check_ranges_fit(self, request: Request) -> None:
+        """A bidirectional range runs in one step, so it must fit the step's token budget."""
+        budget = self.config.max_num_batched_tokens
+        for start, end in request.bidirectional_ranges:
+            if end - start > budget:
+                raise Overloaded(
+                    f"positions [{start}, {end}) of the prompt attend each other both ways and "
+                    f"must run in one step of {end - start} tokens, but max_num_batched_tokens "
+                    f"is {budget}; raise it to at least {end - start}"
+                )
 
     def abort(self, request_id: str) -> Request | None:
         """End a request now and free its blocks; None if it is unknown or already done."""
@@ -240,7 +252,10 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = _num_new_tokens(request, request.num_computed_tokens, budget)
+            if num_new == 0:  # the rest of a bidirectional range does not fit this step
+                index += 1
+                continue
             if not self._allocate_or_preempt(request, num_new, preempted):
                 break  # the request preempted itself: it was the newest left
             scheduled.append(ScheduledRequest.of(request, num_new))
@@ -273,8 +288,8 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
             computed = self.block_pool.get_computed_blocks(request)
-            num_new = min(request.num_tokens - computed.num_tokens, budget)
-            if not self.block_pool.allocate_slots(request, num_new, computed):
+            num_new = _num_new_tokens(request, computed.num_tokens, budget)
+            if num_new == 0 or not self.block_pool.allocate_slots(request, num_new, computed):
                 break  # NOTE: first come first served: nobody overtakes the head of the queue
             self.waiting.popleft()
             self._start(request, computed)
@@ -336,3 +351,11 @@ class Scheduler:
         request.finish_reason = reason
         del self.requests[request.request_id]
         self._finished_ids.append(request.request_id)
+
+
+def _num_new_tokens(request: Request, num_computed: int, budget: int) -> int:
+    """Tokens to run from `num_computed` on: the rest, capped by the budget (chunked prefill),
+    never ending inside a bidirectional range; 0 when the range's rest exceeds the budget."""
+    end = min(request.num_tokens, num_computed + budget)
+    end = request.chunk_end(num_computed, end)
+    return end - num_computed if end - num_computed <= budget else 0

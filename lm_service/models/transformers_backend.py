@@ -184,6 +184,7 @@ class TransformersForCausalLM(BaseCausalLM):
         self.text_config = text_config
         self.dtype = dtype
         self.uses_mrope = text_config.model_type in MROPE_MODEL_TYPES
+        self.suppressed_ids = _suppressed_token_ids(text_config)
         self.attention_layers = self._probe()
 
     @property
@@ -247,6 +248,8 @@ class TransformersForCausalLM(BaseCausalLM):
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         logits = self.hf_model.get_output_embeddings()(hidden_states)  # [N, vocab]
+        if self.suppressed_ids:
+            logits[:, list(self.suppressed_ids)] = torch.finfo(logits.dtype).min
         return _postprocess_logits(logits, self.text_config).float()
 
     def kv_cache_spec(self) -> KVCacheSpec:
@@ -330,11 +333,26 @@ def _hf_model_class(
     config_class = type(text_config)
     if config_class in AutoModelForCausalLM._model_mapping:
         return AutoModelForCausalLM._model_mapping[config_class], True
+    own = _own_class(text_config)
+    if own is not None:
+        return own, True
     if config_class in AutoModel._model_mapping:
         return AutoModel._model_mapping[config_class], False
     raise Unsupported(
         f"transformers has no causal LM class for model_type {text_config.model_type!r}"
     )
+
+
+def _own_class(text_config: Any) -> type | None:
+    """The checkpoint's own class when its config is its text config and it has an LM head
+    (Chameleon: the decoder's layers sit next to its VQ model in one class).
+    NOTE: its media modules load too; they are never run here."""
+    import transformers
+
+    cls = getattr(transformers, _architecture(text_config), None)
+    if cls is None or getattr(cls, "config_class", None) is not type(text_config):
+        return None
+    return cls if hasattr(cls, "get_output_embeddings") else None
 
 
 def _check_backend_compatible(model_class: type, hf_config: Any) -> None:
@@ -403,6 +421,19 @@ def _decoder_of(hf_model: nn.Module) -> nn.Module:
     if base is None or base is hf_model:
         raise Unsupported(f"{type(hf_model).__name__} exposes no base decoder model")
     return base
+
+
+def _suppressed_token_ids(text_config: Any) -> tuple[int, ...]:
+    """Ids a model's own forward never lets it emit.
+
+    NOTE: model-specific by necessity: HF's ChameleonForConditionalGeneration.forward sets the
+    logits of its image (VQ code) tokens, the vocabulary entries named "IMGIMG...", to the
+    dtype's minimum; no config field says so.
+    """
+    if text_config.model_type != "chameleon":
+        return ()
+    vocabulary = getattr(text_config, "vocabulary_map", None) or {}
+    return tuple(sorted(i for name, i in vocabulary.items() if name.startswith("IMGIMG")))
 
 
 def _postprocess_logits(logits: torch.Tensor, text_config: Any) -> torch.Tensor:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from gateway.tools.tiny_models.audio import build_qwen2_audio, build_whisper
+from gateway.tools.tiny_models.generic_vlm import GENERIC_VLM_BUILDERS, GENERIC_VLM_MODELS
 from gateway.tools.tiny_models.pooling import build_bert, build_qwen2_cls
 from gateway.tools.tiny_models.text import TEXT_MODELS, build_text
 from gateway.tools.tiny_models.vision import build_llava, build_qwen2_vl
@@ -37,7 +38,7 @@ GENERIC_MULTIMODAL_MODELS: tuple[str, ...] = (
 )
 OTHER_MODELS: tuple[str, ...] = ("whisper", "bert", "bert_cls", "qwen2_cls")
 ALL_MODELS: tuple[str, ...] = (
-    TEXT_MODELS + MULTIMODAL_MODELS + GENERIC_MULTIMODAL_MODELS + OTHER_MODELS
+    TEXT_MODELS + MULTIMODAL_MODELS + GENERIC_MULTIMODAL_MODELS + GENERIC_VLM_MODELS + OTHER_MODELS
 )
 
 
@@ -56,6 +57,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "bert": lambda out: build_bert("bert", out),
     "bert_cls": lambda out: build_bert("bert_cls", out),
     "qwen2_cls": build_qwen2_cls,
+    **GENERIC_VLM_BUILDERS,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -162,6 +163,35 @@ def test_spec_for_by_task() -> None:
     # No row at all: text-only, whatever the task.
     assert spec_for("LlamaForCausalLM").is_text_only
     assert str(spec_for("SomeRemoteCodeModel", "embed")) == "T"
+
+
+def test_hf_class_names_get_their_seed_rows() -> None:
+    assert (
+        SPECS["Mistral3ForConditionalGeneration", "generate"]
+        == SPECS["PixtralForConditionalGeneration", "generate"]
+    )
+    assert SPECS["Phi4MultimodalForCausalLM", "generate"] == SPECS["Phi4MMForCausalLM", "generate"]
+
+
+@pytest.mark.parametrize(
+    ("sub_configs", "notation"),
+    [
+        (("vision_config",), "T + I+"),
+        (("vq_config",), "T + I+"),
+        (("audio_config",), "T + A+"),
+        (("vision_config", "audio_config"), "T + I+ + A+"),
+        ((), "T"),
+    ],
+)
+def test_an_architecture_without_a_row_gets_a_derived_spec(
+    sub_configs: tuple[str, ...], notation: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = SimpleNamespace(**{name: object() for name in sub_configs})
+    with caplog.at_level("INFO", logger="meshserve.gateway"):
+        spec = spec_for("NewVLMForConditionalGeneration", "generate", config)
+    assert str(spec) == notation
+    said = "NewVLMForConditionalGeneration has no row in the seed's tables" in caplog.text
+    assert said == bool(sub_configs)
 
 
 def test_spec_for_unknown_task() -> None:

@@ -1,0 +1,40 @@
+"""The text side of an HF processor's own layout step, without the media.
+
+Some processors rewrite the prompt text before replacing placeholders, in their
+`prepare_inputs_layout` (PaliGemma puts BOS after the last image token and ends the prompt with
+"\\n"; Fuyu puts the image token first and appends its answer marker). That step looks at how
+many images there are, not at their pixels, so we run the processor's own method with blank
+stand-in images and splice the real items into the text it returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TextLayout:
+    """A processor whose `prepare_inputs_layout` rewrites the text.
+
+    NOTE: only images get stand-ins; the processors that rewrite text do so for images.
+    """
+
+    processor: Any
+
+    def apply(self, text: str, num_images: int) -> str:
+        from PIL import Image
+
+        images = [Image.new("RGB", (1, 1))] * num_images if num_images else None
+        _, texts, *_ = self.processor.prepare_inputs_layout(images=images, text=[text])
+        return str(texts[0] if isinstance(texts, list | tuple) else texts)
+
+
+def text_layout(processor: Any) -> TextLayout | None:
+    """The processor's layout step when its class overrides transformers' default one."""
+    from transformers import ProcessorMixin
+
+    method = getattr(type(processor), "prepare_inputs_layout", None)
+    if method is None or method is ProcessorMixin.prepare_inputs_layout:
+        return None
+    return TextLayout(processor)
