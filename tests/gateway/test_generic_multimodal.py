@@ -60,11 +60,12 @@ ROWS = (
     Row("internvl", ("image", "image")),
     Row("aria", ("image", "image")),
     Row("aya_vision", ("image", "image")),  # beyond issue 10's list: TILE_<k> tags, Cohere2 LM
+    Row("got_ocr2", ("image",)),  # beyond issue 10's list: 256 <imgpad> per page, Qwen2 LM
 )
 
 
 # Architectures beyond issue 10's list, added with no mesh code: only a tiny checkpoint.
-BEYOND_THE_SEED = frozenset({"aya_vision"})
+BEYOND_THE_SEED = frozenset({"aya_vision", "got_ocr2"})
 
 
 def _architecture(path: Path) -> str:

@@ -5,6 +5,8 @@ image backend, chat template).
 - Aya Vision: a SigLIP tower, pixel-shuffle + SwiGLU projector and a Cohere2 language model;
   GotOcr2 tiling, each tile tagged `TILE_<k>` and the thumbnail `TILE_GLOBAL` between
   `<|START_OF_IMG|>` / `<|END_OF_IMG|>` (the tags stay prompt text, the patches take rows).
+- GOT-OCR 2.0: a SAM-style windowed ViT, two strided convs and a Qwen2 language model; its
+  processor writes `<imgpad>` x 256 per image (its fixed `num_image_tokens`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.tools.tiny_models.chat_template import build_chat_template
-from gateway.tools.tiny_models.text import LLAMA_ROPE, llama_like, special_ids
+from gateway.tools.tiny_models.text import LLAMA_ROPE, QWEN_ROPE, llama_like, special_ids
 from gateway.tools.tiny_models.tokenizer import TokenizerSpec, build_bpe_tokenizer
 from gateway.tools.tiny_models.weights import finish_lm, model_seed, new_model, save_checkpoint
 
@@ -23,6 +25,11 @@ SMALL_VISION = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4
 )
 AYA_MAX_TILES = 4
+# GOT-OCR's processor always writes 256 tokens per image: a 256-pixel image in 4-pixel patches
+# (64 x 64) that the projector's two stride-2 convs bring to 16 x 16.
+GOT_IMAGE_SIZE = 256
+GOT_PATCH_SIZE = 4
+GOT_SPECIALS: tuple[str, ...] = ("<img>", "</img>", "<imgpad>")
 AYA_NAMED: tuple[tuple[str, str], ...] = (
     ("image_token", "<image>"),
     ("start_of_img_token", "<|START_OF_IMG|>"),
@@ -93,5 +100,48 @@ def build_aya_vision(out: Path) -> None:
         downsample_factor=downsample,
         chat_template=template,
         **dict(AYA_NAMED),
+    )
+    save_checkpoint(out, model, processor)
+
+
+def build_got_ocr2(out: Path) -> None:
+    from transformers import (
+        GotOcr2Config,
+        GotOcr2ForConditionalGeneration,
+        GotOcr2Processor,
+        Qwen2Config,
+    )
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+        GotOcr2ImageProcessorPil,
+    )
+
+    template = build_chat_template(bos=False, image="{{- '<img><imgpad></img>\\n' -}}")
+    spec = TokenizerSpec(extra_specials=GOT_SPECIALS, add_bos=False, model_max_length=1024)
+    tokenizer = build_bpe_tokenizer(spec, template)
+    text = llama_like(len(tokenizer), rope_parameters=dict(QWEN_ROPE), tie_word_embeddings=True)
+    config = GotOcr2Config(
+        vision_config=dict(
+            hidden_size=32,
+            output_channels=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            mlp_dim=64,
+            image_size=GOT_IMAGE_SIZE,
+            patch_size=GOT_PATCH_SIZE,
+            window_size=8,
+            global_attn_indexes=[1],
+        ),
+        text_config=Qwen2Config(**text),
+        image_token_index=tokenizer.convert_tokens_to_ids("<imgpad>"),
+        image_seq_length=256,
+        tie_word_embeddings=True,
+        **special_ids(len(tokenizer)),
+    )
+    model = _finish("got_ocr2", GotOcr2ForConditionalGeneration, config, tokenizer)
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": GOT_IMAGE_SIZE, "width": GOT_IMAGE_SIZE}
+    )
+    processor = GotOcr2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=template
     )
     save_checkpoint(out, model, processor)
