@@ -10,6 +10,7 @@ HF's reference tokenizes a rendered chat without a second BOS, as its
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from encoder_service.registry import load_tower
 from gateway import LLM, SamplingParams
 from gateway.prompt.builder import PromptBuilder
 from gateway.prompt.slots import MediaSlot
+from gateway.rules.limits import InvalidLimit
+from gateway.rules.spec_table import spec_for
 from gateway.tools.tiny_models import tiny_model_path
 from protos.hf_processor import load_processor
 from tests import mm_reference as ref
@@ -56,7 +59,17 @@ ROWS = (
     Row("idefics3", ("image",)),  # split into tiles with row/col tags: non-contiguous rows
     Row("internvl", ("image", "image")),
     Row("aria", ("image", "image")),
+    Row("aya_vision", ("image", "image")),  # beyond issue 10's list: TILE_<k> tags, Cohere2 LM
+    Row("got_ocr2", ("image",)),  # beyond issue 10's list: 256 <imgpad> per page, Qwen2 LM
 )
+
+
+# Architectures beyond issue 10's list, added with no mesh code: only a tiny checkpoint.
+BEYOND_THE_SEED = frozenset({"aya_vision", "got_ocr2"})
+
+
+def _architecture(path: Path) -> str:
+    return str(json.loads((path / "config.json").read_text())["architectures"][0])
 
 
 def _images() -> list[Image.Image]:
@@ -102,7 +115,14 @@ def _check(out: Any, path: Path, inputs: dict[str, Any], name: str) -> None:
 @pytest.fixture(scope="module", params=ROWS, ids=lambda row: row.model)
 def served(request: pytest.FixtureRequest) -> Iterator[tuple[Row, LLM]]:
     row = request.param
-    llm = LLM(model=str(tiny_model_path(row.model)), limit_mm_per_prompt=row.limits, **ENGINE)
+    path = tiny_model_path(row.model)
+    if row.model in BEYOND_THE_SEED and spec_for(_architecture(path)).is_text_only:
+        # The seed has no row for it, so its spec is T: the limits are refused before any
+        # media reaches the mesh. Runs for real once an unlisted architecture's spec is derived.
+        with pytest.raises(InvalidLimit, match=r"accepts T: "):
+            LLM(model=str(path), limit_mm_per_prompt=row.limits, **ENGINE)
+        pytest.xfail(f"{row.model}: not in the seed's tables, its spec is T (text only)")
+    llm = LLM(model=str(path), limit_mm_per_prompt=row.limits, **ENGINE)
     yield row, llm
     llm.close()
 

@@ -17,6 +17,7 @@ from gateway.tools.tiny_models.generic_vlm import GENERIC_VLM_BUILDERS, GENERIC_
 from gateway.tools.tiny_models.pooling import build_bert, build_qwen2_cls
 from gateway.tools.tiny_models.text import TEXT_MODELS, build_text
 from gateway.tools.tiny_models.vision import build_llava, build_qwen2_vl
+from gateway.tools.tiny_models.vision_extra import build_aya_vision, build_got_ocr2
 from gateway.tools.tiny_models.vision_llava_next import (
     build_llava_next,
     build_llava_next_video,
@@ -35,6 +36,8 @@ GENERIC_MULTIMODAL_MODELS: tuple[str, ...] = (
     "idefics3",
     "internvl",
     "aria",
+    "aya_vision",
+    "got_ocr2",
 )
 OTHER_MODELS: tuple[str, ...] = ("whisper", "bert", "bert_cls", "qwen2_cls")
 ALL_MODELS: tuple[str, ...] = (
@@ -53,6 +56,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "idefics3": build_idefics3,
     "internvl": build_internvl,
     "aria": build_aria,
+    "aya_vision": build_aya_vision,
+    "got_ocr2": build_got_ocr2,
     "whisper": build_whisper,
     "bert": lambda out: build_bert("bert", out),
     "bert_cls": lambda out: build_bert("bert_cls", out),
