@@ -26,7 +26,9 @@ class TextLayout:
         from PIL import Image
 
         images = [Image.new("RGB", (1, 1))] * num_images if num_images else None
-        _, texts, *_ = self.processor.prepare_inputs_layout(images=images, text=[text])
+        _, texts, *_ = self.processor.prepare_inputs_layout(
+            images=images, text=[text], **_default_kwargs(self.processor)
+        )
         return str(texts[0] if isinstance(texts, list | tuple) else texts)
 
 
@@ -38,3 +40,12 @@ def text_layout(processor: Any) -> TextLayout | None:
     if method is None or method is ProcessorMixin.prepare_inputs_layout:
         return None
     return TextLayout(processor)
+
+
+def _default_kwargs(processor: Any) -> dict[str, Any]:
+    """The processor's merged default call arguments, as some `__call__`s hand them to their
+    layout step (GOT-OCR's reads `format` there)."""
+    tokenizer = getattr(processor, "tokenizer", None)
+    merged = processor._merge_kwargs(tokenizer_init_kwargs=getattr(tokenizer, "init_kwargs", {}))
+    merged.pop("return_tensors", None)
+    return dict(merged)

@@ -10,7 +10,6 @@ HF's reference tokenizes a rendered chat without a second BOS, as its
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,8 +26,6 @@ from encoder_service.registry import load_tower
 from gateway import LLM, SamplingParams
 from gateway.prompt.builder import PromptBuilder
 from gateway.prompt.slots import MediaSlot
-from gateway.rules.limits import InvalidLimit
-from gateway.rules.spec_table import spec_for
 from gateway.tools.tiny_models import tiny_model_path
 from protos.hf_processor import load_processor
 from tests import mm_reference as ref
@@ -64,12 +61,8 @@ ROWS = (
 )
 
 
-# Architectures beyond issue 10's list, added with no mesh code: only a tiny checkpoint.
-BEYOND_THE_SEED = frozenset({"aya_vision", "got_ocr2"})
-
-
-def _architecture(path: Path) -> str:
-    return str(json.loads((path / "config.json").read_text())["architectures"][0])
+# Aya Vision and GOT-OCR 2.0 are beyond issue 10's list and the seed's tables: they run with
+# no mesh code (a tiny checkpoint only); their modality spec is derived from their config.
 
 
 def _images() -> list[Image.Image]:
@@ -116,12 +109,6 @@ def _check(out: Any, path: Path, inputs: dict[str, Any], name: str) -> None:
 def served(request: pytest.FixtureRequest) -> Iterator[tuple[Row, LLM]]:
     row = request.param
     path = tiny_model_path(row.model)
-    if row.model in BEYOND_THE_SEED and spec_for(_architecture(path)).is_text_only:
-        # The seed has no row for it, so its spec is T: the limits are refused before any
-        # media reaches the mesh. Runs for real once an unlisted architecture's spec is derived.
-        with pytest.raises(InvalidLimit, match=r"accepts T: "):
-            LLM(model=str(path), limit_mm_per_prompt=row.limits, **ENGINE)
-        pytest.xfail(f"{row.model}: not in the seed's tables, its spec is T (text only)")
     llm = LLM(model=str(path), limit_mm_per_prompt=row.limits, **ENGINE)
     yield row, llm
     llm.close()
