@@ -15,8 +15,9 @@ changes. Builds go to a temp folder next to the target and are renamed into plac
 lock, so concurrent processes never see half a model.
 
 One module per concept: `tokenizer` (BPE / WordPiece training), `chat_template`, `weights`
-(seeded init, silenced specials, saving), one per family (`text`, `vision`, `audio`,
-`pooling`) and `build` (the registry, the cache and the command line).
+(seeded init, silenced specials, saving), one per family (`text`, `breadth` for state-space
+and hybrid LMs, `vision`, `audio`, `pooling`) and `build` (the registry, the cache and the
+command line).
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ from gateway.tools.tiny_models.audio import (  # noqa: E402
     SAMPLING_RATE,
     WHISPER_LANGUAGES,
     WHISPER_SPECIALS,
+)
+from gateway.tools.tiny_models.breadth import (  # noqa: E402
+    BREADTH_MODELS,
+    HYBRID_MODELS,
+    SSM_MODELS,
 )
 from gateway.tools.tiny_models.build import (  # noqa: E402
     ALL_MODELS,
@@ -81,11 +87,13 @@ __all__ = [
     "AUDIO_SOURCE_POSITIONS",
     "BASE_SPECIALS",
     "BOS_ID",
+    "BREADTH_MODELS",
     "BUILDERS",
     "BUILDER_VERSION",
     "CLIP_IMAGE_SIZE",
     "CLIP_PATCH_SIZE",
     "EOS_ID",
+    "HYBRID_MODELS",
     "IM_END_ID",
     "IM_START_ID",
     "LLAMA_FAMILY",
@@ -98,6 +106,7 @@ __all__ = [
     "QWEN2_VL_MAX_PIXELS",
     "QWEN2_VL_MIN_PIXELS",
     "SAMPLING_RATE",
+    "SSM_MODELS",
     "TEXT_MODELS",
     "UNK_ID",
     "WHISPER_LANGUAGES",
