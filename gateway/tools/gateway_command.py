@@ -103,7 +103,13 @@ def run_gateway(args: argparse.Namespace) -> int:
     if (args.lm is None) != in_process:
         print(f"meshserve gateway: error: {_lm_flag_problem(in_process)}", file=sys.stderr)
         return 2
-    served = served_model(args.model, args.task, args.limit_mm_per_prompt, args.trust_remote_code)
+    served = served_model(
+        args.model,
+        args.task,
+        args.limit_mm_per_prompt,
+        args.trust_remote_code,
+        getattr(args, "revision", None),
+    )
     targets = parse_encoder_targets(args.encoder)
     missing = [m for m in media_modalities(served) if m not in targets]
     if missing and not in_process:

@@ -102,7 +102,13 @@ def run_up(args: argparse.Namespace) -> int:
         replicas = parse_replicas(args.replicas)
     except ValueError as exc:
         return _fail(str(exc), code=2)
-    served = served_model(args.model, args.task, args.limit_mm_per_prompt, args.trust_remote_code)
+    served = served_model(
+        args.model,
+        args.task,
+        args.limit_mm_per_prompt,
+        args.trust_remote_code,
+        getattr(args, "revision", None),
+    )
     modalities = media_modalities(served)
     unknown = [name for name in replicas if name != "lm" and name not in modalities]
     if unknown:

@@ -79,7 +79,7 @@ class Engine:
             )
         )
         self.sampler = Sampler()
-        self.eos_token_ids = _eos_token_ids(self.loaded.hf_config, config.model)
+        self.eos_token_ids = _eos_token_ids(self.loaded.hf_config, str(self.loaded.model_path))
         self._requests: dict[str, Request] = {}
         self._ids = itertools.count()
 
