@@ -16,7 +16,7 @@ lock, so concurrent processes never see half a model.
 
 One module per concept: `tokenizer` (BPE / WordPiece training), `chat_template`, `weights`
 (seeded init, silenced specials, saving), one per family (`text`, `breadth` for state-space
-and hybrid LMs, `vision`, `audio`, `pooling`) and `build` (the registry, the cache and the
+and hybrid LMs, `more_text` for further fallback rows, `vision`, `audio`, `pooling`) and `build` (the registry, the cache and the
 command line).
 """
 
@@ -56,6 +56,10 @@ from gateway.tools.tiny_models.build import (  # noqa: E402
     tiny_model_path,
 )
 from gateway.tools.tiny_models.chat_template import build_chat_template  # noqa: E402
+from gateway.tools.tiny_models.more_text import (  # noqa: E402
+    MORE_TEXT_ARCHITECTURES,
+    MORE_TEXT_MODELS,
+)
 from gateway.tools.tiny_models.text import LLAMA_FAMILY, TEXT_MODELS  # noqa: E402
 from gateway.tools.tiny_models.tokenizer import (  # noqa: E402
     BASE_SPECIALS,
@@ -98,6 +102,8 @@ __all__ = [
     "IM_START_ID",
     "LLAMA_FAMILY",
     "LLAVA_IMAGE_TOKENS",
+    "MORE_TEXT_ARCHITECTURES",
+    "MORE_TEXT_MODELS",
     "MULTIMODAL_MODELS",
     "OTHER_MODELS",
     "PAD_ID",

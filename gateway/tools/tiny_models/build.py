@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway.tools.tiny_models.audio import build_qwen2_audio, build_whisper
 from gateway.tools.tiny_models.breadth import BREADTH_MODELS, build_breadth
+from gateway.tools.tiny_models.more_text import MORE_TEXT_MODELS, build_more_text
 from gateway.tools.tiny_models.pooling import build_bert, build_qwen2_cls
 from gateway.tools.tiny_models.text import TEXT_MODELS, build_text
 from gateway.tools.tiny_models.vision import build_llava, build_qwen2_vl
@@ -22,12 +23,15 @@ from gateway.tools.tiny_models.vision import build_llava, build_qwen2_vl
 BUILDER_VERSION = "2"
 MULTIMODAL_MODELS: tuple[str, ...] = ("llava", "qwen2_vl", "qwen2_audio")
 OTHER_MODELS: tuple[str, ...] = ("whisper", "bert", "bert_cls", "qwen2_cls")
-ALL_MODELS: tuple[str, ...] = TEXT_MODELS + BREADTH_MODELS + MULTIMODAL_MODELS + OTHER_MODELS
+ALL_MODELS: tuple[str, ...] = (
+    TEXT_MODELS + BREADTH_MODELS + MORE_TEXT_MODELS + MULTIMODAL_MODELS + OTHER_MODELS
+)
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
     **{name: (lambda out, name=name: build_text(name, out)) for name in TEXT_MODELS},
     **{name: (lambda out, name=name: build_breadth(name, out)) for name in BREADTH_MODELS},
+    **{name: (lambda out, name=name: build_more_text(name, out)) for name in MORE_TEXT_MODELS},
     "llava": build_llava,
     "qwen2_vl": build_qwen2_vl,
     "qwen2_audio": build_qwen2_audio,
