@@ -1,7 +1,8 @@
-"""Two of the seed's remote-code-only rows, InternLM2 and ChatGLM, as local checkpoints with
-`auto_map` and their own modeling code (tests/lm_service/remote_code/, written for these tests
-in each family's layout): they run with trust_remote_code=True on the Transformers fallback,
-and greedy output equals HF loading the same remote code."""
+"""Remote-code-only rows of the seed as local checkpoints with `auto_map` and their own
+modeling code (tests/lm_service/remote_code/, written for these tests in each family's layout),
+greedy output equal to HF loading the same remote code: InternLM2 and ChatGLM run with
+trust_remote_code=True on the Transformers fallback; InternLM and Aquila (the Llama layout)
+on our native Llama family."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from protos.errors import InvalidRequest
 from tests.parity import assert_greedy_matches, hf_greedy
 
 REMOTE_CODE = Path(__file__).parent / "remote_code"
-# folder -> (config.json architecture, auto_map); ChatGLM's hub configs name ChatGLMModel
+# folder -> (config.json architecture, auto_map, implementation model_impl="auto" picks);
+# ChatGLM's hub configs name ChatGLMModel
 ROWS = {
     "internlm2": (
         "InternLM2ForCausalLM",
@@ -27,6 +29,7 @@ ROWS = {
             "AutoConfig": "configuration_internlm2.InternLM2Config",
             "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
         },
+        "transformers",
     ),
     "chatglm": (
         "ChatGLMModel",
@@ -35,6 +38,23 @@ ROWS = {
             "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
             "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
         },
+        "transformers",
+    ),
+    "internlm": (
+        "InternLMForCausalLM",
+        {
+            "AutoConfig": "configuration_internlm.InternLMConfig",
+            "AutoModelForCausalLM": "modeling_internlm.InternLMForCausalLM",
+        },
+        "native",
+    ),
+    "aquila": (
+        "AquilaForCausalLM",
+        {
+            "AutoConfig": "configuration_aquila.AquilaConfig",
+            "AutoModelForCausalLM": "modeling_aquila.AquilaForCausalLM",
+        },
+        "native",
     ),
 }
 PROMPTS = [[1, 17, 42, 99, 7], [1, *range(250, 267)], [1, 300], [1, *range(20, 50)]]
@@ -44,7 +64,7 @@ GREEDY = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, logprobs=5, igno
 
 def build_remote_checkpoint(name: str, out: Path) -> Path:
     """Config with auto_map + the family's modeling files + seeded weights + tokenizer."""
-    architecture, auto_map = ROWS[name]
+    architecture, auto_map, _ = ROWS[name]
     out.mkdir(parents=True)
     for source in (REMOTE_CODE / name).glob("*.py"):
         shutil.copy(source, out / source.name)
@@ -79,7 +99,12 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(name, marks=pytest.mark.seed_row(ROWS[name][0], "generate")) for name in ROWS],
+    [
+        pytest.param(
+            name, marks=pytest.mark.seed_row(ROWS[name][0], "generate", impl=ROWS[name][2])
+        )
+        for name in ROWS
+    ],
 )
 def test_remote_code_greedy_matches_hf(name: str, checkpoints: dict[str, Path]) -> None:
     path = checkpoints[name]
@@ -93,9 +118,10 @@ def test_remote_code_greedy_matches_hf(name: str, checkpoints: dict[str, Path]) 
         )
     )
     assert engine.loaded.architecture == ROWS[name][0]
-    assert engine.loaded.impl_name == "transformers"
-    hf_class = ROWS[name][1]["AutoModelForCausalLM"].rsplit(".", 1)[1]
-    assert type(engine.loaded.model.hf_model).__name__ == hf_class
+    assert engine.loaded.impl_name == ROWS[name][2]
+    if engine.loaded.impl_name == "transformers":
+        hf_class = ROWS[name][1]["AutoModelForCausalLM"].rsplit(".", 1)[1]
+        assert type(engine.loaded.model.hf_model).__name__ == hf_class
     hf = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
     references = [hf_greedy(hf, prompt, MAX_TOKENS) for prompt in PROMPTS]
     alone = [engine.generate([prompt], GREEDY)[0] for prompt in PROMPTS]
