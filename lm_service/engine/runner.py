@@ -89,7 +89,7 @@ class ModelRunner:
             for cache in (*conv_states, *ssm_states):
                 cache.index_fill_(0, index, 0)
         query_lens = [item.num_new_tokens for item in scheduled]
-        return StateStep(conv_states, ssm_states, slot_ids, query_lens)
+        return StateStep.build(conv_states, ssm_states, slot_ids, query_lens, self.device)
 
     def prepare(self, scheduled: Sequence[object]) -> StepInputs:
         ids: list[int] = []

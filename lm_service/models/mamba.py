@@ -14,7 +14,7 @@ Requests of equal query length run together (every decode step is one batched ca
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,33 +31,40 @@ STATE_INDEX_ATTR = "meshserve_state_index"
 
 @dataclass(frozen=True, slots=True)
 class StateStep:
-    """The recurrent state a step reads and writes, and which slot each request owns.
+    """The recurrent state a step reads and writes, and where each request's part of it is.
 
     Args:
         conv_states: per Mamba layer `[num_slots, *StateCacheSpec.conv_shape]`.
         ssm_states: per Mamba layer `[num_slots, *StateCacheSpec.ssm_shape]`.
-        slot_ids: per scheduled request (batch order), its slot.
-        query_lens: per scheduled request, its tokens in this step (they lie end to end).
+        groups: per set of requests with the same number of new tokens L, (their slots [B],
+            their rows in the flattened step [B, L]); every decode step is one group.
     """
 
     conv_states: Sequence[torch.Tensor]
     ssm_states: Sequence[torch.Tensor]
-    slot_ids: Sequence[int]
-    query_lens: Sequence[int]
+    groups: tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
-    def groups(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(slots [B], flat rows [B, L]) for each set of requests with the same length L."""
-        starts, start = [], 0
-        for length in self.query_lens:
-            starts.append(start)
-            start += length
+    @classmethod
+    def build(
+        cls,
+        conv_states: Sequence[torch.Tensor],
+        ssm_states: Sequence[torch.Tensor],
+        slot_ids: Sequence[int],
+        query_lens: Sequence[int],
+        device: torch.device,
+    ) -> StateStep:
+        """`slot_ids` and `query_lens` per scheduled request, in batch order (their tokens
+        lie end to end in the step)."""
+        starts = [sum(query_lens[:i]) for i in range(len(query_lens))]
         by_length: dict[int, list[int]] = {}
-        for index, length in enumerate(self.query_lens):
+        for index, length in enumerate(query_lens):
             by_length.setdefault(length, []).append(index)
+        groups = []
         for length, indices in by_length.items():
-            slots = torch.tensor([self.slot_ids[i] for i in indices], dtype=torch.long)
-            rows = torch.tensor([starts[i] for i in indices])[:, None] + torch.arange(length)
-            yield slots, rows
+            slots = torch.tensor([slot_ids[i] for i in indices], device=device)
+            rows = torch.tensor([starts[i] for i in indices], device=device)[:, None]
+            groups.append((slots, rows + torch.arange(length, device=device)))
+        return cls(conv_states, ssm_states, tuple(groups))
 
 
 # ----------------------------------------------------------------------------- reference ops
@@ -129,7 +136,7 @@ def mamba_mixer_forward(module: nn.Module, hidden: torch.Tensor, step: StateStep
     conv_states, ssm_states = step.conv_states[layer], step.ssm_states[layer]
     x, gate = module.in_proj(hidden).chunk(2, dim=-1)  # [T, inner] each
     out = torch.empty_like(x)
-    for slots, rows in step.groups():
+    for slots, rows in step.groups:
         y, conv_new = causal_conv1d(
             x[rows], conv_states[slots], module.conv1d.weight[:, 0], module.conv1d.bias
         )

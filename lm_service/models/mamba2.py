@@ -51,7 +51,7 @@ def mamba2_mixer_forward(module: nn.Module, hidden: torch.Tensor, step: StateSte
         [module.intermediate_size, module.conv_dim, module.num_heads], dim=-1
     )
     out = torch.empty_like(gate)  # [T, inner]
-    for slots, rows in step.groups():
+    for slots, rows in step.groups:
         y, conv_new = causal_conv1d(
             xbc[rows], conv_states[slots], module.conv1d.weight[:, 0], module.conv1d.bias
         )
