@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from protos.errors import InvalidRequest
+from protos.flags import flag
 
 USE_MODELSCOPE_VARS = ("MESHSERVE_USE_MODELSCOPE", "VLLM_USE_MODELSCOPE")
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
@@ -27,6 +28,12 @@ TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 CONFIG_PATTERNS: tuple[str, ...] = ("*.json", "*.py", "*.txt", "*.model", "*.jinja", "*.tiktoken")
 WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.bin", "*.pt")
 ALL_PATTERNS: tuple[str, ...] = CONFIG_PATTERNS + WEIGHT_PATTERNS
+# Every service that loads the model takes it, so `meshserve up --revision` reaches them all.
+REVISION_FLAG = flag(
+    "--revision",
+    default=None,
+    help="model revision (branch, tag or commit) on the Hugging Face hub or ModelScope",
+)
 
 
 def _env_true(name: str) -> bool:

@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from protos.flags import Flag, add_flags, add_server_args, flag, parse_bytes
+from protos.model_source import REVISION_FLAG
 from protos.tasks import Task
 
 DEFAULT_PORT = 50051
@@ -54,6 +55,7 @@ TRANSCRIPTION_FLAGS: tuple[Flag, ...] = (
 # --port, --grace-seconds); `meshserve up` takes these and forwards them to the gateway.
 GATEWAY_FLAGS: tuple[Flag, ...] = (
     TRUST_REMOTE_CODE_FLAG,
+    REVISION_FLAG,
     *SERVED_MODEL_FLAGS,
     *TRANSCRIPTION_FLAGS,
 )
@@ -108,7 +110,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         args.task,
         args.limit_mm_per_prompt,
         args.trust_remote_code,
-        getattr(args, "revision", None),
+        args.revision,
     )
     targets = parse_encoder_targets(args.encoder)
     missing = [m for m in media_modalities(served) if m not in targets]

@@ -107,7 +107,7 @@ def run_up(args: argparse.Namespace) -> int:
         args.task,
         args.limit_mm_per_prompt,
         args.trust_remote_code,
-        getattr(args, "revision", None),
+        args.revision,
     )
     modalities = media_modalities(served)
     unknown = [name for name in replicas if name != "lm" and name not in modalities]
