@@ -84,7 +84,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "repeat for each modality",
     )
     add_server_args(p, DEFAULT_PORT)
-    add_flags(p, (TRUST_REMOTE_CODE_FLAG,))
+    add_flags(p, (TRUST_REMOTE_CODE_FLAG, REVISION_FLAG))
     add_flags(p.add_argument_group("served model"), SERVED_MODEL_FLAGS)
     transcription = "transcription (--task transcription runs the model in process)"
     add_flags(p.add_argument_group(transcription), TRANSCRIPTION_FLAGS)
