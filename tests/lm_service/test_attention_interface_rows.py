@@ -18,7 +18,7 @@ from lm_service import Engine, EngineConfig, SamplingParams
 from lm_service.models.registry import load_model
 from lm_service.models.transformers_backend import _routes_attention_through_interface
 from protos.errors import Unsupported
-from tests.parity import check_logprobs_close, hf_greedy, our_tops
+from tests.parity import assert_greedy_matches, hf_greedy
 
 FLAG_FALSE_BUT_ROUTED = ("StableLmForCausalLM", "JambaForCausalLM", "Zamba2ForCausalLM")
 PROMPTS = [[1, 17, 42, 99, 7], [1, *range(250, 267)], [1, 300], [1, *range(20, 50)]]
@@ -49,12 +49,8 @@ def test_stablelm_greedy_matches_hf() -> None:
     )
     assert engine.scheduler.num_preemptions > 0
     hf = AutoModelForCausalLM.from_pretrained(path).eval()
-    for prompt, out in zip(PROMPTS, outputs, strict=True):
-        ref, ref_top = hf_greedy(hf, prompt, MAX_TOKENS)
-        matched = check_logprobs_close(
-            list(out.token_ids), our_tops(out.logprobs), ref, ref_top, "stablelm"
-        )
-        assert matched == MAX_TOKENS
+    references = [hf_greedy(hf, prompt, MAX_TOKENS) for prompt in PROMPTS]
+    assert_greedy_matches(outputs, references, "stablelm")
 
 
 def test_bloom_is_refused_naming_why(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from gateway.tools.tiny_models import HYBRID_MODELS, SSM_MODELS, tiny_model_path
 from lm_service import Engine, EngineConfig, SamplingParams
-from tests.parity import check_logprobs_close, hf_greedy, our_tops
+from tests.parity import assert_greedy_matches, hf_greedy
 
 ARCHITECTURES = {
     "mamba": "MambaForCausalLM",
@@ -45,14 +45,7 @@ def _hf_reference(name: str) -> list[tuple[list[int], list[set[int]]]]:
 
 
 def _check(name: str, outputs: list, what: str) -> None:
-    for prompt_index, (out, (ref, ref_top)) in enumerate(
-        zip(outputs, _hf_reference(name), strict=True)
-    ):
-        label = f"{name} {what} prompt {prompt_index}"
-        matched = check_logprobs_close(
-            list(out.token_ids), our_tops(out.logprobs), ref, ref_top, label
-        )
-        assert matched == MAX_TOKENS, f"{label}: only {matched} tokens equal HF's"
+    assert_greedy_matches(outputs, _hf_reference(name), f"{name} {what}")
 
 
 CASES = [
