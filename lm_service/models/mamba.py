@@ -14,6 +14,7 @@ Requests of equal query length run together (every decode step is one batched ca
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +56,7 @@ class StateStep:
     ) -> StateStep:
         """`slot_ids` and `query_lens` per scheduled request, in batch order (their tokens
         lie end to end in the step)."""
-        starts = [sum(query_lens[:i]) for i in range(len(query_lens))]
+        starts = [0, *itertools.accumulate(query_lens)][:-1]
         by_length: dict[int, list[int]] = {}
         for index, length in enumerate(query_lens):
             by_length.setdefault(length, []).append(index)
