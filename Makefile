@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-all demo demo-wheel lint format protos bench clean
+.PHONY: install test test-all demo demo-wheel lint format protos bench support-table clean
 
 install: $(STAMP)
 
@@ -46,6 +46,10 @@ protos: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.throughput
 	$(PY) -m bench.encoder
+
+# Reruns every test marked @pytest.mark.seed_row and regenerates the README's support table.
+support-table: $(STAMP)
+	$(PY) -m gateway.tools.support_table run
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

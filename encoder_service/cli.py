@@ -9,6 +9,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from protos.flags import Flag, add_flags, add_server_args, flag, json_object, parse_bytes
+from protos.model_source import REVISION_FLAG
 
 logger = logging.getLogger("meshserve.encoder")
 DEFAULT_PORT = 50071
@@ -17,6 +18,7 @@ DEFAULT_PORT = 50071
 # Every flag of `meshserve encoder` but --modality, --model and the server's own (--host,
 # --port, --grace-seconds); `meshserve up` takes these and forwards them to each encoder.
 ENCODER_FLAGS: tuple[Flag, ...] = (
+    REVISION_FLAG,
     flag("--dtype", default="float32", choices=["float32", "float16", "bfloat16"]),
     flag("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)"),
     flag(
@@ -140,6 +142,7 @@ async def _serve(args: argparse.Namespace) -> None:
             mm_processor_kwargs=args.mm_processor_kwargs,
             max_queued_items=args.max_queued_items,
             **({"num_decode_threads": args.decode_threads} if args.decode_threads else {}),
+            revision=args.revision,
         )
         servicer.attach(encoder)
         info = encoder.info()

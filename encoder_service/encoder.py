@@ -123,6 +123,7 @@ class Encoder:
         max_wait_s: float = 0.005,
         tower: Tower | None = None,
         mm_processor_kwargs: Mapping[str, Any] | None = None,
+        revision: str | None = None,
         **options: Any,
     ) -> Encoder:
         """Loads only the encoder tower of the checkpoint at `path`.
@@ -135,7 +136,12 @@ class Encoder:
         """
         if tower is None:
             tower, value = load_tower(
-                path, modality, dtype=dtype, device=device, processor_kwargs=mm_processor_kwargs
+                path,
+                modality,
+                dtype=dtype,
+                device=device,
+                processor_kwargs=mm_processor_kwargs,
+                revision=revision,
             )
         else:
             value = check_modality(tower, modality)

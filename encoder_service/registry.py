@@ -19,6 +19,7 @@ from encoder_service.towers import (
 from protos.dtypes import config_dtype, resolve_dtype
 from protos.errors import InvalidRequest, Unsupported
 from protos.modality import MEDIA_MODALITIES, Modality
+from protos.model_source import ALL_PATTERNS, resolve_model
 
 TOWERS: dict[str, type[Tower]] = {
     tower.architecture: tower
@@ -60,11 +61,14 @@ def load_tower(
     dtype: str | torch.dtype,
     device: str | torch.device,
     processor_kwargs: Mapping[str, Any] | None = None,
+    revision: str | None = None,
 ) -> tuple[Tower, Modality]:
     """Reads the config, checks the modality, builds the tower and loads its weights;
-    `processor_kwargs` (--mm-processor-kwargs) are checked against its processors."""
+    `processor_kwargs` (--mm-processor-kwargs) are checked against its processors. A hub id
+    is resolved first (`protos.model_source`: the HF hub or ModelScope, at `revision`)."""
     from transformers import AutoConfig
 
+    path = resolve_model(str(path), revision=revision, allow_patterns=ALL_PATTERNS)
     config = AutoConfig.from_pretrained(path)
     cls = tower_class(architecture_of(config), config)
     check_modality(cls, modality)  # before loading weights: a wrong modality fails fast

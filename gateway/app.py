@@ -17,6 +17,7 @@ from gateway.rules.limits import validate_limits
 from gateway.rules.spec_table import spec_for
 from protos.errors import Unsupported
 from protos.modality import MEDIA_MODALITIES
+from protos.model_source import CONFIG_PATTERNS, resolve_model
 from protos.server import Register, Server, ServerConfig
 from protos.tasks import POOLING_TASKS, Task
 
@@ -28,6 +29,7 @@ def served_model(
     task: Task | str = Task.GENERATE,
     limit_mm_per_prompt: Any = None,
     trust_remote_code: bool = False,
+    revision: str | None = None,
 ) -> ServedModel:
     """The model's architecture, its modality rule for `task` and the effective item limits.
 
@@ -36,11 +38,19 @@ def served_model(
     from transformers import AutoConfig
 
     task = Task.parse(task)
-    config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    path = resolve_model(model, revision=revision, allow_patterns=CONFIG_PATTERNS)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     architecture = (getattr(config, "architectures", None) or [type(config).__name__])[0]
     spec = spec_for(architecture, task, config)
     limits = validate_limits(spec, limit_mm_per_prompt, architecture, task)
-    return ServedModel(model=model, architecture=architecture, task=task, spec=spec, limits=limits)
+    return ServedModel(
+        model=model,
+        architecture=architecture,
+        task=task,
+        spec=spec,
+        limits=limits,
+        revision=revision,
+    )
 
 
 def media_modalities(served: ServedModel) -> list[str]:
@@ -56,7 +66,9 @@ def build_orchestrator(
     trust_remote_code: bool = False,
     media_store_bytes: int = 1 << 30,
 ) -> Orchestrator:
-    prompts = PromptBuilder.from_pretrained(served.model, trust_remote_code=trust_remote_code)
+    prompts = PromptBuilder.from_pretrained(
+        served.model, trust_remote_code=trust_remote_code, revision=served.revision
+    )
     return Orchestrator(served, prompts, encoders, lm, MediaStore(media_store_bytes))
 
 
@@ -96,6 +108,7 @@ def local_backends(
             cache_bytes=cache_bytes,
             tower=shared,
             mm_processor_kwargs=mm_processor_kwargs,
+            revision=served.revision,
         )
     loop = EngineLoop(Engine(engine_config)).start()
     return LocalEncoderBackend(encoders), LocalLMBackend(loop)
@@ -120,7 +133,9 @@ def transcription_backends(
     (the paged engine does not run encoder-decoder models)."""
     from gateway.backends.transcriber import Transcriber
 
-    model = Transcriber.from_pretrained(served.model, dtype, device, trust_remote_code)
+    model = Transcriber.from_pretrained(
+        served.model, dtype, device, trust_remote_code, revision=served.revision
+    )
     return LocalEncoderBackend({}), model
 
 

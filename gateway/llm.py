@@ -115,7 +115,8 @@ class LLM:
             raise Unsupported(f"the offline LLM serves task {tasks}; not {task!r}")
         if override_pooler_config and task == Task.GENERATE:
             raise InvalidRequest("override_pooler_config applies to pooling tasks only")
-        self.served = served_model(model, task, limit_mm_per_prompt, trust_remote_code)
+        revision = engine_args.get("revision")  # NOTE: every in-process load reads it
+        self.served = served_model(model, task, limit_mm_per_prompt, trust_remote_code, revision)
         config = EngineConfig(model=model, trust_remote_code=trust_remote_code, **engine_args)
         encoders, lm = local_backends(
             config,

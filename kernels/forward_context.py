@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -27,10 +28,13 @@ class ForwardContext:
         attn_metadata: the flattened step (query/sequence lengths, block table, slot mapping).
         kv_caches: per layer `(k_cache, v_cache)`, each
             `[num_blocks, block_size, num_kv_heads, head_dim]`; allocate them with `torch.zeros`.
+        state: the step's recurrent state of state-space (Mamba) layers, owned by the LM
+            engine (`lm_service.models.mamba.StateStep`); None for attention-only models.
     """
 
     attn_metadata: AttentionMetadata
     kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    state: Any = None
 
 
 _CURRENT: ContextVar[ForwardContext | None] = ContextVar("meshserve_forward_context", default=None)

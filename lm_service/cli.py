@@ -10,6 +10,7 @@ from typing import Any
 from lm_service.config import DTYPES, MODEL_IMPLS, EngineConfig
 from protos.errors import InvalidRequest
 from protos.flags import Flag, add_flags, add_server_args, flag, json_object, parse_bytes
+from protos.model_source import REVISION_FLAG
 from protos.tasks import LM_TASKS
 
 logger = logging.getLogger("meshserve.lm")
@@ -68,7 +69,7 @@ ENGINE_FLAGS: tuple[Flag, ...] = (
         default={},
         help="JSON merged into the HF config, e.g. '{\"max_position_embeddings\": 4096}'",
     ),
-    flag("--revision", default=None, help="model revision (branch, tag or commit)"),
+    REVISION_FLAG,
     flag(
         "--override-pooler-config",
         type=json_object,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from protos.errors import InvalidRequest, Unsupported
+from protos.model_source import ALL_PATTERNS, resolve_model
 from protos.sampling_params import SamplingParams
 
 TASKS = ("transcribe", "translate")
@@ -43,10 +44,17 @@ class TranscriptionModel:
 
     @classmethod
     def from_pretrained(
-        cls, path: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False
+        cls,
+        path: str,
+        dtype: str = "float32",
+        device: str = "cpu",
+        trust_remote_code: bool = False,
+        revision: str | None = None,
     ) -> TranscriptionModel:
         from transformers import AutoConfig, AutoModelForSpeechSeq2Seq, AutoProcessor
         from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
+
+        path = str(resolve_model(path, revision=revision, allow_patterns=ALL_PATTERNS))
 
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         if config.model_type not in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES:

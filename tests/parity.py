@@ -51,3 +51,18 @@ def check_logprobs_close(
             )
             return i
     return len(ours)
+
+
+def assert_greedy_matches(
+    outputs: Sequence[Any], references: Sequence[tuple[list[int], list[set[int]]]], name: str
+) -> None:
+    """Every engine output (RequestOutput with top-5 logprobs) equals HF's greedy tokens in full.
+
+    NOTE: stricter than check_logprobs_close alone: the tiny models here have clear winners,
+    so a divergence at all (even within the top-5) is a bug.
+    """
+    for index, (out, (ref, ref_top)) in enumerate(zip(outputs, references, strict=True)):
+        label = f"{name} prompt {index}"
+        ours = list(out.token_ids)
+        matched = check_logprobs_close(ours, our_tops(out.logprobs), ref, ref_top, label)
+        assert matched == len(ref), f"{label}: only {matched} of {len(ref)} tokens equal HF's"

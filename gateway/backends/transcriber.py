@@ -47,9 +47,17 @@ class Transcriber(LMBackend):
 
     @classmethod
     def from_pretrained(
-        cls, path: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False
+        cls,
+        path: str,
+        dtype: str = "float32",
+        device: str = "cpu",
+        trust_remote_code: bool = False,
+        revision: str | None = None,
     ) -> Transcriber:
-        return cls(TranscriptionModel.from_pretrained(path, dtype, device, trust_remote_code))
+        model = TranscriptionModel.from_pretrained(
+            path, dtype, device, trust_remote_code, revision=revision
+        )
+        return cls(model)
 
     async def transcribe(self, request: TranscriptionRequest) -> GenerationChunk:
         """The whole answer as one finished chunk; raises InvalidRequest for bad audio,

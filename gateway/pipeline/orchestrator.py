@@ -41,6 +41,7 @@ class ServedModel:
     task: str
     spec: ModalitySpec
     limits: Mapping[str, int]
+    revision: str | None = None  # the hub revision every in-process load reads
 
 
 class Orchestrator:

@@ -42,6 +42,7 @@ from gateway.prompt.splice import before_prompt, locate_embeds, splice, take_tok
 from protos.errors import InvalidRequest
 from protos.hf_processor import load_processor
 from protos.modality import MEDIA_MODALITIES
+from protos.model_source import CONFIG_PATTERNS, resolve_model
 
 MODALITIES: tuple[str, ...] = tuple(m.value for m in MEDIA_MODALITIES)
 
@@ -83,10 +84,12 @@ class PromptBuilder:
 
     @classmethod
     def from_pretrained(
-        cls, model: str | Path, *, trust_remote_code: bool = False
+        cls, model: str | Path, *, trust_remote_code: bool = False, revision: str | None = None
     ) -> PromptBuilder:
         """Load the config, tokenizer and chat template of `model` (a folder or a hub id)."""
         from transformers import AutoConfig, AutoTokenizer
+
+        model = resolve_model(str(model), revision=revision, allow_patterns=CONFIG_PATTERNS)
 
         config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)

@@ -11,6 +11,7 @@ from typing import Any
 from gateway.api.http.options import HttpOptions, parse_domains
 from protos.auth import API_KEY_ENV, resolve_api_key
 from protos.flags import Flag, add_flags, add_server_args, flag, parse_bytes
+from protos.model_source import REVISION_FLAG
 from protos.tasks import Task
 
 DEFAULT_PORT = 50051
@@ -114,6 +115,7 @@ SECURITY_FLAGS: tuple[Flag, ...] = (
 # gateway.
 GATEWAY_FLAGS: tuple[Flag, ...] = (
     TRUST_REMOTE_CODE_FLAG,
+    REVISION_FLAG,
     *SERVED_MODEL_FLAGS,
     *TRANSCRIPTION_FLAGS,
     *BACKEND_FLAGS,
@@ -146,7 +148,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "repeat for each modality",
     )
     add_server_args(p, DEFAULT_PORT)
-    add_flags(p, (TRUST_REMOTE_CODE_FLAG,))
+    add_flags(p, (TRUST_REMOTE_CODE_FLAG, REVISION_FLAG))
     add_flags(p.add_argument_group("served model"), SERVED_MODEL_FLAGS)
     transcription = "transcription (--task transcription runs the model in process)"
     add_flags(p.add_argument_group(transcription), TRANSCRIPTION_FLAGS)
@@ -175,7 +177,13 @@ def run_gateway(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"meshserve gateway: error: {exc}", file=sys.stderr)
         return 2
-    served = served_model(args.model, args.task, args.limit_mm_per_prompt, args.trust_remote_code)
+    served = served_model(
+        args.model,
+        args.task,
+        args.limit_mm_per_prompt,
+        args.trust_remote_code,
+        args.revision,
+    )
     targets = parse_encoder_targets(args.encoder)
     missing = [m for m in media_modalities(served) if m not in targets]
     if missing and not in_process:

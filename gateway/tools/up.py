@@ -126,7 +126,13 @@ def run_up(args: argparse.Namespace) -> int:
             "or run `meshserve gateway --tls-cert ...` yourself in front of the backends",
             code=2,
         )
-    served = served_model(args.model, args.task, args.limit_mm_per_prompt, args.trust_remote_code)
+    served = served_model(
+        args.model,
+        args.task,
+        args.limit_mm_per_prompt,
+        args.trust_remote_code,
+        args.revision,
+    )
     modalities = media_modalities(served)
     unknown = [name for name in replicas if name != "lm" and name not in modalities]
     if unknown:

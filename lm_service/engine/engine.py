@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from kernels.attention import backend_for
+from kernels.attention import AttentionBackend, backend_for
 from kernels.cpu_allocator import tune_cpu_allocator
 from lm_service.config import EngineConfig
 from lm_service.engine.kv_cache import allocate_kv_caches, num_blocks_for
@@ -20,6 +20,7 @@ from lm_service.engine.request import Request
 from lm_service.engine.runner import ModelRunner
 from lm_service.engine.sampler import Sampler, SamplingMetadata
 from lm_service.engine.scheduler import Scheduler, SchedulerConfig
+from lm_service.engine.state_cache import allocate_state_caches, num_state_slots_for
 from lm_service.models.prompt_attention import bidirectional_ranges, prompt_attention_of
 from lm_service.models.registry import load_model
 from protos.errors import InvalidRequest
@@ -58,36 +59,57 @@ class Engine:
         self.vocab_size = int(text_config.vocab_size)
         self.hidden_size = int(text_config.hidden_size)
         self.max_model_len = _max_model_len(config.max_model_len, text_config)
-        spec = self.loaded.model.kv_cache_spec()
-        # NOTE: both backends read one layout; a layer that later falls back to the reference
-        # (a soft cap this flash-attn lacks) still reads what this backend allocated
-        backend = backend_for(self.device, spec.dtype, spec.head_dim, config.block_size)
-        self.num_blocks = config.num_blocks or num_blocks_for(
-            spec,
-            backend,
-            config.block_size,
-            config.kv_cache_memory,
-            config.max_num_seqs * self.max_model_len,
+        state_spec = self.loaded.model.state_cache_spec()
+        num_slots = num_state_slots_for(state_spec, config.kv_cache_memory, config.max_num_seqs)
+        state_bytes = num_slots * state_spec.bytes_per_slot if state_spec else 0
+        kv_caches = self._allocate_kv_caches(config.kv_cache_memory - state_bytes)
+        state_caches = None
+        if state_spec is not None:
+            state_caches = allocate_state_caches(state_spec, num_slots, self.device)
+            self._log_state_cache(num_slots, state_bytes)
+        self.runner = ModelRunner(
+            self.loaded.model, kv_caches, config.block_size, self.device, state_caches
         )
-        kv_caches = allocate_kv_caches(
-            spec, backend, self.num_blocks, config.block_size, self.device
-        )
-        self.runner = ModelRunner(self.loaded.model, kv_caches, config.block_size, self.device)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_num_batched_tokens=max(config.max_num_batched_tokens, 1),
                 max_num_seqs=config.max_num_seqs,
                 block_size=config.block_size,
                 num_blocks=self.num_blocks,
-                enable_prefix_caching=config.enable_prefix_caching,
+                enable_prefix_caching=config.enable_prefix_caching and state_spec is None,
                 max_model_len=self.max_model_len,
                 max_queued_requests=config.max_queued_requests,
+                num_state_slots=num_slots,
             )
         )
         self.sampler = Sampler()
-        self.eos_token_ids = _eos_token_ids(self.loaded.hf_config, config.model)
+        self.eos_token_ids = _eos_token_ids(self.loaded.hf_config, str(self.loaded.model_path))
         self._requests: dict[str, Request] = {}
         self._ids = itertools.count()
+
+    def _allocate_kv_caches(self, memory: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Sizes the paged KV cache from `memory` bytes (sets num_blocks) and allocates it."""
+        config = self.config
+        spec = self.loaded.model.kv_cache_spec()
+        # NOTE: both backends read one layout; a layer that later falls back to the reference
+        # (a soft cap this flash-attn lacks) still reads what this backend allocated
+        backend = AttentionBackend.TORCH
+        if spec.num_layers:  # a pure Mamba model has no KV cache at all
+            backend = backend_for(self.device, spec.dtype, spec.head_dim, config.block_size)
+        self.num_blocks = config.num_blocks or num_blocks_for(
+            spec, backend, config.block_size, memory, config.max_num_seqs * self.max_model_len
+        )
+        return allocate_kv_caches(spec, backend, self.num_blocks, config.block_size, self.device)
+
+    def _log_state_cache(self, num_slots: int, state_bytes: int) -> None:
+        logger.info(
+            "%s keeps a recurrent state per request: %d state slots (%.1f MiB) beside the KV "
+            "cache; prefix caching is off for it (a cached KV block cannot restore a Mamba "
+            "layer's state)",
+            self.loaded.architecture,
+            num_slots,
+            state_bytes / 2**20,
+        )
 
     # --- incremental interface -------------------------------------------------------
     def add_request(

@@ -31,6 +31,8 @@ def num_blocks_for(
     """Blocks that fit `memory` bytes, capped at what `max_useful_tokens` could ever use."""
     block_bytes = bytes_per_block(spec, backend, block_size)
     useful = -(-max_useful_tokens // block_size)
+    if block_bytes == 0:  # no attention layer (Mamba): blocks only count tokens
+        return useful
     num_blocks = min(memory // block_bytes, useful)
     if num_blocks < 1:
         raise InvalidRequest(

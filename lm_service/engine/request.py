@@ -101,6 +101,7 @@ class Request:
     status: RequestStatus = field(default=RequestStatus.WAITING, init=False)
     block_ids: list[int] = field(default_factory=list, init=False)
     block_hashes: list[bytes] = field(default_factory=list, init=False)  # one per full block
+    state_slot: int | None = field(default=None, init=False)  # SSM / hybrid models only
     finish_reason: FinishReason | None = field(default=None, init=False)
     all_token_ids: list[int] = field(default_factory=list, init=False, repr=False)
     generator: Any = field(default=None, init=False, repr=False)  # seeded torch.Generator

@@ -9,6 +9,10 @@ import torch
 
 from kernels.forward_context import ForwardContext, forward_context
 from kernels.metadata import AttentionMetadata
+from lm_service.models.mamba import StateStep
+
+# (conv_states, ssm_states): per Mamba layer [num_slots, ...]; see lm_service.engine.state_cache
+StateCaches = tuple[list[torch.Tensor], list[torch.Tensor]]
 
 
 class StepInputs(NamedTuple):
@@ -22,7 +26,8 @@ class StepInputs(NamedTuple):
 
 
 class ModelRunner:
-    """Owns the model and its KV caches; executes one flattened step at a time."""
+    """Owns the model, its KV caches and (SSM / hybrid models) its state caches; executes one
+    flattened step at a time."""
 
     def __init__(
         self,
@@ -30,9 +35,11 @@ class ModelRunner:
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
         block_size: int,
         device: torch.device,
+        state_caches: StateCaches | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
+        self.state_caches = state_caches
         self.block_size = block_size
         self.device = device
         self.uses_mrope = bool(getattr(model, "uses_mrope", False))
@@ -46,7 +53,11 @@ class ModelRunner:
         """
         inputs = self.prepare(scheduled)
         embeds = self._inputs_embeds(inputs)
-        ctx = ForwardContext(attn_metadata=inputs.attn_metadata, kv_caches=self.kv_caches)
+        ctx = ForwardContext(
+            attn_metadata=inputs.attn_metadata,
+            kv_caches=self.kv_caches,
+            state=self._state_step(scheduled),
+        )
         with forward_context(ctx):
             hidden = self.model(
                 None if embeds is not None else inputs.input_ids,
@@ -58,6 +69,27 @@ class ModelRunner:
         rows = torch.tensor(inputs.sample_rows, device=hidden.device)
         logits = self.model.compute_logits(hidden.index_select(0, rows))
         return logits, inputs.sample_index
+
+    def _state_step(self, scheduled: Sequence[object]) -> StateStep | None:
+        """The slots of this step's requests; a request starting from its first token (new,
+        or recomputed after preemption) gets its slot zeroed first."""
+        if self.state_caches is None:
+            return None
+        conv_states, ssm_states = self.state_caches
+        slot_ids = [item.request.state_slot for item in scheduled]
+        if None in slot_ids:
+            raise RuntimeError("a scheduled request of a state-space model has no state slot")
+        fresh = [
+            slot
+            for slot, item in zip(slot_ids, scheduled, strict=True)
+            if item.num_computed_tokens == 0
+        ]
+        if fresh:
+            index = torch.tensor(fresh, device=self.device)
+            for cache in (*conv_states, *ssm_states):
+                cache.index_fill_(0, index, 0)
+        query_lens = [item.num_new_tokens for item in scheduled]
+        return StateStep.build(conv_states, ssm_states, slot_ids, query_lens, self.device)
 
     def prepare(self, scheduled: Sequence[object]) -> StepInputs:
         ids: list[int] = []

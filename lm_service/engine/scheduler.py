@@ -5,7 +5,10 @@ No prefill or decode phase (vLLM v1): each request has `num_computed_tokens` cat
 first (a decode needs 1 token, an unfinished prefill the rest of its prompt, capped by the
 budget: chunked prefill), then waiting ones in arrival order. When KV blocks run out, the
 newest running request is preempted: its blocks are freed and it is recomputed later, output
-tokens included. Pure CPU; no torch.
+tokens included. Models with Mamba layers also need one recurrent state slot per running
+request (`StatePool`): a waiting request is admitted only when a slot is free, and gives it
+back on finish, abort or preemption; prefix caching is off for them (a cached block cannot
+restore a recurrent state). Pure CPU; no torch.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, NamedTuple
 
 from lm_service.engine.block_pool import BlockPool, ComputedBlocks, cdiv
 from lm_service.engine.request import FinishReason, Request, RequestStatus
+from lm_service.engine.state_pool import StatePool
 from protos.errors import InvalidRequest, Overloaded
 
 
@@ -33,6 +37,9 @@ class SchedulerConfig:
         enable_prefix_caching: reuse KV blocks of identical prompt prefixes.
         max_queued_requests: most requests waiting (to start, or to resume after a
             preemption); a new one past it is refused (Overloaded). None: no bound.
+        enable_prefix_caching: reuse KV blocks of identical prompt prefixes (forced off
+            when there are state slots).
+        num_state_slots: recurrent state slots of SSM / hybrid models; 0 for attention-only.
     """
 
     max_num_batched_tokens: int
@@ -42,8 +49,11 @@ class SchedulerConfig:
     max_model_len: int
     enable_prefix_caching: bool = True
     max_queued_requests: int | None = None
+    num_state_slots: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.num_state_slots, int) or self.num_state_slots < 0:
+            raise ValueError(f"num_state_slots must be >= 0, got {self.num_state_slots!r}")
         for name in (
             "max_num_batched_tokens",
             "max_num_seqs",
@@ -125,6 +135,7 @@ class SchedulerStats(NamedTuple):
     prefix_cache_hit_rate: float
     prefix_cache_query_tokens: int
     prefix_cache_hit_tokens: int
+    state_cache_usage: float = 0.0
 
 
 class Scheduler:
@@ -136,8 +147,11 @@ class Scheduler:
 
     def __init__(self, config: SchedulerConfig):
         self.config = config
+        self.state_pool = StatePool(config.num_state_slots)
         self.block_pool = BlockPool(
-            config.num_blocks, config.block_size, config.enable_prefix_caching
+            config.num_blocks,
+            config.block_size,
+            config.enable_prefix_caching and not self.state_pool.enabled,
         )
         # NOTE: a sequence ends at the cache's capacity too, so one request alone always fits.
         self.max_model_len = min(config.max_model_len, config.cache_capacity_tokens)
@@ -228,6 +242,7 @@ class Scheduler:
             prefix_cache_hit_rate=cache.hit_rate,
             prefix_cache_query_tokens=cache.num_query_tokens,
             prefix_cache_hit_tokens=cache.num_hit_tokens,
+            state_cache_usage=self.state_pool.usage,
         )
 
     # ---- one step ----
@@ -277,6 +292,7 @@ class Scheduler:
 
     def _preempt(self, request: Request) -> None:
         self.block_pool.free(request)
+        self.state_pool.free(request)  # NOTE: the state is recomputed with the tokens
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1
@@ -287,11 +303,14 @@ class Scheduler:
         scheduled: list[ScheduledRequest] = []
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
+            if not self.state_pool.can_allocate(request):
+                break  # every state slot is taken: wait for a request to finish
             computed = self.block_pool.get_computed_blocks(request)
             num_new = _num_new_tokens(request, computed.num_tokens, budget)
             if num_new == 0 or not self.block_pool.allocate_slots(request, num_new, computed):
                 break  # NOTE: first come first served: nobody overtakes the head of the queue
             self.waiting.popleft()
+            self.state_pool.allocate(request)
             self._start(request, computed)
             scheduled.append(ScheduledRequest.of(request, num_new))
             budget -= num_new
@@ -347,6 +366,7 @@ class Scheduler:
 
     def _finish(self, request: Request, reason: FinishReason) -> None:
         self.block_pool.free(request)
+        self.state_pool.free(request)
         request.status = RequestStatus.finished_with(reason)
         request.finish_reason = reason
         del self.requests[request.request_id]

@@ -7,6 +7,7 @@ from `kv_cache_spec()` and hands over through `kernels.forward_context`.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -42,6 +43,41 @@ class KVCacheSpec:
                 f"sliding_windows has {len(self.sliding_windows)} entries "
                 f"for {self.num_layers} layers"
             )
+
+
+@dataclass(frozen=True, slots=True)
+class StateCacheSpec:
+    """The recurrent state one request needs across the model's state-space (Mamba) layers.
+
+    The engine holds `num_slots` such states per layer (`lm_service.engine.state_cache`); a
+    running request owns one slot. Unlike KV blocks, a slot's size does not grow with the
+    sequence, and a slot holds the state after the request's last computed token only.
+
+    Args:
+        num_layers: Mamba layers, in the order of the state caches.
+        conv_shape: one slot's causal-conv state, `[conv_channels, conv_kernel - 1]` (the
+            last inputs the convolution still needs).
+        ssm_shape: one slot's SSM state, `[inner, state_size]` (Mamba) or
+            `[num_heads, head_dim, state_size]` (Mamba2).
+        conv_dtype: the conv state's dtype (the model's).
+        ssm_dtype: the SSM state's dtype; float32, as HF's torch scan accumulates it.
+    """
+
+    num_layers: int
+    conv_shape: tuple[int, ...]
+    ssm_shape: tuple[int, ...]
+    conv_dtype: torch.dtype
+    ssm_dtype: torch.dtype = torch.float32
+
+    @property
+    def bytes_per_slot(self) -> int:
+        conv = math.prod(self.conv_shape) * _itemsize(self.conv_dtype)
+        ssm = math.prod(self.ssm_shape) * _itemsize(self.ssm_dtype)
+        return self.num_layers * (conv + ssm)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 class BaseCausalLM(nn.Module, ABC):
@@ -83,6 +119,10 @@ class BaseCausalLM(nn.Module, ABC):
     @abstractmethod
     def kv_cache_spec(self) -> KVCacheSpec:
         """The per-layer KV cache this model reads and writes."""
+
+    def state_cache_spec(self) -> StateCacheSpec | None:
+        """The per-request recurrent state of its Mamba layers; None: attention only."""
+        return None
 
 
 def sliding_windows_of(text_config: object) -> tuple[int | None, ...]:

@@ -1,7 +1,7 @@
 """Finding a checkpoint, reading its config and streaming its weights.
 
-A model is a local folder or a Hugging Face id (fetched with `snapshot_download`, which honours
-`HF_HUB_OFFLINE`). Weights stream one tensor at a time from safetensors (sharded or not), with
+A model is a local folder or a hub id, resolved by `protos.model_source` (the Hugging Face hub,
+or ModelScope with `MESHSERVE_USE_MODELSCOPE=True`; both honour `HF_HUB_OFFLINE`). Weights stream one tensor at a time from safetensors (sharded or not), with
 `.bin` files as the fallback. Multimodal checkpoints hold the language model next to vision or
 audio towers; `language_model_weights` keeps only the former (its names found from the model
 class, `language_model.py`), filtering by name BEFORE a tensor is read, and renames it to the
@@ -11,7 +11,6 @@ text model's names (`model.*`, `lm_head.*`).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,46 +20,29 @@ from tqdm.auto import tqdm
 
 from lm_service.models.language_model import LanguageModelNames, language_model_names
 from protos.errors import InvalidRequest
+from protos.model_source import CONFIG_PATTERNS, resolve_model
 
 WeightFilter = Callable[[str], bool]
 
-CONFIG_PATTERNS = ["*.json", "*.py", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
 
-def _is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
-
-
 def resolve_model_path(model: str, *, revision: str | None = None) -> Path:
-    """A local checkpoint folder for `model`: the folder itself, or a hub snapshot.
+    """A local checkpoint folder for `model`: the folder itself, or a hub snapshot of its
+    configs and safetensors weights (`.bin` / `.pt` when it has no safetensors).
 
     Raises:
         InvalidRequest: not a folder and not a model the hub (or, offline, its cache) has.
     """
-    local = Path(model).expanduser()
-    if local.is_dir():
-        return local
-    snapshot = _snapshot(model, revision, CONFIG_PATTERNS + ["*.safetensors"])
+    snapshot = resolve_model(
+        model, revision=revision, allow_patterns=[*CONFIG_PATTERNS, "*.safetensors"]
+    )
     if not _weight_files_in(snapshot):
-        snapshot = _snapshot(model, revision, CONFIG_PATTERNS + ["*.bin", "*.pt"])
-    return snapshot
-
-
-def _snapshot(model: str, revision: str | None, patterns: list[str]) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        path = snapshot_download(
-            model, revision=revision, allow_patterns=patterns, local_files_only=_is_offline()
+        snapshot = resolve_model(
+            model, revision=revision, allow_patterns=[*CONFIG_PATTERNS, "*.bin", "*.pt"]
         )
-    except Exception as exc:  # noqa: BLE001 - every hub failure means the same to the user
-        where = "the local Hugging Face cache (HF_HUB_OFFLINE=1)" if _is_offline() else "the hub"
-        raise InvalidRequest(
-            f"Model {model!r} is not a local folder and could not be found in {where}: {exc}"
-        ) from exc
-    return Path(path)
+    return snapshot
 
 
 def load_config(

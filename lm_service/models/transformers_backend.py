@@ -1,17 +1,28 @@
 """The Transformers fallback: run HF's own model code with our paged attention.
 
-Any decoder whose attention goes through transformers' `AttentionInterface` (the model class
-sets `_supports_attention_backend = True`, `trust_remote_code` models included) runs here: we
-register `meshserve_paged` as an attention implementation, build the HF model with it, and run
-the flattened step as ONE sequence of T tokens (`position_ids` [1, T], or [3, 1, T] for M-RoPE)
-with `use_cache=False`. Each attention call writes its layer's new K/V into the paged cache and
-attends over it, so requests never see each other. For multimodal checkpoints only the language
-model is built and only its weights are read.
+Any decoder whose attention goes through transformers' `AttentionInterface` runs here,
+`trust_remote_code` models included: we register `meshserve_paged` as an attention
+implementation, build the HF model with it, and run the flattened step as ONE sequence of T
+tokens (`position_ids` [1, T], or [3, 1, T] for M-RoPE) with `use_cache=False`. Each attention
+call writes its layer's new K/V into the paged cache and attends over it, so requests never see
+each other. The n-th attention call of a forward reads and writes KV cache n, whatever HF
+numbers the layer (hybrids number attention layers among Mamba layers; Zamba2 shares one
+attention module between depths). Mamba mixers run per request on the engine's state cache
+(`lm_service.models.mamba`). For multimodal checkpoints only the language model is built and
+only its weights are read.
+
+Whether a model can run here is decided by what its code does, not by HF's
+`_supports_attention_backend` flag alone (StableLM, Jamba and Zamba2 leave it False yet call
+`ALL_ATTENTION_FUNCTIONS`): its modeling module must route attention through the interface (or
+the model must be a pure state-space model), and a probe forward must then see every attention
+layer call it.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -26,20 +37,23 @@ from kernels import flash
 from kernels.attention import AttentionBackend, select_backend, write_kv_cache
 from kernels.forward_context import get_forward_context
 from kernels.torch_attention import paged_attention
-from lm_service.models.base import BaseCausalLM, KVCacheSpec
+from lm_service.models.base import BaseCausalLM, KVCacheSpec, StateCacheSpec
 from lm_service.models.language_model import LanguageModelNames, language_model_names
 from lm_service.models.loader import is_multimodal, language_model_weights, text_config_of
+from lm_service.models.mamba import install_state_mixers
 from protos.errors import InvalidRequest, Unsupported
 
 ATTENTION_NAME = "meshserve_paged"
 MROPE_MODEL_TYPES = frozenset({"qwen2_vl", "qwen2_vl_text", "qwen2_5_vl", "qwen2_5_vl_text"})
-LAYER_INDEX_ATTR = "meshserve_layer_idx"
 BACKEND_ATTR = "meshserve_attention_backend"
 
 
 @dataclass(frozen=True, slots=True)
 class AttentionLayerInfo:
-    """What one attention layer showed when probed: its KV shape and window."""
+    """What one attention layer showed when probed: its KV shape and window.
+
+    `layer_idx` is the call's rank in the forward (the KV cache it uses), not HF's number.
+    """
 
     layer_idx: int
     num_kv_heads: int
@@ -95,9 +109,7 @@ def paged_attention_forward(
     if probe is not None:
         probe.append(AttentionLayerInfo(layer_idx, key.shape[1], key.shape[3], sliding_window))
         return query.transpose(1, 2), None
-    calls = _CALLS.get()
-    if calls is not None:
-        calls.append(layer_idx)
+    _CALLS.get().append(layer_idx)
     ctx = get_forward_context()
     k_cache, v_cache = ctx.kv_caches[layer_idx]
     q = query[0].transpose(0, 1)  # [T, H, D]
@@ -129,18 +141,19 @@ def _attention_function(
 
 
 def _layer_index(module: nn.Module) -> int:
-    """The module's HF `layer_idx`, else the index it got, in call order, when probed."""
-    index = getattr(module, LAYER_INDEX_ATTR, None)
-    if index is not None:
-        return index
+    """The KV cache of this call: how many attention calls came before it in this forward.
+
+    NOTE: every forward runs the same layers in the same order, so call ranks are stable.
+    """
     probe = _PROBE.get()
-    index = getattr(module, "layer_idx", None)
-    if not isinstance(index, int):
-        if probe is None:
-            raise Unsupported(f"{type(module).__name__} has no layer index; it was never probed")
-        index = len(probe)
-    setattr(module, LAYER_INDEX_ATTR, index)
-    return index
+    if probe is not None:
+        return len(probe)
+    calls = _CALLS.get()
+    if calls is None:
+        raise Unsupported(
+            f"{type(module).__name__} attention ran outside TransformersForCausalLM.forward"
+        )
+    return len(calls)
 
 
 @contextmanager
@@ -185,6 +198,7 @@ class TransformersForCausalLM(BaseCausalLM):
         self.dtype = dtype
         self.uses_mrope = text_config.model_type in MROPE_MODEL_TYPES
         self.suppressed_ids = _suppressed_token_ids(text_config)
+        self.state_spec = install_state_mixers(self.hf_model, dtype)
         self.attention_layers = self._probe()
 
     @property
@@ -202,15 +216,12 @@ class TransformersForCausalLM(BaseCausalLM):
         )
         with _collecting(_PROBE, []) as found, torch.inference_mode():
             self._run_decoder(ids, positions, None)
-        if not found:
+        if not found and self.state_spec is None:
             raise Unsupported(
                 f"{type(self.hf_model).__name__} does not call transformers' AttentionInterface; "
                 "the Transformers fallback cannot run it"
             )
-        indices = sorted(info.layer_idx for info in found)
-        if indices != list(range(len(found))):
-            raise Unsupported(f"attention layer indices {indices} are not 0..{len(found) - 1}")
-        return tuple(sorted(found, key=lambda info: info.layer_idx))
+        return tuple(found)
 
     # --- BaseCausalLM ---------------------------------------------------------------------
     def get_input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -253,6 +264,8 @@ class TransformersForCausalLM(BaseCausalLM):
         return _postprocess_logits(logits, self.text_config).float()
 
     def kv_cache_spec(self) -> KVCacheSpec:
+        if not self.attention_layers:  # a pure state-space model (Mamba)
+            return KVCacheSpec(0, 0, 0, self.dtype, ())
         first = self.attention_layers[0]
         if any(
             (i.num_kv_heads, i.head_dim) != (first.num_kv_heads, first.head_dim)
@@ -266,6 +279,9 @@ class TransformersForCausalLM(BaseCausalLM):
             dtype=self.dtype,
             sliding_windows=tuple(info.sliding_window for info in self.attention_layers),
         )
+
+    def state_cache_spec(self) -> StateCacheSpec | None:
+        return self.state_spec
 
     # --- building -------------------------------------------------------------------------
     @classmethod
@@ -356,12 +372,34 @@ def _own_class(text_config: Any) -> type | None:
 
 
 def _check_backend_compatible(model_class: type, hf_config: Any) -> None:
-    if not getattr(model_class, "_supports_attention_backend", False):
-        raise Unsupported(
-            f"{_architecture(hf_config)} ({model_class.__name__}) does not support transformers' "
-            "attention interface (_supports_attention_backend is False), so the Transformers "
-            "fallback cannot run it"
-        )
+    """Refuses a model whose code cannot reach our attention (the probe checks the rest)."""
+    if getattr(model_class, "_supports_attention_backend", False):
+        return
+    if _routes_attention_through_interface(model_class) or getattr(model_class, "_is_stateful", 0):
+        return
+    raise Unsupported(
+        f"{_architecture(hf_config)} ({model_class.__name__}) computes attention in its own "
+        "code instead of transformers' attention interface (ALL_ATTENTION_FUNCTIONS), so the "
+        "Transformers fallback cannot put it on the paged KV cache"
+    )
+
+
+def _routes_attention_through_interface(model_class: type) -> bool:
+    """Whether the modeling code of the class (or of a base it extends) looks up attention
+    in ALL_ATTENTION_FUNCTIONS, as HF's interface-ready models do."""
+    for cls in model_class.__mro__:
+        module = sys.modules.get(cls.__module__)
+        if module is None or not cls.__module__.startswith(
+            ("transformers.models", "transformers_modules")
+        ):
+            continue
+        try:
+            source = inspect.getsource(module)
+        except (OSError, TypeError):
+            continue
+        if "ALL_ATTENTION_FUNCTIONS" in source:
+            return True
+    return False
 
 
 def _from_language_model_weights(

@@ -46,6 +46,7 @@ def qwen2_vl() -> Iterator[LLM]:
     llm.close()
 
 
+@pytest.mark.seed_row("LlavaForConditionalGeneration", "generate")
 def test_llava_one_and_two_images(llava: LLM) -> None:
     path = tiny_model_path("llava")
     red, blue = ref.image((200, 30, 40), 32), ref.image((20, 60, 220), 32)
@@ -119,6 +120,7 @@ def _qwen2_vl_ids(path: Path, text: str, images: list, videos: list) -> list[int
     return builder.build(text, slots).token_ids
 
 
+@pytest.mark.seed_row("Qwen2VLForConditionalGeneration", "generate")
 @pytest.mark.parametrize("kind", ["image", "video", "image+video"])
 def test_qwen2_vl_matches_hf(qwen2_vl: LLM, kind: str) -> None:
     path = tiny_model_path("qwen2_vl")
@@ -137,6 +139,7 @@ def test_qwen2_vl_matches_hf(qwen2_vl: LLM, kind: str) -> None:
     _check(out, inputs, path, f"qwen2_vl-{kind}")
 
 
+@pytest.mark.seed_row("Qwen2AudioForConditionalGeneration", "generate")
 def test_qwen2_audio_matches_hf() -> None:
     path = tiny_model_path("qwen2_audio")
     llm = LLM(model=str(path), limit_mm_per_prompt={"audio": 2}, **ENGINE)

@@ -51,6 +51,7 @@ def llm(whisper: str) -> Iterator[LLM]:
     llm.close()
 
 
+@pytest.mark.seed_row("Whisper", "transcription")
 def test_tokens_equal_hf_generate(whisper: str, llm: LLM) -> None:
     samples = _tone_int16()
     processor = AutoProcessor.from_pretrained(whisper)

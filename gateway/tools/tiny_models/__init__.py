@@ -15,7 +15,8 @@ changes. Builds go to a temp folder next to the target and are renamed into plac
 lock, so concurrent processes never see half a model.
 
 One module per concept: `tokenizer` (BPE / WordPiece training), `chat_template`, `weights`
-(seeded init, silenced specials, saving), one per family (`text`, `vision`, `vision_llava_next`,
+(seeded init, silenced specials, saving), one per family (`text`, `breadth` for state-space
+and hybrid LMs, `more_text` for further fallback rows, `vision`, `vision_llava_next`,
 `vision_tiles`, `audio`, `pooling`) and `build` (the registry, the cache and the command line).
 """
 
@@ -36,6 +37,11 @@ from gateway.tools.tiny_models.audio import (  # noqa: E402
     WHISPER_LANGUAGES,
     WHISPER_SPECIALS,
 )
+from gateway.tools.tiny_models.breadth import (  # noqa: E402
+    BREADTH_MODELS,
+    HYBRID_MODELS,
+    SSM_MODELS,
+)
 from gateway.tools.tiny_models.build import (  # noqa: E402
     ALL_MODELS,
     BUILDER_VERSION,
@@ -51,6 +57,10 @@ from gateway.tools.tiny_models.build import (  # noqa: E402
     tiny_model_path,
 )
 from gateway.tools.tiny_models.chat_template import build_chat_template  # noqa: E402
+from gateway.tools.tiny_models.more_text import (  # noqa: E402
+    MORE_TEXT_ARCHITECTURES,
+    MORE_TEXT_MODELS,
+)
 from gateway.tools.tiny_models.text import LLAMA_FAMILY, TEXT_MODELS  # noqa: E402
 from gateway.tools.tiny_models.tokenizer import (  # noqa: E402
     BASE_SPECIALS,
@@ -82,16 +92,20 @@ __all__ = [
     "AUDIO_SOURCE_POSITIONS",
     "BASE_SPECIALS",
     "BOS_ID",
+    "BREADTH_MODELS",
     "BUILDERS",
     "BUILDER_VERSION",
     "CLIP_IMAGE_SIZE",
     "CLIP_PATCH_SIZE",
     "EOS_ID",
     "GENERIC_MULTIMODAL_MODELS",
+    "HYBRID_MODELS",
     "IM_END_ID",
     "IM_START_ID",
     "LLAMA_FAMILY",
     "LLAVA_IMAGE_TOKENS",
+    "MORE_TEXT_ARCHITECTURES",
+    "MORE_TEXT_MODELS",
     "MULTIMODAL_MODELS",
     "OTHER_MODELS",
     "PAD_ID",
@@ -100,6 +114,7 @@ __all__ = [
     "QWEN2_VL_MAX_PIXELS",
     "QWEN2_VL_MIN_PIXELS",
     "SAMPLING_RATE",
+    "SSM_MODELS",
     "TEXT_MODELS",
     "UNK_ID",
     "WHISPER_LANGUAGES",

@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from gateway.tools.tiny_models.audio import build_qwen2_audio, build_whisper
+from gateway.tools.tiny_models.breadth import BREADTH_MODELS, build_breadth
 from gateway.tools.tiny_models.generic_vlm import GENERIC_VLM_BUILDERS, GENERIC_VLM_MODELS
+from gateway.tools.tiny_models.more_text import MORE_TEXT_MODELS, build_more_text
 from gateway.tools.tiny_models.pooling import build_bert, build_qwen2_cls
 from gateway.tools.tiny_models.text import TEXT_MODELS, build_text
 from gateway.tools.tiny_models.vision import build_llava, build_qwen2_vl
@@ -41,12 +43,20 @@ GENERIC_MULTIMODAL_MODELS: tuple[str, ...] = (
 )
 OTHER_MODELS: tuple[str, ...] = ("whisper", "bert", "bert_cls", "qwen2_cls")
 ALL_MODELS: tuple[str, ...] = (
-    TEXT_MODELS + MULTIMODAL_MODELS + GENERIC_MULTIMODAL_MODELS + GENERIC_VLM_MODELS + OTHER_MODELS
+    TEXT_MODELS
+    + BREADTH_MODELS
+    + MORE_TEXT_MODELS
+    + MULTIMODAL_MODELS
+    + GENERIC_MULTIMODAL_MODELS
+    + GENERIC_VLM_MODELS
+    + OTHER_MODELS
 )
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
     **{name: (lambda out, name=name: build_text(name, out)) for name in TEXT_MODELS},
+    **{name: (lambda out, name=name: build_breadth(name, out)) for name in BREADTH_MODELS},
+    **{name: (lambda out, name=name: build_more_text(name, out)) for name in MORE_TEXT_MODELS},
     "llava": build_llava,
     "qwen2_vl": build_qwen2_vl,
     "qwen2_audio": build_qwen2_audio,

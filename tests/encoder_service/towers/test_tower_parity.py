@@ -172,6 +172,7 @@ def test_qwen2_vl_images_of_one_call_run_in_one_tower_call(
 # ------------------------------------------------------------------------------------- Qwen2.5-VL
 
 
+@pytest.mark.seed_row("Qwen2_5_VLForConditionalGeneration", "generate")
 def test_qwen2_5_vl_window_attention_tower(qwen2_5_vl_path: Path) -> None:
     from transformers import AutoImageProcessor, Qwen2_5_VLForConditionalGeneration
 

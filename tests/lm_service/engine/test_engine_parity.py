@@ -18,9 +18,32 @@ PROMPTS = [
 MAX_TOKENS = 24
 
 CASES = [(name, "transformers") for name in TEXT_MODELS] + [(n, "native") for n in LLAMA_FAMILY]
+# tiny model -> the seed row it proves
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "mistral_swa": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+    "opt": "OPTForCausalLM",
+    "gpt_neox": "GPTNeoXForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+}
+PARAMS = [
+    pytest.param(
+        name,
+        impl,
+        id=f"{name}-{impl}",
+        marks=pytest.mark.seed_row(ARCHITECTURES[name], "generate", impl=impl),
+    )
+    for name, impl in CASES
+]
 
 
-@pytest.mark.parametrize(("name", "impl"), CASES, ids=[f"{n}-{i}" for n, i in CASES])
+@pytest.mark.parametrize(("name", "impl"), PARAMS)
 def test_greedy_matches_hf(name: str, impl: str) -> None:
     path = tiny_model_path(name)
     engine = Engine(

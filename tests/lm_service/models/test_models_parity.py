@@ -219,6 +219,7 @@ def qwen2_5_vl_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.seed_row("Qwen2_5_VLForConditionalGeneration", "generate")
 def test_native_qwen2_5_vl_language_model(qwen2_5_vl_path: Path) -> None:
     check_model("qwen2_5_vl", "native", qwen2_5_vl_path)
 

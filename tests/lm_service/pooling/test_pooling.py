@@ -77,6 +77,7 @@ def minilm() -> Iterator[PoolingModel]:
 # ----------------------------------------------------------------------------- embed
 
 
+@pytest.mark.seed_row("BertModel", "embed")
 def test_minilm_matches_sentence_transformers_recipe(minilm: PoolingModel) -> None:
     path = minilm_path()
     assert minilm.pooler_config == PoolerConfig(PoolingType.MEAN, normalize=True)
@@ -126,8 +127,15 @@ def test_tiny_bert_defaults_to_cls_and_override_changes_it() -> None:
         assert not torch.allclose(cls_vec, mean_vec, atol=1e-3)
 
 
-def test_decoder_embeddings_pool_the_last_token() -> None:
-    path = tiny_model_path("qwen2")  # a ForCausalLM checkpoint: AutoModel drops the LM head
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("qwen2", marks=pytest.mark.seed_row("Qwen2ForCausalLM", "embed")),
+        pytest.param("llama", marks=pytest.mark.seed_row("LlamaForCausalLM", "embed")),
+    ],
+)
+def test_decoder_embeddings_pool_the_last_token(name: str) -> None:
+    path = tiny_model_path(name)  # a ForCausalLM checkpoint: AutoModel drops the LM head
     model = _load(path, "embed")
     assert model.pooler_config == PoolerConfig(PoolingType.LAST, normalize=True)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -155,6 +163,7 @@ def test_bert_classifier_probs_equal_hf_softmax() -> None:
         torch.testing.assert_close(probs, expected, atol=ATOL, rtol=0)
 
 
+@pytest.mark.seed_row("Qwen2ForSequenceClassification", "classify")
 def test_qwen2_classifier_pools_last_real_token_under_padding() -> None:
     path = tiny_model_path("qwen2_cls")
     model = _load(path, "classify")
@@ -171,6 +180,7 @@ def test_qwen2_classifier_pools_last_real_token_under_padding() -> None:
     torch.testing.assert_close(logits.softmax(-1), outputs[0], atol=ATOL, rtol=0)
 
 
+@pytest.mark.seed_row("BertForSequenceClassification", "score")
 def test_cross_encoder_scores_pairs_with_token_types() -> None:
     path = tiny_model_path("bert_cls")
     model = _load(path, "score")
@@ -211,6 +221,7 @@ def test_reward_defaults_to_per_token_head_outputs() -> None:
         torch.testing.assert_close(rows, expected, atol=ATOL, rtol=0)
 
 
+@pytest.mark.seed_row("LlamaForCausalLM", "reward")
 def test_step_reward_reads_lm_head_at_step_tags() -> None:
     path = tiny_model_path("llama")
     tokenizer = AutoTokenizer.from_pretrained(path)
