@@ -76,7 +76,7 @@ def restart(service: Service, timeout: float = 120.0) -> Service:
     port = int(service.address.rsplit(":", 1)[1])
     again = _spawn(service.command, service.args, port)
     try:
-        _wait_serving(again, timeout)
+        _wait_serving(again, timeout, None)
     except BaseException:
         again.stop()
         raise

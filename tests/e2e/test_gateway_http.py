@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from gateway.tools.tiny_models import tiny_model_path
+from protos.auth import bearer_metadata
 from protos.channels import channel
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, lm_pb2, lm_pb2_grpc
 from protos.ports import free_port
@@ -98,7 +99,8 @@ def test_greedy_http_chat_equals_grpc_chat_across_processes(stack: HttpStack) ->
     with channel(stack.grpc_address) as ch:
         replies = list(
             gateway_pb2_grpc.GatewayStub(ch).Chat(
-                gateway_pb2.ChatRequest(messages=[message], sampling=sampling)
+                gateway_pb2.ChatRequest(messages=[message], sampling=sampling),
+                metadata=bearer_metadata(KEY),  # one key guards the gRPC and HTTP APIs
             )
         )
     assert reply.choices[0].message.content == "".join(r.text for r in replies)
