@@ -29,7 +29,7 @@ class ForwardContext:
         kv_caches: per layer `(k_cache, v_cache)`, each
             `[num_blocks, block_size, num_kv_heads, head_dim]`; allocate them with `torch.zeros`.
         state: the step's recurrent state of state-space (Mamba) layers, owned by the LM
-            engine (`lm_service.models.mamba.StateStep`); None for attention-only models.
+            engine (`lm_service.models.state_step.StateStep`); None for attention-only models.
     """
 
     attn_metadata: AttentionMetadata

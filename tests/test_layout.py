@@ -140,3 +140,42 @@ def test_a_remote_only_gateway_loads_no_engine_kernels_or_towers(model: str) -> 
     assert "gateway.backends.remote" in loaded  # the probe really built a remote gateway
     cores = [m for m in loaded if any(_within(m, core) for core in CORE_MODULES)]
     assert not cores, f"a remote-only gateway imported {cores}"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = {module_name(path): path for path in source_files()}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = {imported for _, imported in imported_modules(path) if imported in modules}
+        graph[name] = targets - {name}
+    return graph
+
+
+def _a_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (found := visit(target, [*path, target])):
+                return found
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node, [node])):
+            return found
+    return None
+
+
+def test_no_two_modules_import_each_other_in_a_circle() -> None:
+    # Packages' __init__ re-exports aside: a package importing its own children is no circle.
+    graph = {
+        name: {t for t in targets if not name.startswith(t + ".") and not t.startswith(name + ".")}
+        for name, targets in _import_graph().items()
+    }
+    assert _a_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # it sees one
+    circle = _a_circle(graph)
+    assert circle is None, "import circle: " + " -> ".join(circle or ())

@@ -10,12 +10,30 @@ import enum
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from gateway.tools.launcher import Child
+from typing import Any, Protocol
 
 Report = Callable[[str], None]  # one log line (or a few) for the operator
+
+
+class Supervised(Protocol):
+    """What the supervisor needs of a child process (`gateway.tools.launcher.Child`)."""
+
+    spec: Any
+    is_reported: bool
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def is_alive(self) -> bool: ...
+
+    def is_serving(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def kill_leftovers(self) -> None: ...
 
 
 class Restart(enum.Enum):
@@ -75,9 +93,9 @@ class Supervisor:
 
     def __init__(
         self,
-        children: Sequence[Child],
+        children: Sequence[Supervised],
         policy: RestartPolicy,
-        describe_death: Callable[[Child, str], str],
+        describe_death: Callable[[Supervised, str], str],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.children = list(children)
@@ -87,7 +105,7 @@ class Supervisor:
         self.num_deaths = 0
         self._lives = {id(child): _Life(started_at=clock()) for child in self.children}
 
-    def life(self, child: Child) -> _Life:
+    def life(self, child: Supervised) -> _Life:
         return self._lives[id(child)]
 
     @property
@@ -106,7 +124,7 @@ class Supervisor:
             elif may_restart and life.restart_at is not None and self.clock() >= life.restart_at:
                 self._restart(child, life, report)
 
-    def _on_death(self, child: Child, life: _Life, report: Report, may_restart: bool) -> None:
+    def _on_death(self, child: Supervised, life: _Life, report: Report, may_restart: bool) -> None:
         child.is_reported = True
         self.num_deaths += 1
         life.is_awaiting_serving = False
@@ -125,7 +143,7 @@ class Supervisor:
         context = f"; restarting it in {delay:g}s (restart {life.num_restarts + 1})"
         report(self.describe_death(child, context))
 
-    def _restart(self, child: Child, life: _Life, report: Report) -> None:
+    def _restart(self, child: Supervised, life: _Life, report: Report) -> None:
         child.kill_leftovers()
         child.start()
         child.is_reported = False
@@ -135,7 +153,7 @@ class Supervisor:
         life.is_awaiting_serving = True
         report(f"{child.spec.name} restarted as pid {child.pid} (restart {life.num_restarts})")
 
-    def _follow_running(self, child: Child, life: _Life, report: Report) -> None:
+    def _follow_running(self, child: Supervised, life: _Life, report: Report) -> None:
         if life.is_awaiting_serving and child.is_serving():
             life.is_awaiting_serving = False
             elapsed = self.clock() - life.started_at

@@ -9,7 +9,7 @@ import torch
 
 from kernels.forward_context import ForwardContext, forward_context
 from kernels.metadata import AttentionMetadata
-from lm_service.models.mamba import StateStep
+from lm_service.models.state_step import StateStep
 
 # (conv_states, ssm_states): per Mamba layer [num_slots, ...]; see lm_service.engine.state_cache
 StateCaches = tuple[list[torch.Tensor], list[torch.Tensor]]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lm_service.models.mamba import STATE_INDEX_ATTR, StateStep, causal_conv1d
+from lm_service.models.state_step import STATE_INDEX_ATTR, StateStep, causal_conv1d
 
 
 def mamba2_scan(

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lm_service.models.mamba import StateStep, causal_conv1d, selective_scan
+from lm_service.models.mamba import selective_scan
 from lm_service.models.mamba2 import mamba2_scan
+from lm_service.models.state_step import StateStep, causal_conv1d
 
 GEN = torch.Generator().manual_seed(0)
 
