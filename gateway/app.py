@@ -83,8 +83,8 @@ def local_backends(
     mm_processor_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[LocalEncoderBackend, LMBackend]:
     """In-process encoders (one per modality the model takes) and engine loop; for a pooling
-    task, no encoders (text only for now) and a pooling model instead of the engine."""
-    from encoder_service import Encoder
+    task, the same encoders (media inputs where its rule allows) and a pooling model instead of
+    the engine."""
     from lm_service.engine.engine import Engine
     from lm_service.engine_loop import EngineLoop
 
@@ -92,10 +92,24 @@ def local_backends(
         return transcription_backends(
             served, engine_config.dtype, engine_config.device, engine_config.trust_remote_code
         )
+    encoders = local_encoders(
+        served, encoder_dtype, encoder_device, cache_bytes, mm_processor_kwargs
+    )
     if served.task in POOLING_TASKS:
-        return LocalEncoderBackend({}), local_pooling_backend(
-            engine_config, served.task, override_pooler_config
-        )
+        return encoders, local_pooling_backend(engine_config, served.task, override_pooler_config)
+    loop = EngineLoop(Engine(engine_config)).start()
+    return encoders, LocalLMBackend(loop)
+
+
+def local_encoders(
+    served: ServedModel,
+    dtype: str = "float32",
+    device: str = "cpu",
+    cache_bytes: int = 256 << 20,
+    mm_processor_kwargs: Mapping[str, Any] | None = None,
+) -> LocalEncoderBackend:
+    """One in-process Encoder per media modality the served model takes (none: text only)."""
+    from encoder_service import Encoder
 
     encoders: dict[str, Encoder] = {}
     for modality in media_modalities(served):
@@ -103,15 +117,14 @@ def local_backends(
         encoders[modality] = Encoder.from_pretrained(
             served.model,
             modality=modality,
-            dtype=encoder_dtype,
-            device=encoder_device,
+            dtype=dtype,
+            device=device,
             cache_bytes=cache_bytes,
             tower=shared,
             mm_processor_kwargs=mm_processor_kwargs,
             revision=served.revision,
         )
-    loop = EngineLoop(Engine(engine_config)).start()
-    return LocalEncoderBackend(encoders), LocalLMBackend(loop)
+    return LocalEncoderBackend(encoders)
 
 
 def local_pooling_backend(

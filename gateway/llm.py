@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from gateway.app import build_orchestrator, local_backends, served_model
 from gateway.backends.transcriber import TranscriptionRequest
-from gateway.pipeline.pooling import PoolingOrchestrator, Prompt
+from gateway.pipeline.pooling import MediaPrompt, PoolingOrchestrator, Prompt
 from gateway.pipeline.types import GenerationRequest, MediaInput
 from lm_service.config import EngineConfig
 from protos.errors import InvalidRequest, Unsupported
@@ -87,7 +87,8 @@ class PoolingRequestOutput:
 
 class LLM:
     """Generate from a model in this process: text, images, videos and audio; or, with a
-    pooling task, embed, classify, score and reward (text only).
+    pooling task, embed, classify, score and reward (embed and encode take media where the
+    model's rule allows, e.g. LLaVA-NeXT `T / I`).
 
     Args:
         model: HF model id or local path.
@@ -342,7 +343,8 @@ class LLM:
 
 
 def _pooling_prompts(prompts: Any) -> list[Prompt]:
-    """str, {"prompt": str}, {"prompt_token_ids": [...]}, or a list of them -> texts / ids."""
+    """str, {"prompt": str}, {"prompt_token_ids": [...]}, {"prompt": str, "multi_modal_data":
+    {...}}, or a list of them -> texts / ids / media prompts."""
     items = prompts if isinstance(prompts, list | tuple) else [prompts]
     out: list[Prompt] = []
     for item in items:
@@ -352,8 +354,11 @@ def _pooling_prompts(prompts: Any) -> list[Prompt]:
         if not isinstance(item, Mapping):
             raise InvalidRequest(f"a prompt is a str or a dict, got {type(item).__name__}")
         if item.get("multi_modal_data"):
-            raise Unsupported("pooling takes text only for now; multi_modal_data is not supported")
-        if "prompt_token_ids" in item:
+            if "prompt" not in item:
+                raise InvalidRequest("multi_modal_data needs a text prompt with placeholders")
+            media = _media_from_data(item["multi_modal_data"])
+            out.append(MediaPrompt(str(item["prompt"]), media))
+        elif "prompt_token_ids" in item:
             out.append([int(t) for t in item["prompt_token_ids"]])
         else:
             out.append(str(item["prompt"]))

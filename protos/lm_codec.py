@@ -81,7 +81,7 @@ def spans_from_pb(spans: Any) -> tuple[MultiModalSpan, ...]:
     return tuple(out)
 
 
-def mrope_from_pb(msg: lm_pb2.LMGenerateRequest) -> Any:
+def mrope_from_pb(msg: lm_pb2.LMGenerateRequest | lm_pb2.PoolInput) -> Any:
     if not msg.HasField("mrope_positions"):
         return None
     try:
@@ -167,7 +167,13 @@ def pooling_task_from_pb(code: int) -> str:
 def pool_inputs_from_pb(inputs: Any) -> list[Any]:
     """PoolInput messages -> protos.lm_messages.PoolingInput (no token types when unset)."""
     return [
-        PoolingInput(tuple(item.token_ids), tuple(item.token_type_ids) or None) for item in inputs
+        PoolingInput(
+            tuple(item.token_ids),
+            tuple(item.token_type_ids) or None,
+            spans_from_pb(item.mm_spans),
+            mrope_from_pb(item),
+        )
+        for item in inputs
     ]
 
 
@@ -176,11 +182,19 @@ def pool_request_to_pb(task: str, inputs: Any) -> lm_pb2.PoolRequest:
         raise InvalidRequest(f"unknown pooling task {task!r}")
     return lm_pb2.PoolRequest(
         task=POOLING_TASK_CODES[task],
-        inputs=[
-            lm_pb2.PoolInput(token_ids=item.token_ids, token_type_ids=item.token_type_ids or ())
-            for item in inputs
-        ],
+        inputs=[_pool_input_to_pb(item) for item in inputs],
     )
+
+
+def _pool_input_to_pb(item: PoolingInput) -> lm_pb2.PoolInput:
+    message = lm_pb2.PoolInput(
+        token_ids=item.token_ids,
+        token_type_ids=item.token_type_ids or (),
+        mm_spans=[span_to_pb(span) for span in item.mm_spans],
+    )
+    if item.mrope_positions is not None:
+        message.mrope_positions.CopyFrom(tensor_to_proto(item.mrope_positions))
+    return message
 
 
 def pool_outputs_to_pb(outputs: list[Any]) -> lm_pb2.PoolResponse:

@@ -44,6 +44,22 @@ class MultiModalSpan:
     def end(self) -> int:
         return self.offset + self.length
 
+    def check(self, index: int, num_prompt: int, hidden: int) -> None:
+        """Refuses, naming span `index`, a span outside the prompt or embeddings that do not
+        fit its embed positions."""
+        if self.offset + self.length > num_prompt:
+            raise InvalidRequest(
+                f"media span {index} covers tokens [{self.offset}, {self.end}) "
+                f"outside the prompt of {num_prompt} tokens"
+            )
+        emb = self.embeddings
+        if emb is None or emb.dim() != 2 or tuple(emb.shape) != (self.num_embeds, hidden):
+            shape = None if emb is None else list(emb.shape)
+            raise InvalidRequest(
+                f"media span {index} needs embeddings of shape [{self.num_embeds}, {hidden}], "
+                f"got {shape}"
+            )
+
     @property
     def num_embeds(self) -> int:
         return self.length if self.is_embed is None else sum(self.is_embed)
@@ -84,7 +100,12 @@ class PoolingInput:
     Args:
         token_ids: the prompt, special tokens included.
         token_type_ids: BERT-style segment ids of a (text_1, text_2) pair; same length, or None.
+        mm_spans: media embeddings that replace placeholder rows (the `T / I`, `T + I` rows of
+            the seed's multimodal embedding table), as in a Generate request.
+        mrope_positions: [3, num_tokens] int64 M-RoPE positions (Qwen2-VL); None otherwise.
     """
 
     token_ids: tuple[int, ...]
     token_type_ids: tuple[int, ...] | None = None
+    mm_spans: tuple[MultiModalSpan, ...] = ()
+    mrope_positions: Any = field(default=None, compare=False, hash=False, repr=False)

@@ -11,7 +11,13 @@ from prometheus_client import CollectorRegistry
 from gateway.api.grpc_convert import chat_from_pb, chunk_to_pb, generate_from_pb, media_from_pb
 from gateway.backends.transcriber import Transcriber, TranscriptionRequest
 from gateway.pipeline.orchestrator import Orchestrator
-from gateway.pipeline.pooling import PoolingOrchestrator, not_served, require_generate
+from gateway.pipeline.pooling import (
+    MediaPrompt,
+    PoolingOrchestrator,
+    Prompt,
+    not_served,
+    require_generate,
+)
 from gateway.pipeline.types import GenerationRequest, Usage
 from protos.errors import Unsupported
 from protos.lm_codec import sampling_from_pb
@@ -103,7 +109,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> gateway_pb2.EmbedResponse:
         normalize = request.normalize if request.HasField("normalize") else None
         result = await self.pooling.embed(
-            _texts(request.inputs), normalize, context.time_remaining()
+            _pooling_prompts(request.inputs), normalize, context.time_remaining()
         )
         return gateway_pb2.EmbedResponse(
             embeddings=[gateway_pb2.Embedding(values=o.data.tolist()) for o in result.outputs],
@@ -114,7 +120,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ClassifyResponse:
         results, pooled = await self.pooling.classify(
-            _texts(request.inputs), context.time_remaining()
+            _pooling_prompts(request.inputs), context.time_remaining()
         )
         return gateway_pb2.ClassifyResponse(
             results=[
@@ -162,14 +168,16 @@ def _transcription_from_pb(
     )
 
 
-def _texts(inputs: Sequence[gateway_pb2.PoolingInput]) -> list[str]:
-    """Text-only pooling inputs; media would need the encoders (not wired for pooling yet)."""
-    for index, item in enumerate(inputs):
-        if item.media:
-            raise Unsupported(
-                f"input {index} carries media; pooling takes text only for now, send text inputs"
-            )
-    return [item.text for item in inputs]
+def _pooling_prompts(inputs: Sequence[gateway_pb2.PoolingInput]) -> list[Prompt]:
+    """Pooling inputs: a text, or a text with media (checked by the model's rule later)."""
+    prompts: list[Prompt] = []
+    for item in inputs:
+        if not item.media:
+            prompts.append(item.text)
+            continue
+        media = tuple(media_from_pb(i, m) for i, m in enumerate(item.media))
+        prompts.append(MediaPrompt(item.text, media))
+    return prompts
 
 
 def _usage_to_pb(usage: Usage) -> common_pb2.Usage:

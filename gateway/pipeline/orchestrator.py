@@ -90,19 +90,31 @@ class Orchestrator:
 
     def validate(self, request: GenerationRequest) -> None:
         """The seed's modality rules and the configured item limits."""
+        self.check_media(request.media, _has_text(request))
+
+    def check_media(self, media: Sequence[MediaInput], has_text: bool) -> None:
+        """The seed's modality rule and the item limits for one prompt's media."""
         counts: dict[str, int] = {}
         embeds: set[str] = set()
-        for item in request.media:
+        for item in media:
             counts[item.modality] = counts.get(item.modality, 0) + 1
             if item.is_embeddings:
                 embeds.add(item.modality)
-        has_text = _has_text(request)
         self.served.spec.check(
             counts, has_text, embeds, dict(self.served.limits), self.served.architecture
         )
         missing = set(counts) - self.encoders.modalities()
         if missing:
             raise Unsupported(f"no {sorted(missing)[0]} encoder is configured for this gateway")
+
+    async def media_prompt(
+        self, text: str, media: Sequence[MediaInput], timeout: float | None
+    ) -> tuple[BuiltPrompt, tuple[MultiModalSpan, ...]]:
+        """A raw prompt's token ids with its (already checked) media encoded and spliced in,
+        and the spans that carry their embeddings (pooling inputs with media)."""
+        encoded = await self.encode(media, timeout)
+        built = self.prompts.build(text, _slots(media, encoded))
+        return built, _spans(built, encoded)
 
     async def encode(self, media: Sequence[MediaInput], timeout: float | None) -> list[Any]:
         """Encodes every item (modalities in parallel); handles come from the media store."""
@@ -158,21 +170,7 @@ class Orchestrator:
                 request.add_generation_prompt,
                 **request.chat_template_kwargs,
             )
-        slots = [
-            MediaSlot(
-                modality=item.modality,
-                num_tokens=int(result.num_tokens),
-                content_hash=result.content_hash,
-                grid_thw=_grid(result),
-                second_per_grid_t=result.metadata.get("second_per_grid_t"),
-                placeholder=result.metadata.get("placeholder"),
-                replacement=result.metadata.get("replacement"),
-                embed_token_id=result.metadata.get("embed_token_id"),
-                token_ids=tuple(getattr(result, "token_ids", ())) or None,
-            )
-            for item, result in zip(request.media, encoded, strict=True)
-        ]
-        return self.prompts.build(text, slots)
+        return self.prompts.build(text, _slots(request.media, encoded))
 
     async def _stream(
         self,
@@ -262,6 +260,24 @@ def _media_item(item: MediaInput) -> MediaItem:
         options=dict(item.options),
         metadata=metadata,
     )
+
+
+def _slots(media: Sequence[MediaInput], encoded: list[Any]) -> list[MediaSlot]:
+    """What the prompt builder splices for each item: the encoder's answer."""
+    return [
+        MediaSlot(
+            modality=item.modality,
+            num_tokens=int(result.num_tokens),
+            content_hash=result.content_hash,
+            grid_thw=_grid(result),
+            second_per_grid_t=result.metadata.get("second_per_grid_t"),
+            placeholder=result.metadata.get("placeholder"),
+            replacement=result.metadata.get("replacement"),
+            embed_token_id=result.metadata.get("embed_token_id"),
+            token_ids=tuple(getattr(result, "token_ids", ())) or None,
+        )
+        for item, result in zip(media, encoded, strict=True)
+    ]
 
 
 def _grid(result: Any) -> tuple[int, int, int] | None:

@@ -1,6 +1,8 @@
 """Pooling requests: tokenize -> LM Pool -> embeddings, class probabilities or scores.
 
-Pure asyncio; reaches the LM only through `LMBackend.pool`. Text only for now.
+Pure asyncio; reaches the LM through `LMBackend.pool`, and for prompts with media (the seed's
+multimodal embedding rows: LLaVA-NeXT `T / I`, Qwen2-VL `T + I`) the encoders through the
+generation Orchestrator, which checks, encodes and splices them exactly as for Generate.
 
 Which requests a gateway answers depends on its `--task`:
 - embed: Embed; Score compares the embeddings of text_1 and each text_2 by cosine (as vLLM
@@ -12,19 +14,35 @@ Which requests a gateway answers depends on its `--task`:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from gateway.backends.base import LMBackend
-from gateway.pipeline.types import Usage
+from gateway.pipeline.types import MediaInput, Usage
 from protos.errors import InvalidRequest, Unsupported
 from protos.lm_messages import PoolingInput
 from protos.tasks import POOLING_TASKS
 
-Prompt = str | Sequence[int]  # text, or token ids (special tokens included)
+
+@dataclass(frozen=True, slots=True)
+class MediaPrompt:
+    """A pooling prompt with media: text with the model's placeholders, its items in order.
+
+    NOTE: the text around the placeholders is the model's prompt template (e5-v's "<image>
+    Summary above image in one word:"), not content: for the seed's `T / I` an input with an
+    image is an image input.
+    """
+
+    prompt: str
+    media: tuple[MediaInput, ...]
+
+
+Prompt = str | Sequence[int] | MediaPrompt  # text, token ids (special tokens included), media
 
 
 class PooledOutput(NamedTuple):
@@ -78,11 +96,13 @@ class PoolingOrchestrator:
         tokenizer: Any,
         lm: LMBackend,
         id2label: Mapping[int, str] | None = None,
+        media: Any = None,
     ) -> None:
         self.served = served
         self.tokenizer = tokenizer
         self.lm = lm
         self.id2label = dict(id2label or {})
+        self.media = media  # the Orchestrator that encodes and splices media; None: text only
 
     @classmethod
     def of(cls, orchestrator: Any) -> PoolingOrchestrator:
@@ -90,7 +110,8 @@ class PoolingOrchestrator:
         config = orchestrator.prompts.config
         raw = getattr(config, "id2label", None) or {}
         id2label = {int(k): str(v) for k, v in raw.items()}
-        return cls(orchestrator.served, orchestrator.prompts.tokenizer, orchestrator.lm, id2label)
+        tokenizer = orchestrator.prompts.tokenizer
+        return cls(orchestrator.served, tokenizer, orchestrator.lm, id2label, orchestrator)
 
     # ------------------------------------------------------------------ requests
 
@@ -98,7 +119,8 @@ class PoolingOrchestrator:
         """The served task's raw pooled data per prompt (vLLM's `LLM.encode`)."""
         self._require(*POOLING_TASKS)
         _require_inputs(prompts, "an encode request")
-        return await self._pool(self.served.task, [self._tokenize(p) for p in prompts], timeout)
+        inputs = await self._inputs(prompts, timeout)
+        return await self._pool(self.served.task, inputs, timeout)
 
     async def embed(
         self, prompts: Sequence[Prompt], normalize: bool | None, timeout: float | None
@@ -111,7 +133,7 @@ class PoolingOrchestrator:
                 "normalize=false cannot undo the LM's pooler; start the LM with "
                 "--override-pooler-config '{\"normalize\": false}' and leave normalize unset"
             )
-        result = await self._pool("embed", [self._tokenize(p) for p in prompts], timeout)
+        result = await self._pool("embed", await self._inputs(prompts, timeout), timeout)
         if not normalize:
             return result
         outputs = [o._replace(data=F.normalize(o.data, dim=-1)) for o in result.outputs]
@@ -123,7 +145,7 @@ class PoolingOrchestrator:
         """Class probabilities, the most likely label's index and name, per prompt."""
         self._require("classify")
         _require_inputs(prompts, "a Classify request")
-        result = await self._pool("classify", [self._tokenize(p) for p in prompts], timeout)
+        result = await self._pool("classify", await self._inputs(prompts, timeout), timeout)
         return [self._classification(o.data) for o in result.outputs], result
 
     async def score(
@@ -144,6 +166,31 @@ class PoolingOrchestrator:
     def _require(self, *tasks: str) -> None:
         if self.served.task not in tasks:
             raise not_served(self.served, tasks[0])
+
+    async def _inputs(self, prompts: Sequence[Prompt], timeout: float | None) -> list[PoolingInput]:
+        """Each prompt's PoolingInput; media prompts are checked first, then encoded together."""
+        for index, prompt in enumerate(prompts):
+            if isinstance(prompt, MediaPrompt):
+                self._check_media(index, prompt)
+        jobs = [self._media_input(p, timeout) for p in prompts if isinstance(p, MediaPrompt)]
+        with_media = iter(await asyncio.gather(*jobs))
+        return [
+            next(with_media) if isinstance(p, MediaPrompt) else self._tokenize(p) for p in prompts
+        ]
+
+    def _check_media(self, index: int, prompt: MediaPrompt) -> None:
+        if self.media is None:
+            raise Unsupported(f"input {index} carries media; this gateway has no encoders")
+        try:
+            self.media.check_media(prompt.media, has_text=not prompt.media)
+        except InvalidRequest as error:
+            raise type(error)(f"input {index}: {error}") from error
+
+    async def _media_input(self, prompt: MediaPrompt, timeout: float | None) -> PoolingInput:
+        built, spans = await self.media.media_prompt(prompt.prompt, prompt.media, timeout)
+        return PoolingInput(
+            tuple(built.token_ids), None, spans, mrope_positions=built.mrope_positions
+        )
 
     def _tokenize(self, prompt: Prompt, pair: str | None = None) -> PoolingInput:
         if not isinstance(prompt, str):

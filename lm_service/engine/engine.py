@@ -225,7 +225,7 @@ class Engine:
                 f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})"
             )
         for i, span in enumerate(spans):
-            _check_span(i, span, len(prompt), self.hidden_size)
+            span.check(i, len(prompt), self.hidden_size)
         if self.runner.uses_mrope and mrope is not None and tuple(mrope.shape) != (3, len(prompt)):
             raise InvalidRequest(
                 f"mrope_positions must have shape [3, {len(prompt)}], got {list(mrope.shape)}"
@@ -255,20 +255,6 @@ def _request_output(request: Request) -> RequestOutput:
         finish_reason=_reason_str(request.finish_reason),
         num_cached_tokens=request.num_cached_tokens,
     )
-
-
-def _check_span(index: int, span: MultiModalSpan, num_prompt: int, hidden: int) -> None:
-    if span.offset < 0 or span.offset + span.length > num_prompt:
-        raise InvalidRequest(
-            f"media span {index} covers tokens [{span.offset}, {span.offset + span.length}) "
-            f"outside the prompt of {num_prompt} tokens"
-        )
-    emb = span.embeddings
-    if emb is None or emb.dim() != 2 or tuple(emb.shape) != (span.num_embeds, hidden):
-        shape = None if emb is None else list(emb.shape)
-        raise InvalidRequest(
-            f"media span {index} needs embeddings of shape [{span.num_embeds}, {hidden}], got {shape}"
-        )
 
 
 def _max_model_len(requested: int | None, text_config: object) -> int:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lm_service.models.transformers_backend import MROPE_MODEL_TYPES
 from lm_service.pooling.config import (
     PoolerConfig,
     PoolingConfig,
@@ -23,6 +24,7 @@ from lm_service.pooling.defaults import (
 )
 from lm_service.pooling.inputs import pad_inputs, validate_input
 from lm_service.pooling.loading import PoolingParts, load_pooling_parts
+from lm_service.pooling.media import check_media, has_media, media_kwargs
 from lm_service.pooling.pooler import Pooler, activate
 from protos.errors import InvalidRequest, Unsupported
 from protos.lm_messages import PoolingInput
@@ -58,6 +60,7 @@ class PoolingModel:
         self.type_vocab_size = int(getattr(text_config, "type_vocab_size", 0) or 0)
         self.pad_token_id = int(getattr(text_config, "pad_token_id", None) or 0)
         self.takes_token_types = _takes_token_types(parts.backbone)
+        self.uses_mrope = text_config.model_type in MROPE_MODEL_TYPES
         self.device = next(parts.model.parameters()).device
         self._batcher: MicroBatcher[PoolingInput, torch.Tensor] | None = None
         _check_step_ids(self.pooler_config, self.vocab_size)
@@ -95,7 +98,7 @@ class PoolingModel:
         Raises:
             Unsupported: `task` is not the one this model serves.
             InvalidRequest: no inputs, an empty input, an input longer than max_model_len,
-                token ids outside the vocabulary.
+                token ids outside the vocabulary, media spans that do not fit.
         """
         self.check_task(parse_pooling_task(task))
         self.validate(inputs)
@@ -114,6 +117,7 @@ class PoolingModel:
             raise InvalidRequest("a pooling request needs at least one input")
         for index, item in enumerate(inputs):
             validate_input(index, item, self.max_model_len, self.vocab_size, self.type_vocab_size)
+            check_media(index, item, self.hidden_size, self.uses_mrope)
 
     def run(self, inputs: Sequence[PoolingInput]) -> list[torch.Tensor]:
         """Runs validated inputs now, in this thread: length-sorted padded batches."""
@@ -156,9 +160,11 @@ class PoolingModel:
     def _forward(self, inputs: list[PoolingInput]) -> list[torch.Tensor]:
         batch = pad_inputs(inputs, self.pad_token_id, self.device)
         kwargs = {"token_type_ids": batch.token_type_ids} if self.takes_token_types else {}
-        out = self.parts.backbone(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs
-        )
+        if has_media(inputs):
+            kwargs.update(media_kwargs(self.parts.backbone, inputs, batch.input_ids))
+        else:
+            kwargs["input_ids"] = batch.input_ids
+        out = self.parts.backbone(attention_mask=batch.attention_mask, **kwargs)
         hidden = out.last_hidden_state  # [B, T, H]
         pooled = self.pooler.pool(hidden, batch.attention_mask, batch.input_ids)
         heads = self._apply_head(pooled)

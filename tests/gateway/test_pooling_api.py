@@ -21,7 +21,7 @@ from gateway.tools.tiny_models import minilm_path, tiny_model_path
 from lm_service.pooling import PoolingConfig, PoolingModel
 from protos.channels import channel
 from protos.errors import InvalidRequest, Unsupported
-from protos.meshserve.v1 import gateway_pb2, gateway_pb2_grpc, lm_pb2, lm_pb2_grpc
+from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, lm_pb2, lm_pb2_grpc
 from tests.services import start_many
 
 ATOL = 1e-5
@@ -60,7 +60,7 @@ def test_offline_task_mismatches_say_what_to_do(minilm_llm: LLM) -> None:
         minilm_llm.classify("hello")
     with pytest.raises(InvalidRequest, match="at least one input"):
         minilm_llm.embed([])
-    with pytest.raises(Unsupported, match="text only"):
+    with pytest.raises(InvalidRequest, match=r"^input 0: BertModel accepts T: image is not"):
         minilm_llm.embed({"prompt": "x", "multi_modal_data": {"image": b"..."}})
     with pytest.raises(Unsupported, match="needs a speech-to-text model"):
         LLM(model=str(minilm_path()), task="transcription")
@@ -191,7 +191,7 @@ def test_embed_normalize_flag(embed_stack: EmbedStack) -> None:
         ("generate", grpc.StatusCode.UNIMPLEMENTED, "for the 'embed' task; 'generate'"),
         ("classify", grpc.StatusCode.UNIMPLEMENTED, "for the 'embed' task; 'classify'"),
         ("empty", grpc.StatusCode.INVALID_ARGUMENT, "at least one input"),
-        ("media", grpc.StatusCode.UNIMPLEMENTED, "text only"),
+        ("media", grpc.StatusCode.INVALID_ARGUMENT, "BertModel accepts T: image is not"),
         ("lm_generate", grpc.StatusCode.UNIMPLEMENTED, "Generate needs an LM started"),
         ("lm_wrong_task", grpc.StatusCode.UNIMPLEMENTED, "'score' needs an LM started"),
         ("lm_too_long", grpc.StatusCode.INVALID_ARGUMENT, "at most 256"),
@@ -215,6 +215,10 @@ def _lm_generate(stack: EmbedStack) -> None:
         pass
 
 
+def _image(data: bytes) -> gateway_pb2.MediaPart:
+    return gateway_pb2.MediaPart(modality=common_pb2.MODALITY_IMAGE, data=data)
+
+
 def _pool(task: int, token_ids: list[int]) -> lm_pb2.PoolRequest:
     return lm_pb2.PoolRequest(task=task, inputs=[lm_pb2.PoolInput(token_ids=token_ids)])
 
@@ -226,9 +230,7 @@ _CALLS = {
     ),
     "empty": lambda s: s.stub.Embed(gateway_pb2.EmbedRequest(), timeout=10),
     "media": lambda s: s.stub.Embed(
-        gateway_pb2.EmbedRequest(
-            inputs=[gateway_pb2.PoolingInput(text="x", media=[gateway_pb2.MediaPart(data=b"1")])]
-        ),
+        gateway_pb2.EmbedRequest(inputs=[gateway_pb2.PoolingInput(text="x", media=[_image(b"1")])]),
         timeout=10,
     ),
     "lm_generate": _lm_generate,

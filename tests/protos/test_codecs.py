@@ -6,9 +6,9 @@ import torch
 
 from protos.encoder_codec import encode_results_from_pb, result_to_pb
 from protos.encoder_messages import EncodeResult
-from protos.lm_codec import span_to_pb, spans_from_pb
-from protos.lm_messages import MultiModalSpan
-from protos.meshserve.v1 import encoder_pb2
+from protos.lm_codec import pool_inputs_from_pb, pool_request_to_pb, span_to_pb, spans_from_pb
+from protos.lm_messages import MultiModalSpan, PoolingInput
+from protos.meshserve.v1 import encoder_pb2, lm_pb2
 
 
 def test_a_masked_span_round_trips() -> None:
@@ -37,3 +37,16 @@ def test_an_encode_result_keeps_its_prompt_splicing_facts() -> None:
     bare = EncodeResult(torch.ones(2, 4), 2, "h2", True, {})
     (back,) = encode_results_from_pb(encoder_pb2.EncodeResponse(items=[result_to_pb(bare)]))
     assert dict(back.metadata) == {}
+
+
+def test_a_pooling_input_keeps_its_media_and_mrope_positions() -> None:
+    span = MultiModalSpan(1, 3, "h", torch.randn(2, 8), is_embed=(True, False, True))
+    positions = torch.arange(15).reshape(3, 5)
+    given = [PoolingInput((5, 6, 6, 6, 7), None, (span,), positions), PoolingInput((1, 2))]
+    request = pool_request_to_pb("embed", given)
+    back = pool_inputs_from_pb(lm_pb2.PoolRequest.FromString(request.SerializeToString()).inputs)
+    (got_span,) = back[0].mm_spans
+    assert (got_span.offset, got_span.length, got_span.is_embed) == (1, 3, (True, False, True))
+    assert torch.equal(got_span.embeddings, span.embeddings)
+    assert torch.equal(back[0].mrope_positions, positions)
+    assert back[1] == PoolingInput((1, 2)) and back[1].mrope_positions is None

@@ -62,12 +62,16 @@ class LMGenerateResponse(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[_common_pb2.PositionLogprobs, _Mapping]]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., num_prompt_tokens: _Optional[int] = ..., num_cached_tokens: _Optional[int] = ...) -> None: ...
 
 class PoolInput(_message.Message):
-    __slots__ = ("token_ids", "token_type_ids")
+    __slots__ = ("token_ids", "token_type_ids", "mm_spans", "mrope_positions")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_TYPE_IDS_FIELD_NUMBER: _ClassVar[int]
+    MM_SPANS_FIELD_NUMBER: _ClassVar[int]
+    MROPE_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     token_type_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., token_type_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    mm_spans: _containers.RepeatedCompositeFieldContainer[MultiModalSpan]
+    mrope_positions: _common_pb2.Tensor
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., token_type_ids: _Optional[_Iterable[int]] = ..., mm_spans: _Optional[_Iterable[_Union[MultiModalSpan, _Mapping]]] = ..., mrope_positions: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class PoolRequest(_message.Message):
     __slots__ = ("task", "inputs")

@@ -68,7 +68,8 @@ class LanguageModelServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Pool(self, request, context):
-        """Runs a pooling task (embed, classify, score, reward) over token ids.
+        """Runs a pooling task (embed, classify, score, reward) over token ids (and media
+        embeddings, for the multimodal embedding rows).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
