@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -61,9 +61,22 @@ _KWARGS_GROUPS = {
     Modality.VIDEO: "videos_kwargs",
     Modality.AUDIO: "audio_kwargs",
 }
+# (width, height) of the stand-in images
+_PROBE_SIZES = ((64, 64), (16, 16), (128, 32), (32, 128), (256, 256))
 _TOKENS_METHOD = "get_image_tokens"  # the image route of discrete-token encoders
 # Processor outputs that describe the text, not the media: never passed to the model.
 _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"})
+
+
+class _RunTemplate(NamedTuple):
+    """One item written as prefix + embed token x rows + suffix in place of its placeholder."""
+
+    placeholder: str
+    prefix: str
+    token: str
+    suffix: str
+    embed_token_id: int
+    num_rows: int | None  # the same for every item; None: it depends on the item's size
 
 
 class GenericTower(Tower):
@@ -139,7 +152,8 @@ class GenericTower(Tower):
         """Precomputed embeddings ("E" inputs) get the replacement an item of that many rows
         has, when the model writes one item as one run of its embed token (LLaVA-NeXT,
         InternVL, BLIP-2, PaliGemma); a model whose layout depends on the image (tiles,
-        row breaks) cannot place bare embeddings and says so."""
+        row breaks) cannot place bare embeddings and says so. Where every image takes the
+        same number of rows (BLIP-2's queries, PaliGemma's patches) another count is refused."""
         template = self._run_template(modality)
         if template is None:
             raise MediaError(
@@ -148,13 +162,19 @@ class GenericTower(Tower):
                 f"{self.architecture} lays out each {modality} by its size (tiles or row "
                 "breaks), so precomputed embeddings cannot be placed; send the file instead",
             )
-        placeholder, prefix, token, suffix, embed_token_id = template
         rows = int(embeddings.shape[0])
+        if template.num_rows is not None and rows != template.num_rows:
+            raise MediaError(
+                modality,
+                index,
+                f"precomputed embeddings have {rows} rows, but {self.architecture} takes "
+                f"{template.num_rows} per {modality}",
+            )
         return {
             **metadata,
-            "placeholder": placeholder,
-            "replacement": prefix + token * rows + suffix,
-            "embed_token_id": embed_token_id,
+            "placeholder": template.placeholder,
+            "replacement": template.prefix + template.token * rows + template.suffix,
+            "embed_token_id": template.embed_token_id,
         }
 
     def _process(self, modality: Modality, item: Any) -> tuple[Mapping[str, Any], str | None]:
@@ -190,20 +210,31 @@ class GenericTower(Tower):
         )
         return dict(merged[_KWARGS_GROUPS[modality]])
 
-    def _run_template(self, modality: Modality) -> tuple[str, str, str, str, int] | None:
-        """(placeholder, prefix, embed token, suffix, its id) of one item, from a probe item,
-        when the embed token forms a single run in it; else None. Cached per modality."""
+    def _run_template(self, modality: Modality) -> _RunTemplate | None:
+        """How one item is written when its embed token forms a single run (from probe
+        items), else None. Cached per modality."""
         cache = self.__dict__.setdefault("_templates", {})
         if modality not in cache:
             cache[modality] = self._probe_template(modality)
         return cache[modality]
 
-    def _probe_template(self, modality: Modality) -> tuple[str, str, str, str, int] | None:
+    def _probe_template(self, modality: Modality) -> _RunTemplate | None:
         if modality is not Modality.IMAGE:
             return None  # NOTE: only images have E rows among the generic architectures
         from PIL import Image
 
-        probe = self.prepare(modality, Image.new("RGB", (64, 64), (127, 127, 127)), 0)
+        # NOTE: stand-ins of several sizes and shapes: anyres and tiling give them different
+        # counts (a tiny one takes one tile, a wide one several), fixed-count models never do
+        first, *others = (
+            self._template_of(self.prepare(modality, Image.new("RGB", size, (127,) * 3), 0))
+            for size in _PROBE_SIZES
+        )
+        if first is None:
+            return None
+        fixed = all(o is not None and o.num_rows == first.num_rows for o in others)
+        return first if fixed else first._replace(num_rows=None)
+
+    def _template_of(self, probe: TowerInput) -> _RunTemplate | None:
         replacement = str(probe.metadata["replacement"])
         embed_token_id = int(probe.metadata["embed_token_id"])
         token = self.processor.tokenizer.convert_ids_to_tokens(embed_token_id)
@@ -216,7 +247,9 @@ class GenericTower(Tower):
         prefix, suffix = replacement[:first], replacement[end:]
         if token in suffix:
             return None
-        return str(probe.metadata["placeholder"]), prefix, token, suffix, embed_token_id
+        num_rows = (end - first) // len(token)
+        placeholder = str(probe.metadata["placeholder"])
+        return _RunTemplate(placeholder, prefix, token, suffix, embed_token_id, num_rows)
 
     def _embed_token_id(self, id_fields: tuple[str, ...], placeholder: str) -> int:
         for name in id_fields:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from encoder_service.errors import MediaError
 from encoder_service.towers.base import Tower, TowerInput, group_by_shape
 from protos.modality import Modality
 
@@ -45,6 +46,30 @@ class LlavaTower(Tower):
             "vision_tower": AutoModel.from_config(config.vision_config),
             "multi_modal_projector": LlavaMultiModalProjector(config),
         }
+
+    def check_embeddings(
+        self, modality: Modality, embeddings: torch.Tensor, metadata: Mapping[str, Any], index: int
+    ) -> dict[str, Any]:
+        """Every image takes the same number of rows (the tower's patches); another count of
+        precomputed rows is refused with both numbers."""
+        rows, expected = int(embeddings.shape[0]), self._rows_per_image()
+        if rows != expected:
+            raise MediaError(
+                modality,
+                index,
+                f"precomputed embeddings have {rows} rows, but {self.architecture} takes "
+                f"{expected} per image",
+            )
+        return dict(metadata)
+
+    def _rows_per_image(self) -> int:
+        """Rows of one image, from a stand-in image through the processor and the tower."""
+        if "_rows" not in self.__dict__:
+            from PIL import Image
+
+            probe = self.prepare(Modality.IMAGE, Image.new("RGB", (64, 64)), 0)
+            self.__dict__["_rows"] = int(self.forward([probe])[0].shape[0])
+        return self.__dict__["_rows"]
 
     def prepare(self, modality: Modality, decoded: Any, index: int) -> TowerInput:
         pixel_values = self.image_processor(

@@ -136,13 +136,13 @@ def test_bad_video_options_are_refused(
 
 
 def test_precomputed_embeddings_pass_through_cast_and_hashed(llava_path: Path) -> None:
-    embeddings = torch.randn(5, 64, dtype=torch.float64)
+    embeddings = torch.randn(16, 64, dtype=torch.float64)  # the tiny LLaVA's 16 rows per image
     with Encoder.from_pretrained(llava_path, "image", dtype="bfloat16") as encoder:
         first, second = encoder.encode(
             [MediaItem(embeddings=embeddings), MediaItem(embeddings=embeddings.numpy())]
         )
         assert encoder.info().num_encoded == 0
-    assert first.embeddings.dtype == torch.bfloat16 and first.num_tokens == 5
+    assert first.embeddings.dtype == torch.bfloat16 and first.num_tokens == 16
     torch.testing.assert_close(first.embeddings, embeddings.to(torch.bfloat16), rtol=0, atol=0)
     assert first.content_hash == second.content_hash and not first.cache_hit
     other = embeddings.clone()
@@ -160,10 +160,11 @@ def test_precomputed_embeddings_pass_through_cast_and_hashed(llava_path: Path) -
         (torch.zeros(0, 64), "have no tokens"),
         (torch.full((2, 64), float("nan")), "contain NaN or infinity"),
         ([[0.0] * 64], "must be a tensor"),
+        (torch.zeros(4, 64), "have 4 rows, but LlavaForConditionalGeneration takes 16 per image"),
     ],
 )
 def test_bad_precomputed_embeddings_name_the_item(llava: Encoder, embeddings, message: str) -> None:
-    items = [MediaItem(embeddings=torch.zeros(3, 64)), MediaItem(embeddings=embeddings)]
+    items = [MediaItem(embeddings=torch.zeros(16, 64)), MediaItem(embeddings=embeddings)]
     with pytest.raises(MediaError, match=rf"^image 1: precomputed embeddings {message}"):
         llava.encode(items)
 

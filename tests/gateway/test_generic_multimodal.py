@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from encoder_service.media import MediaLimits
@@ -225,37 +224,4 @@ def test_idefics3_chunks_cut_inside_tiles_and_the_prefix_cache_keep_parity() -> 
         _check(out, path, inputs, "idefics3-chunked")
 
 
-E_ROWS = tuple(row for row in ROWS if row.model in ("llava_next", "internvl"))  # the seed's IE+
-
-
-@pytest.mark.parametrize("row", _params(E_ROWS))
-def test_precomputed_embeddings_give_the_same_answer_as_the_images(row: Row) -> None:
-    # The seed's superscript E: the client sends [num_tokens, hidden] from our own encoder.
-    from encoder_service import Encoder
-    from protos.encoder_messages import MediaItem
-
-    path, images = tiny_model_path(row.model), _images()
-    with Encoder.from_pretrained(path, "image") as encoder:
-        embeds = [r.embeddings for r in encoder.encode([MediaItem(decoded=i) for i in images])]
-    prompt = _raw_prompt(load_processor(path), row)
-    llm = LLM(model=str(path), limit_mm_per_prompt=row.limits, **ENGINE)
-    try:
-        pixels = llm.generate({"prompt": prompt, "multi_modal_data": {"image": images}}, GREEDY)
-        given = llm.generate({"prompt": prompt, "multi_modal_data": {"image": embeds}}, GREEDY)
-    finally:
-        llm.close()
-    assert given[0].outputs[0].token_ids == pixels[0].outputs[0].token_ids
-
-
-def test_a_row_without_e_refuses_embeddings_with_the_seed_rule() -> None:
-    from protos.errors import InvalidRequest
-
-    path = tiny_model_path("idefics3")  # the seed: Idefics3 takes T + I, no E
-    llm = LLM(model=str(path), **ENGINE)
-    try:
-        prompt = _raw_prompt(load_processor(path), Row("idefics3", ("image",)))
-        rows = torch.zeros(4, 64)  # a tensor is an embeddings item, whatever its width
-        with pytest.raises(InvalidRequest, match=r"accepts T \+ I"):
-            llm.generate({"prompt": prompt, "multi_modal_data": {"image": rows}}, GREEDY)
-    finally:
-        llm.close()
+# The seed's superscript E (precomputed embeddings) of these rows: test_precomputed_embeddings.py
