@@ -34,7 +34,7 @@ from encoder_service.registry import check_modality, load_tower
 from encoder_service.towers import Tower, TowerInput
 from encoder_service.towers.processor_kwargs import canonical
 from protos.encoder_messages import EncodeResult, EncoderInfo, MediaItem
-from protos.errors import Overloaded
+from protos.errors import InvalidRequest, Overloaded
 from protos.micro_batcher import MicroBatcher, Ticket
 from protos.modality import Modality
 
@@ -51,6 +51,7 @@ class _Miss:
     source: Any
     options: Mapping[str, Any]
     metadata: Mapping[str, Any]
+    processor_kwargs: Mapping[str, Any] | None  # the request's, checked; None: the encoder's
 
 
 class Encoder:
@@ -238,6 +239,7 @@ class Encoder:
 
     def _miss(self, index: int, item: MediaItem) -> _Miss:
         options = self._resolve_options(index, item.options)
+        request_kwargs = self._request_kwargs(index, item.processor_kwargs)
         source = item.data if item.data is not None else item.decoded
         raw, kind = (
             (source, "file") if item.data is not None else (_decoded_bytes(source), "decoded")
@@ -248,8 +250,10 @@ class Encoder:
             )
         extra = {"fps": item.metadata.get("fps")} if kind == "decoded" else {}
         hashed = {**options, **extra, "modality": str(self.modality), "source": kind}
+        if request_kwargs:
+            hashed["processor_kwargs"] = canonical(request_kwargs)
         key = content_hash(raw, hashed, self.model_id)
-        return _Miss(index, key, source, options, item.metadata)
+        return _Miss(index, key, source, options, item.metadata, request_kwargs)
 
     def _lookup(self, misses: list[_Miss]) -> dict[str, CachedEncoding | None]:
         """Cache entry (or None) of each distinct key."""
@@ -293,7 +297,7 @@ class Encoder:
         decoded = self.tower.decode(
             self.modality, miss.source, miss.index, miss.options, self.limits, miss.metadata
         )
-        return self.tower.prepare(self.modality, decoded, miss.index)
+        return self.tower.prepare(self.modality, decoded, miss.index, miss.processor_kwargs)
 
     def _run_tower(self, batch: list[tuple[str, TowerInput]]) -> list[torch.Tensor]:
         """The batcher's worker: one tower call for the distinct items of concurrent callers."""
@@ -321,6 +325,15 @@ class Encoder:
         if output.ndim != 2 or output.shape[1] != self.tower.hidden_size:
             raise RuntimeError(f"{self.tower.architecture} tower returned {tuple(output.shape)}")
         return output.clone(memory_format=torch.contiguous_format)
+
+    def _request_kwargs(self, index: int, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A request's mm_processor_kwargs, checked against the tower's processors."""
+        if not kwargs:
+            return None
+        try:
+            return self.tower.check_request_kwargs(kwargs)
+        except InvalidRequest as error:
+            raise MediaError(self.modality, index, str(error)) from None
 
     def _resolve_options(self, index: int, options: Mapping[str, Any]) -> dict[str, Any]:
         """Checked options with defaults filled in (so equal requests hash equally)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -143,7 +144,9 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
         """One output per prompt, in order. A prompt is a str, {"prompt": str,
-        "multi_modal_data": {...}} or {"prompt_token_ids": [...]}; or a list of them."""
+        "multi_modal_data": {...}, "mm_processor_kwargs": {...}} or {"prompt_token_ids": [...]};
+        or a list of them. mm_processor_kwargs (vLLM's): the HF processor's arguments for this
+        prompt's media, e.g. {"max_pixels": 50176}."""
         self._require_task("generate", "generate")
         items = prompts if isinstance(prompts, list | tuple) else [prompts]
         params = per_prompt(sampling_params, len(items))
@@ -155,14 +158,20 @@ class LLM:
         messages: Sequence[Mapping[str, Any]] | Sequence[Sequence[Mapping[str, Any]]],
         sampling_params: SamplingParams | None = None,
         add_generation_prompt: bool = True,
+        mm_processor_kwargs: Mapping[str, Any] | None = None,
     ) -> list[RequestOutput]:
         """One conversation (a list of messages) or several; content parts may hold media:
         {"type": "image", "image": PIL.Image}, {"type": "video", "video": frames},
-        {"type": "audio", "audio": (waveform, sampling_rate)}, {"type": "text", "text": ...}."""
+        {"type": "audio", "audio": (waveform, sampling_rate)}, {"type": "text", "text": ...}.
+        mm_processor_kwargs: as in `generate`, for every conversation's media."""
         self._require_task("chat", "generate")
         conversations = [messages] if messages and isinstance(messages[0], Mapping) else messages
+        params = sampling_params or SamplingParams()
         requests = [
-            self._chat_request(list(c), sampling_params or SamplingParams(), add_generation_prompt)
+            dataclasses.replace(
+                self._chat_request(list(c), params, add_generation_prompt),
+                mm_processor_kwargs=dict(mm_processor_kwargs or {}),
+            )
             for c in conversations
         ]
         return self._run(self._collect_all(requests))
@@ -281,7 +290,7 @@ class LLM:
         return RequestOutput(
             request_id=request.request_id,
             prompt=request.prompt,
-            prompt_token_ids=tuple(request.prompt_token_ids) if request.prompt_token_ids else None,
+            prompt_token_ids=(last.prompt_token_ids or None) if last else None,
             outputs=(completion,),
             num_cached_tokens=last.usage.cached_prompt_tokens if last and last.usage else 0,
             media_cache_hits=last.media_cache_hits if last else (),
@@ -294,14 +303,24 @@ class LLM:
         if not isinstance(prompt, Mapping):
             raise InvalidRequest(f"a prompt is a str or a dict, got {type(prompt).__name__}")
         media = _media_from_data(prompt.get("multi_modal_data") or {})
+        kwargs = prompt.get("mm_processor_kwargs") or {}
+        if not isinstance(kwargs, Mapping):
+            raise InvalidRequest(f"mm_processor_kwargs must be a dict, got {type(kwargs).__name__}")
         if "prompt_token_ids" in prompt:
             return GenerationRequest(
                 request_id,
                 params,
                 prompt_token_ids=list(prompt["prompt_token_ids"]),
                 media=media,
+                mm_processor_kwargs=dict(kwargs),
             )
-        return GenerationRequest(request_id, params, prompt=prompt["prompt"], media=media)
+        return GenerationRequest(
+            request_id,
+            params,
+            prompt=prompt["prompt"],
+            media=media,
+            mm_processor_kwargs=dict(kwargs),
+        )
 
     def _chat_request(
         self, conversation: list[Mapping[str, Any]], params: SamplingParams, add_gen: bool

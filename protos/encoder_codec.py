@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from protos.encoder_messages import EncodeResult, EncoderInfo, MediaItem
@@ -36,8 +37,28 @@ def _options_from_pb(message: encoder_pb2.MediaOptions) -> dict[str, Any]:
     return options
 
 
+def kwargs_to_json(kwargs: Mapping[str, Any]) -> str:
+    return json.dumps(dict(kwargs)) if kwargs else ""
+
+
+def kwargs_from_json(text: str, field: str) -> dict[str, Any]:
+    """A JSON-object field (mm_processor_kwargs) -> dict; InvalidRequest for anything else."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"{field} must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{field} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 def item_to_pb(index: int, item: MediaItem) -> encoder_pb2.EncodeItem:
-    message = encoder_pb2.EncodeItem(options=_options_to_pb(item.options))
+    message = encoder_pb2.EncodeItem(
+        options=_options_to_pb(item.options),
+        processor_kwargs=kwargs_to_json(item.processor_kwargs),
+    )
     if item.embeddings is not None:
         message.embeddings.CopyFrom(tensor_to_proto(item.embeddings))
         grid = item.metadata.get("grid_thw")
@@ -52,6 +73,7 @@ def item_to_pb(index: int, item: MediaItem) -> encoder_pb2.EncodeItem:
 
 def item_from_pb(index: int, message: encoder_pb2.EncodeItem) -> MediaItem:
     options = _options_from_pb(message.options)
+    kwargs = kwargs_from_json(message.processor_kwargs, f"item {index} processor_kwargs")
     if message.WhichOneof("source") == "embeddings":
         try:
             embeddings = tensor_from_proto(message.embeddings)
@@ -59,7 +81,7 @@ def item_from_pb(index: int, message: encoder_pb2.EncodeItem) -> MediaItem:
             raise InvalidRequest(f"item {index} embeddings: {exc}") from exc
         metadata = {"grid_thw": tuple(message.grid_thw)} if message.grid_thw else {}
         return MediaItem(embeddings=embeddings, options=options, metadata=metadata)
-    return MediaItem(data=message.data, options=options)
+    return MediaItem(data=message.data, options=options, processor_kwargs=kwargs)
 
 
 def encode_request_to_pb(modality: str, items: Sequence[MediaItem]) -> encoder_pb2.EncodeRequest:

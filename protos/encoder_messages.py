@@ -22,6 +22,8 @@ class MediaItem:
         options: processing options; videos take "fps" or "num_frames".
         metadata: facts about the item: "fps" of decoded video frames; "grid_thw" (and for
             Qwen2.5-VL videos "second_per_grid_t") of precomputed Qwen2-VL embeddings.
+        processor_kwargs: the request's own mm_processor_kwargs (e.g. {"max_pixels": 50176}),
+            on top of the encoder's --mm-processor-kwargs; part of the content hash.
     """
 
     data: bytes | None = None
@@ -29,6 +31,7 @@ class MediaItem:
     decoded: Any = None
     options: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    processor_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 # The placeholder of an item whose processor puts it before the prompt, not in the text

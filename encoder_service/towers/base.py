@@ -80,6 +80,17 @@ class Tower(ABC):
             kwargs, self.hf_processors(), self.architecture
         )
 
+    def check_request_kwargs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """A request's own mm_processor_kwargs; InvalidRequest for keys no processor takes."""
+        return check_processor_kwargs(
+            kwargs, self.hf_processors(), self.architecture, "mm_processor_kwargs"
+        )
+
+    def kwargs_for(self, request_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The processor's arguments for one item: --mm-processor-kwargs, then the request's
+        own (checked) on top, as vLLM merges them."""
+        return {**self.processor_kwargs, **(request_kwargs or {})}
+
     def hf_processors(self) -> list[Any]:
         """The HF processors this tower calls (their arguments bound --mm-processor-kwargs)."""
         names = ("processor", "image_processor", "feature_extractor")
@@ -143,8 +154,15 @@ class Tower(ABC):
         return DEFAULT_VIDEO_FPS
 
     @abstractmethod
-    def prepare(self, modality: Modality, decoded: Any, index: int) -> TowerInput:
-        """Runs the processor on one decoded item. Raises MediaError naming `index`."""
+    def prepare(
+        self,
+        modality: Modality,
+        decoded: Any,
+        index: int,
+        processor_kwargs: Mapping[str, Any] | None = None,
+    ) -> TowerInput:
+        """Runs the processor on one decoded item with `kwargs_for(processor_kwargs)` (a
+        request's checked mm_processor_kwargs). Raises MediaError naming `index`."""
 
     @abstractmethod
     def forward(self, inputs: Sequence[TowerInput]) -> list[torch.Tensor]:

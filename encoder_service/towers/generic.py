@@ -126,10 +126,17 @@ class GenericTower(Tower):
             raise NotImplementedError(f"{self.architecture} takes no audio")
         return int(extractor.sampling_rate)
 
-    def prepare(self, modality: Modality, decoded: Any, index: int) -> TowerInput:
+    def prepare(
+        self,
+        modality: Modality,
+        decoded: Any,
+        index: int,
+        processor_kwargs: Mapping[str, Any] | None = None,
+    ) -> TowerInput:
         _, token_attr, _, id_fields = _ROUTES[modality]
+        kwargs = self._processor_kwargs(modality, processor_kwargs)
         try:
-            processed, replacement = self._process(modality, _hf_item(decoded))
+            processed, replacement = self._process(modality, _hf_item(decoded), kwargs)
         except (ValueError, TypeError, RuntimeError) as error:
             raise MediaError(modality, index, f"the processor refused it: {error}") from error
         tensors = {
@@ -177,15 +184,14 @@ class GenericTower(Tower):
             "embed_token_id": template.embed_token_id,
         }
 
-    def _process(self, modality: Modality, item: Any) -> tuple[Mapping[str, Any], str | None]:
+    def _process(
+        self, modality: Modality, item: Any, kwargs: Mapping[str, Any]
+    ) -> tuple[Mapping[str, Any], str | None]:
         """The processor's tensors for one item, and the text that replaces its placeholder."""
         if self._is_before_prompt(modality):
-            processed = self.processor.image_processor([item], **self._processor_kwargs(modality))
-            return processed, self.before_prompt
+            return self.processor.image_processor([item], **kwargs), self.before_prompt
         process = _ROUTES[modality][0]
-        processed, replacements = getattr(self.processor, process)(
-            [item], **self._processor_kwargs(modality)
-        )
+        processed, replacements = getattr(self.processor, process)([item], **kwargs)
         return processed, replacements[0] if replacements else None
 
     def _is_before_prompt(self, modality: Modality) -> bool:
@@ -199,14 +205,17 @@ class GenericTower(Tower):
 
     # ------------------------------------------------------------------ helpers
 
-    def _processor_kwargs(self, modality: Modality) -> dict[str, Any]:
+    def _processor_kwargs(
+        self, modality: Modality, request_kwargs: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
         """The processor's own defaults for `modality` (e.g. Idefics3's return_row_col_info)
-        with --mm-processor-kwargs on top, distributed as its `__call__` merges them."""
+        with --mm-processor-kwargs and the request's on top, distributed as its `__call__`
+        merges them."""
         tokenizer = getattr(self.processor, "tokenizer", None)
         merged = self.processor._merge_kwargs(
             tokenizer_init_kwargs=getattr(tokenizer, "init_kwargs", {}),
             return_tensors="pt",
-            **self.processor_kwargs,
+            **self.kwargs_for(request_kwargs),
         )
         return dict(merged[_KWARGS_GROUPS[modality]])
 

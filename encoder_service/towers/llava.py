@@ -71,10 +71,17 @@ class LlavaTower(Tower):
             self.__dict__["_rows"] = int(self.forward([probe])[0].shape[0])
         return self.__dict__["_rows"]
 
-    def prepare(self, modality: Modality, decoded: Any, index: int) -> TowerInput:
-        pixel_values = self.image_processor(
-            images=[decoded], return_tensors="pt", **self.processor_kwargs
-        )["pixel_values"]
+    def prepare(
+        self,
+        modality: Modality,
+        decoded: Any,
+        index: int,
+        processor_kwargs: Mapping[str, Any] | None = None,
+    ) -> TowerInput:
+        kwargs = self.kwargs_for(processor_kwargs)
+        pixel_values = self.image_processor(images=[decoded], return_tensors="pt", **kwargs)[
+            "pixel_values"
+        ]
         return TowerInput(modality, {"pixel_values": pixel_values[0]})  # [3, H, W]
 
     @torch.inference_mode()

@@ -36,9 +36,13 @@ def accepted_kwargs(processor: Any) -> frozenset[str]:
 
 
 def check_processor_kwargs(
-    kwargs: Mapping[str, Any] | None, processors: Iterable[Any], architecture: str
+    kwargs: Mapping[str, Any] | None,
+    processors: Iterable[Any],
+    architecture: str,
+    source: str = "--mm-processor-kwargs",
 ) -> dict[str, Any]:
-    """`kwargs` as a dict; InvalidRequest naming the unknown keys and the accepted ones."""
+    """`kwargs` as a dict; InvalidRequest naming `source` (the flag, or a request's field),
+    the unknown keys and the accepted ones."""
     kwargs = dict(kwargs or {})
     if not kwargs:
         return kwargs
@@ -48,7 +52,7 @@ def check_processor_kwargs(
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise InvalidRequest(
-            f"--mm-processor-kwargs: the processor of {architecture} takes no "
+            f"{source}: the processor of {architecture} takes no "
             f"{', '.join(map(repr, unknown))}; it takes {', '.join(sorted(known)) or 'none'}"
         )
     return kwargs

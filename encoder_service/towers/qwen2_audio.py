@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -51,7 +51,13 @@ class Qwen2AudioTower(Tower):
         """The feature extractor's window; HF would silently cut longer audio."""
         return float(self.feature_extractor.n_samples / self.sampling_rate)
 
-    def prepare(self, modality: Modality, decoded: Any, index: int) -> TowerInput:
+    def prepare(
+        self,
+        modality: Modality,
+        decoded: Any,
+        index: int,
+        processor_kwargs: Mapping[str, Any] | None = None,
+    ) -> TowerInput:
         seconds = decoded.shape[0] / self.sampling_rate
         if seconds > self.max_seconds:
             raise MediaLimitExceeded(
@@ -65,7 +71,7 @@ class Qwen2AudioTower(Tower):
             return_attention_mask=True,
             padding="max_length",
             return_tensors="pt",
-            **self.processor_kwargs,
+            **self.kwargs_for(processor_kwargs),
         )
         tensors = {
             "input_features": features["input_features"][0],  # [mel, frames]

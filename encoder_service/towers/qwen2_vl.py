@@ -51,16 +51,22 @@ class Qwen2VLTower(Tower):
     def default_video_fps(self) -> float:
         return self.video_config.fps or DEFAULT_VIDEO_FPS
 
-    def prepare(self, modality: Modality, decoded: Any, index: int) -> TowerInput:
+    def prepare(
+        self,
+        modality: Modality,
+        decoded: Any,
+        index: int,
+        processor_kwargs: Mapping[str, Any] | None = None,
+    ) -> TowerInput:
         try:
             if modality is Modality.IMAGE:
-                return self._prepare_image(decoded)
+                return self._prepare_image(decoded, self.kwargs_for(processor_kwargs))
             return self._prepare_video(decoded)
         except ValueError as e:  # smart_resize: aspect ratio over 200
             raise MediaError(modality, index, str(e)) from None
 
-    def _prepare_image(self, image: Any) -> TowerInput:
-        out = self.image_processor(images=[image], return_tensors="pt", **self.processor_kwargs)
+    def _prepare_image(self, image: Any, kwargs: Mapping[str, Any]) -> TowerInput:
+        out = self.image_processor(images=[image], return_tensors="pt", **kwargs)
         grid = tuple(int(v) for v in out["image_grid_thw"][0])
         return TowerInput(Modality.IMAGE, {"pixel_values": out["pixel_values"]}, {"grid_thw": grid})
 

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from gateway.pipeline.types import GenerationChunk, GenerationRequest, MediaInput
+from protos.encoder_codec import kwargs_from_json
 from protos.errors import InvalidRequest
 from protos.lm_codec import FINISH_CODES, logprobs_to_pb, sampling_from_pb
 from protos.meshserve.v1 import common_pb2, gateway_pb2
@@ -62,6 +63,7 @@ def generate_from_pb(
         skip_special_tokens=_skip_special(sampling),
         include_stop_str_in_output=sampling.include_stop_str_in_output,
         timeout=timeout,
+        mm_processor_kwargs=kwargs_from_json(message.mm_processor_kwargs, "mm_processor_kwargs"),
     )
 
 
@@ -92,6 +94,7 @@ def chat_from_pb(message: gateway_pb2.ChatRequest, timeout: float | None) -> Gen
         skip_special_tokens=_skip_special(sampling),
         include_stop_str_in_output=sampling.include_stop_str_in_output,
         timeout=timeout,
+        mm_processor_kwargs=kwargs_from_json(message.mm_processor_kwargs, "mm_processor_kwargs"),
     )
 
 

@@ -66,7 +66,9 @@ class Orchestrator:
         clock = _Clock(request.timeout)
         self.validate(request)
         validate_ms = clock.lap()
-        encoded = await self.encode(request.media, clock.left("encoding its media"))
+        encoded = await self.encode(
+            request.media, clock.left("encoding its media"), request.mm_processor_kwargs
+        )
         encode_ms = clock.lap()
         built = self._build_prompt(request, encoded)
         prompt_ms = clock.lap()
@@ -116,8 +118,14 @@ class Orchestrator:
         built = self.prompts.build(text, _slots(media, encoded))
         return built, _spans(built, encoded)
 
-    async def encode(self, media: Sequence[MediaInput], timeout: float | None) -> list[Any]:
-        """Encodes every item (modalities in parallel); handles come from the media store."""
+    async def encode(
+        self,
+        media: Sequence[MediaInput],
+        timeout: float | None,
+        processor_kwargs: Mapping[str, Any] | None = None,
+    ) -> list[Any]:
+        """Encodes every item (modalities in parallel); handles come from the media store.
+        `processor_kwargs`: the request's mm_processor_kwargs, for the items sent as files."""
         results: list[Any] = [None] * len(media)
         by_modality: dict[str, list[int]] = {}
         for index, item in enumerate(media):
@@ -129,7 +137,7 @@ class Orchestrator:
             else:
                 by_modality.setdefault(item.modality, []).append(index)
         jobs = [
-            self._encode_one_modality(modality, indices, media, timeout)
+            self._encode_one_modality(modality, indices, media, timeout, processor_kwargs or {})
             for modality, indices in by_modality.items()
         ]
         for indices, encoded in zip(by_modality.values(), await asyncio.gather(*jobs), strict=True):
@@ -150,9 +158,14 @@ class Orchestrator:
         return self.media_store.put(item.modality, result), result
 
     async def _encode_one_modality(
-        self, modality: str, indices: list[int], media: Sequence[MediaInput], timeout: float | None
+        self,
+        modality: str,
+        indices: list[int],
+        media: Sequence[MediaInput],
+        timeout: float | None,
+        processor_kwargs: Mapping[str, Any],
     ) -> list[Any]:
-        items = [_media_item(media[i]) for i in indices]
+        items = [_media_item(media[i], processor_kwargs) for i in indices]
         return await self.encoders.encode(modality, items, timeout)
 
     def _build_prompt(self, request: GenerationRequest, encoded: list[Any]) -> BuiltPrompt:
@@ -216,6 +229,7 @@ class Orchestrator:
                     usage=usage,
                     timings=_final(timings, ttft_ms, clock),
                     media_cache_hits=hits,
+                    prompt_token_ids=tuple(lm_request.prompt_token_ids),
                 )
                 return
 
@@ -251,7 +265,7 @@ def _has_text(request: GenerationRequest) -> bool:
     return False
 
 
-def _media_item(item: MediaInput) -> MediaItem:
+def _media_item(item: MediaInput, processor_kwargs: Mapping[str, Any]) -> MediaItem:
     metadata = {"grid_thw": tuple(item.grid_thw)} if item.grid_thw is not None else {}
     return MediaItem(
         data=item.data,
@@ -259,6 +273,8 @@ def _media_item(item: MediaInput) -> MediaItem:
         decoded=item.decoded,
         options=dict(item.options),
         metadata=metadata,
+        # NOTE: precomputed embeddings were never processed: no processor arguments apply
+        processor_kwargs={} if item.is_embeddings else dict(processor_kwargs),
     )
 
 

@@ -50,6 +50,9 @@ class GenerationRequest:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     timeout: float | None = None  # seconds left of the client's deadline
+    # vLLM's per-request mm_processor_kwargs: the HF processor's arguments for this request's
+    # media files (e.g. {"max_pixels": 50176}), on top of --mm-processor-kwargs
+    mm_processor_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +85,4 @@ class GenerationChunk:
     usage: Usage | None = None
     timings: StageTimings | None = None
     media_cache_hits: tuple[bool, ...] = ()
+    prompt_token_ids: tuple[int, ...] = ()  # the last chunk: the prompt the LM ran, media spliced

@@ -16,16 +16,18 @@ class MediaOptions(_message.Message):
     def __init__(self, fps: _Optional[float] = ..., num_frames: _Optional[int] = ...) -> None: ...
 
 class EncodeItem(_message.Message):
-    __slots__ = ("data", "embeddings", "options", "grid_thw")
+    __slots__ = ("data", "embeddings", "options", "grid_thw", "processor_kwargs")
     DATA_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     GRID_THW_FIELD_NUMBER: _ClassVar[int]
+    PROCESSOR_KWARGS_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     embeddings: _common_pb2.Tensor
     options: MediaOptions
     grid_thw: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, data: _Optional[bytes] = ..., embeddings: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., options: _Optional[_Union[MediaOptions, _Mapping]] = ..., grid_thw: _Optional[_Iterable[int]] = ...) -> None: ...
+    processor_kwargs: str
+    def __init__(self, data: _Optional[bytes] = ..., embeddings: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., options: _Optional[_Union[MediaOptions, _Mapping]] = ..., grid_thw: _Optional[_Iterable[int]] = ..., processor_kwargs: _Optional[str] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
     __slots__ = ("modality", "items")

@@ -26,7 +26,7 @@ from protos.meshserve.v1 import common_pb2 as meshserve_dot_v1_dot_common__pb2
 from protos.meshserve.v1 import encoder_pb2 as meshserve_dot_v1_dot_encoder__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ameshserve/v1/gateway.proto\x12\x0cmeshserve.v1\x1a\x19meshserve/v1/common.proto\x1a\x1ameshserve/v1/encoder.proto\"M\n\x0fMediaEmbeddings\x12(\n\nembeddings\x18\x01 \x01(\x0b\x32\x14.meshserve.v1.Tensor\x12\x10\n\x08grid_thw\x18\x02 \x03(\x03\"\xc3\x01\n\tMediaPart\x12(\n\x08modality\x18\x01 \x01(\x0e\x32\x16.meshserve.v1.Modality\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06handle\x18\x03 \x01(\tH\x00\x12\x33\n\nembeddings\x18\x04 \x01(\x0b\x32\x1d.meshserve.v1.MediaEmbeddingsH\x00\x12+\n\x07options\x18\x05 \x01(\x0b\x32\x1a.meshserve.v1.MediaOptionsB\x08\n\x06source\"\x8d\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12&\n\x05media\x18\x03 \x03(\x0b\x32\x17.meshserve.v1.MediaPart\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.meshserve.v1.SamplingParams\"O\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12(\n\x05media\x18\x02 \x01(\x0b\x32\x17.meshserve.v1.MediaPartH\x00\x42\x06\n\x04part\"G\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12*\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x19.meshserve.v1.ContentPart\"\xbc\x01\n\x0b\x43hatRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.meshserve.v1.ChatMessage\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.meshserve.v1.SamplingParams\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"{\n\x0cStageTimings\x12\x13\n\x0bvalidate_ms\x18\x01 \x01(\x01\x12\x11\n\tencode_ms\x18\x02 \x01(\x01\x12\x11\n\tprompt_ms\x18\x03 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"\x97\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x30\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1e.meshserve.v1.PositionLogprobs\x12\x31\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1a.meshserve.v1.FinishReason\x12\"\n\x05usage\x18\x06 \x01(\x0b\x32\x13.meshserve.v1.Usage\x12+\n\x07timings\x18\x07 \x01(\x0b\x32\x1a.meshserve.v1.StageTimings\x12\x18\n\x10media_cache_hits\x18\x08 \x03(\x08\"D\n\x0cPoolingInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12&\n\x05media\x18\x02 \x03(\x0b\x32\x17.meshserve.v1.MediaPart\"`\n\x0c\x45mbedRequest\x12*\n\x06inputs\x18\x01 \x03(\x0b\x32\x1a.meshserve.v1.PoolingInput\x12\x16\n\tnormalize\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x0c\n\n_normalize\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"`\n\rEmbedResponse\x12+\n\nembeddings\x18\x01 \x03(\x0b\x32\x17.meshserve.v1.Embedding\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.meshserve.v1.Usage\"=\n\x0f\x43lassifyRequest\x12*\n\x06inputs\x18\x01 \x03(\x0b\x32\x1a.meshserve.v1.PoolingInput\"C\n\x0e\x43lassification\x12\r\n\x05probs\x18\x01 \x03(\x02\x12\x13\n\x0blabel_index\x18\x02 \x01(\r\x12\r\n\x05label\x18\x03 \x01(\t\"e\n\x10\x43lassifyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.meshserve.v1.Classification\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.meshserve.v1.Usage\".\n\x0cScoreRequest\x12\x0e\n\x06text_1\x18\x01 \x01(\t\x12\x0e\n\x06text_2\x18\x02 \x03(\t\"C\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.meshserve.v1.Usage\"\x86\x01\n\x11TranscribeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.meshserve.v1.SamplingParams\"9\n\x0fPutMediaRequest\x12&\n\x05media\x18\x01 \x01(\x0b\x32\x17.meshserve.v1.MediaPart\"[\n\x10PutMediaResponse\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\x12\x10\n\x08grid_thw\x18\x04 \x03(\x03\"\x15\n\x13GetModelInfoRequest\"\x86\x02\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\r\n\x05tasks\x18\x03 \x03(\t\x12\x15\n\rmodality_spec\x18\x04 \x01(\t\x12J\n\x13limit_mm_per_prompt\x18\x05 \x03(\x0b\x32-.meshserve.v1.ModelInfo.LimitMmPerPromptEntry\x12\x15\n\rmax_model_len\x18\x06 \x01(\r\x12\x12\n\nmodel_impl\x18\x07 \x01(\t\x1a\x37\n\x15LimitMmPerPromptEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x32\xd2\x04\n\x07Gateway\x12K\n\x08Generate\x12\x1d.meshserve.v1.GenerateRequest\x1a\x1e.meshserve.v1.GenerateResponse0\x01\x12\x43\n\x04\x43hat\x12\x19.meshserve.v1.ChatRequest\x1a\x1e.meshserve.v1.GenerateResponse0\x01\x12@\n\x05\x45mbed\x12\x1a.meshserve.v1.EmbedRequest\x1a\x1b.meshserve.v1.EmbedResponse\x12I\n\x08\x43lassify\x12\x1d.meshserve.v1.ClassifyRequest\x1a\x1e.meshserve.v1.ClassifyResponse\x12@\n\x05Score\x12\x1a.meshserve.v1.ScoreRequest\x1a\x1b.meshserve.v1.ScoreResponse\x12O\n\nTranscribe\x12\x1f.meshserve.v1.TranscribeRequest\x1a\x1e.meshserve.v1.GenerateResponse0\x01\x12I\n\x08PutMedia\x12\x1d.meshserve.v1.PutMediaRequest\x1a\x1e.meshserve.v1.PutMediaResponse\x12J\n\x0cGetModelInfo\x12!.meshserve.v1.GetModelInfoRequest\x1a\x17.meshserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ameshserve/v1/gateway.proto\x12\x0cmeshserve.v1\x1a\x19meshserve/v1/common.proto\x1a\x1ameshserve/v1/encoder.proto\"M\n\x0fMediaEmbeddings\x12(\n\nembeddings\x18\x01 \x01(\x0b\x32\x14.meshserve.v1.Tensor\x12\x10\n\x08grid_thw\x18\x02 \x03(\x03\"\xc3\x01\n\tMediaPart\x12(\n\x08modality\x18\x01 \x01(\x0e\x32\x16.meshserve.v1.Modality\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06handle\x18\x03 \x01(\tH\x00\x12\x33\n\nembeddings\x18\x04 \x01(\x0b\x32\x1d.meshserve.v1.MediaEmbeddingsH\x00\x12+\n\x07options\x18\x05 \x01(\x0b\x32\x1a.meshserve.v1.MediaOptionsB\x08\n\x06source\"\xaa\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12&\n\x05media\x18\x03 \x03(\x0b\x32\x17.meshserve.v1.MediaPart\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.meshserve.v1.SamplingParams\x12\x1b\n\x13mm_processor_kwargs\x18\x05 \x01(\t\"O\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12(\n\x05media\x18\x02 \x01(\x0b\x32\x17.meshserve.v1.MediaPartH\x00\x42\x06\n\x04part\"G\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12*\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x19.meshserve.v1.ContentPart\"\xd9\x01\n\x0b\x43hatRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.meshserve.v1.ChatMessage\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.meshserve.v1.SamplingParams\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x1b\n\x13mm_processor_kwargs\x18\x05 \x01(\tB\x18\n\x16_add_generation_prompt\"{\n\x0cStageTimings\x12\x13\n\x0bvalidate_ms\x18\x01 \x01(\x01\x12\x11\n\tencode_ms\x18\x02 \x01(\x01\x12\x11\n\tprompt_ms\x18\x03 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"\x97\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x30\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1e.meshserve.v1.PositionLogprobs\x12\x31\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1a.meshserve.v1.FinishReason\x12\"\n\x05usage\x18\x06 \x01(\x0b\x32\x13.meshserve.v1.Usage\x12+\n\x07timings\x18\x07 \x01(\x0b\x32\x1a.meshserve.v1.StageTimings\x12\x18\n\x10media_cache_hits\x18\x08 \x03(\x08\"D\n\x0cPoolingInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12&\n\x05media\x18\x02 \x03(\x0b\x32\x17.meshserve.v1.MediaPart\"`\n\x0c\x45mbedRequest\x12*\n\x06inputs\x18\x01 \x03(\x0b\x32\x1a.meshserve.v1.PoolingInput\x12\x16\n\tnormalize\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x0c\n\n_normalize\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"`\n\rEmbedResponse\x12+\n\nembeddings\x18\x01 \x03(\x0b\x32\x17.meshserve.v1.Embedding\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.meshserve.v1.Usage\"=\n\x0f\x43lassifyRequest\x12*\n\x06inputs\x18\x01 \x03(\x0b\x32\x1a.meshserve.v1.PoolingInput\"C\n\x0e\x43lassification\x12\r\n\x05probs\x18\x01 \x03(\x02\x12\x13\n\x0blabel_index\x18\x02 \x01(\r\x12\r\n\x05label\x18\x03 \x01(\t\"e\n\x10\x43lassifyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.meshserve.v1.Classification\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.meshserve.v1.Usage\".\n\x0cScoreRequest\x12\x0e\n\x06text_1\x18\x01 \x01(\t\x12\x0e\n\x06text_2\x18\x02 \x03(\t\"C\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.meshserve.v1.Usage\"\x86\x01\n\x11TranscribeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.meshserve.v1.SamplingParams\"9\n\x0fPutMediaRequest\x12&\n\x05media\x18\x01 \x01(\x0b\x32\x17.meshserve.v1.MediaPart\"[\n\x10PutMediaResponse\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\x12\x10\n\x08grid_thw\x18\x04 \x03(\x03\"\x15\n\x13GetModelInfoRequest\"\x86\x02\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\r\n\x05tasks\x18\x03 \x03(\t\x12\x15\n\rmodality_spec\x18\x04 \x01(\t\x12J\n\x13limit_mm_per_prompt\x18\x05 \x03(\x0b\x32-.meshserve.v1.ModelInfo.LimitMmPerPromptEntry\x12\x15\n\rmax_model_len\x18\x06 \x01(\r\x12\x12\n\nmodel_impl\x18\x07 \x01(\t\x1a\x37\n\x15LimitMmPerPromptEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x32\xd2\x04\n\x07Gateway\x12K\n\x08Generate\x12\x1d.meshserve.v1.GenerateRequest\x1a\x1e.meshserve.v1.GenerateResponse0\x01\x12\x43\n\x04\x43hat\x12\x19.meshserve.v1.ChatRequest\x1a\x1e.meshserve.v1.GenerateResponse0\x01\x12@\n\x05\x45mbed\x12\x1a.meshserve.v1.EmbedRequest\x1a\x1b.meshserve.v1.EmbedResponse\x12I\n\x08\x43lassify\x12\x1d.meshserve.v1.ClassifyRequest\x1a\x1e.meshserve.v1.ClassifyResponse\x12@\n\x05Score\x12\x1a.meshserve.v1.ScoreRequest\x1a\x1b.meshserve.v1.ScoreResponse\x12O\n\nTranscribe\x12\x1f.meshserve.v1.TranscribeRequest\x1a\x1e.meshserve.v1.GenerateResponse0\x01\x12I\n\x08PutMedia\x12\x1d.meshserve.v1.PutMediaRequest\x1a\x1e.meshserve.v1.PutMediaResponse\x12J\n\x0cGetModelInfo\x12!.meshserve.v1.GetModelInfoRequest\x1a\x17.meshserve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,47 +40,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEDIAPART']._serialized_start=179
   _globals['_MEDIAPART']._serialized_end=374
   _globals['_GENERATEREQUEST']._serialized_start=377
-  _globals['_GENERATEREQUEST']._serialized_end=518
-  _globals['_CONTENTPART']._serialized_start=520
-  _globals['_CONTENTPART']._serialized_end=599
-  _globals['_CHATMESSAGE']._serialized_start=601
-  _globals['_CHATMESSAGE']._serialized_end=672
-  _globals['_CHATREQUEST']._serialized_start=675
-  _globals['_CHATREQUEST']._serialized_end=863
-  _globals['_STAGETIMINGS']._serialized_start=865
-  _globals['_STAGETIMINGS']._serialized_end=988
-  _globals['_GENERATERESPONSE']._serialized_start=991
-  _globals['_GENERATERESPONSE']._serialized_end=1270
-  _globals['_POOLINGINPUT']._serialized_start=1272
-  _globals['_POOLINGINPUT']._serialized_end=1340
-  _globals['_EMBEDREQUEST']._serialized_start=1342
-  _globals['_EMBEDREQUEST']._serialized_end=1438
-  _globals['_EMBEDDING']._serialized_start=1440
-  _globals['_EMBEDDING']._serialized_end=1467
-  _globals['_EMBEDRESPONSE']._serialized_start=1469
-  _globals['_EMBEDRESPONSE']._serialized_end=1565
-  _globals['_CLASSIFYREQUEST']._serialized_start=1567
-  _globals['_CLASSIFYREQUEST']._serialized_end=1628
-  _globals['_CLASSIFICATION']._serialized_start=1630
-  _globals['_CLASSIFICATION']._serialized_end=1697
-  _globals['_CLASSIFYRESPONSE']._serialized_start=1699
-  _globals['_CLASSIFYRESPONSE']._serialized_end=1800
-  _globals['_SCOREREQUEST']._serialized_start=1802
-  _globals['_SCOREREQUEST']._serialized_end=1848
-  _globals['_SCORERESPONSE']._serialized_start=1850
-  _globals['_SCORERESPONSE']._serialized_end=1917
-  _globals['_TRANSCRIBEREQUEST']._serialized_start=1920
-  _globals['_TRANSCRIBEREQUEST']._serialized_end=2054
-  _globals['_PUTMEDIAREQUEST']._serialized_start=2056
-  _globals['_PUTMEDIAREQUEST']._serialized_end=2113
-  _globals['_PUTMEDIARESPONSE']._serialized_start=2115
-  _globals['_PUTMEDIARESPONSE']._serialized_end=2206
-  _globals['_GETMODELINFOREQUEST']._serialized_start=2208
-  _globals['_GETMODELINFOREQUEST']._serialized_end=2229
-  _globals['_MODELINFO']._serialized_start=2232
-  _globals['_MODELINFO']._serialized_end=2494
-  _globals['_MODELINFO_LIMITMMPERPROMPTENTRY']._serialized_start=2439
-  _globals['_MODELINFO_LIMITMMPERPROMPTENTRY']._serialized_end=2494
-  _globals['_GATEWAY']._serialized_start=2497
-  _globals['_GATEWAY']._serialized_end=3091
+  _globals['_GENERATEREQUEST']._serialized_end=547
+  _globals['_CONTENTPART']._serialized_start=549
+  _globals['_CONTENTPART']._serialized_end=628
+  _globals['_CHATMESSAGE']._serialized_start=630
+  _globals['_CHATMESSAGE']._serialized_end=701
+  _globals['_CHATREQUEST']._serialized_start=704
+  _globals['_CHATREQUEST']._serialized_end=921
+  _globals['_STAGETIMINGS']._serialized_start=923
+  _globals['_STAGETIMINGS']._serialized_end=1046
+  _globals['_GENERATERESPONSE']._serialized_start=1049
+  _globals['_GENERATERESPONSE']._serialized_end=1328
+  _globals['_POOLINGINPUT']._serialized_start=1330
+  _globals['_POOLINGINPUT']._serialized_end=1398
+  _globals['_EMBEDREQUEST']._serialized_start=1400
+  _globals['_EMBEDREQUEST']._serialized_end=1496
+  _globals['_EMBEDDING']._serialized_start=1498
+  _globals['_EMBEDDING']._serialized_end=1525
+  _globals['_EMBEDRESPONSE']._serialized_start=1527
+  _globals['_EMBEDRESPONSE']._serialized_end=1623
+  _globals['_CLASSIFYREQUEST']._serialized_start=1625
+  _globals['_CLASSIFYREQUEST']._serialized_end=1686
+  _globals['_CLASSIFICATION']._serialized_start=1688
+  _globals['_CLASSIFICATION']._serialized_end=1755
+  _globals['_CLASSIFYRESPONSE']._serialized_start=1757
+  _globals['_CLASSIFYRESPONSE']._serialized_end=1858
+  _globals['_SCOREREQUEST']._serialized_start=1860
+  _globals['_SCOREREQUEST']._serialized_end=1906
+  _globals['_SCORERESPONSE']._serialized_start=1908
+  _globals['_SCORERESPONSE']._serialized_end=1975
+  _globals['_TRANSCRIBEREQUEST']._serialized_start=1978
+  _globals['_TRANSCRIBEREQUEST']._serialized_end=2112
+  _globals['_PUTMEDIAREQUEST']._serialized_start=2114
+  _globals['_PUTMEDIAREQUEST']._serialized_end=2171
+  _globals['_PUTMEDIARESPONSE']._serialized_start=2173
+  _globals['_PUTMEDIARESPONSE']._serialized_end=2264
+  _globals['_GETMODELINFOREQUEST']._serialized_start=2266
+  _globals['_GETMODELINFOREQUEST']._serialized_end=2287
+  _globals['_MODELINFO']._serialized_start=2290
+  _globals['_MODELINFO']._serialized_end=2552
+  _globals['_MODELINFO_LIMITMMPERPROMPTENTRY']._serialized_start=2497
+  _globals['_MODELINFO_LIMITMMPERPROMPTENTRY']._serialized_end=2552
+  _globals['_GATEWAY']._serialized_start=2555
+  _globals['_GATEWAY']._serialized_end=3149
 # @@protoc_insertion_point(module_scope)
