@@ -1,5 +1,5 @@
-"""vLLM's per-request mm_processor_kwargs: through offline `LLM.generate` / `LLM.chat` and the
-gRPC Generate / Chat requests to the encoder's HF processor, on top of --mm-processor-kwargs;
+"""vLLM's per-request mm_processor_kwargs: through offline `LLM.generate` / `LLM.chat`, the
+gRPC Generate / Chat requests and the HTTP chat completion to the encoder's HF processor, on top of --mm-processor-kwargs;
 part of the embedding cache key; a key the processor does not take is INVALID_ARGUMENT."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from protos.encoder_messages import MediaItem
 from protos.errors import InvalidRequest
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests import mm_reference as ref
-from tests.gateway.api.http_gateway import png, start_gateway
+from tests.gateway.api.http_gateway import data_url, png, start_gateway
 from tests.parity import TOP_N, check_logprobs_close, our_tops
 
 MAX_TOKENS = 8
@@ -118,3 +118,11 @@ def test_grpc_requests_carry_the_kwargs(gateway: Any, qwen2_vl: LLM) -> None:
             assert words in refused.value.details()
     plain = qwen2_vl.chat([{"role": "user", "content": [{"type": "image", "image": IMAGE}]}])
     assert len(plain[0].prompt_token_ids) - last.usage.prompt_tokens == 16 - 4
+    url = {"url": data_url("image/png", png(IMAGE))}
+    http = gateway.client().chat.completions.create(
+        model=gateway.model,
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": url}]}],
+        max_tokens=1,
+        extra_body={"mm_processor_kwargs": SMALL},
+    )
+    assert http.usage.prompt_tokens == last.usage.prompt_tokens

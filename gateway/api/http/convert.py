@@ -87,6 +87,7 @@ async def chat_request(
         chat_template_kwargs=template_kwargs,
         skip_special_tokens=_or(body.skip_special_tokens, True),
         include_stop_str_in_output=bool(body.include_stop_str_in_output),
+        mm_processor_kwargs=dict(body.mm_processor_kwargs or {}),
     )
 
 

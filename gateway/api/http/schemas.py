@@ -97,6 +97,8 @@ class ChatCompletionRequest(SamplingFields):
     continue_final_message: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     chat_template: str | None = None
+    # vLLM's: the HF processor's arguments for this request's media, e.g. {"max_pixels": 50176}
+    mm_processor_kwargs: dict[str, Any] | None = None
 
 
 class CompletionRequest(SamplingFields):
