@@ -1,0 +1,51 @@
+"""`meshserve up` with a generic-tower video row (LLaVA-NeXT-Video, `T + V`): real processes
+(LM, video encoder, gateway), a real gRPC client sending an MP4; greedy tokens equal HF
+`generate` on the frames our encoder decoded from that file.
+
+NOTE: no generic audio row of the seed runs here: the seed's audio rows are Qwen2-Audio (a
+native tower, e2e in test_gateway.py), Phi-4-multimodal (HF's processor needs torchvision),
+and Ultravox / MiniCPM-O (not in transformers).
+"""
+
+from __future__ import annotations
+
+from encoder_service.media import MediaLimits, decode_video
+from gateway.tools.tiny_models import tiny_model_path
+from protos.channels import channel
+from protos.hf_processor import load_processor
+from protos.meshserve.v1 import common_pb2, encoder_pb2, gateway_pb2, gateway_pb2_grpc
+from protos.ports import free_port
+from tests import mm_reference as ref
+from tests.e2e.test_gateway import MAX_TOKENS, _collect, _mp4, _sampling
+from tests.gateway.tools.test_up import start_up  # noqa: F401 - the fixture
+from tests.parity import check_logprobs_close
+
+NUM_FRAMES = 4
+
+
+def test_up_serves_llava_next_video_through_the_generic_path(start_up) -> None:  # noqa: F811
+    path = tiny_model_path("llava_next_video")
+    up = start_up("--model", str(path), "--port", str(free_port()), "--num-blocks", "128")
+    gateway = up.wait_ready()
+    assert set(up.services()) == {"lm", "encoder-video", "gateway"}
+    clip = _mp4(ref.video_frames(8, 32))
+    prompt = "USER: <video>\nWhat happens in it? ASSISTANT:"
+    media = gateway_pb2.MediaPart(
+        modality=common_pb2.MODALITY_VIDEO,
+        data=clip,
+        options=encoder_pb2.MediaOptions(num_frames=NUM_FRAMES),
+    )
+    request = gateway_pb2.GenerateRequest(prompt=prompt, media=[media], sampling=_sampling())
+    with channel(gateway) as ch:
+        stub = gateway_pb2_grpc.GatewayStub(ch)
+        tokens, tops, last = _collect(stub.Generate(request))
+        again = _collect(stub.Generate(request))[2]
+    assert last.finish_reason == common_pb2.FINISH_REASON_LENGTH
+    assert list(again.media_cache_hits) == [True]  # the encoder service cached the clip
+    frames = decode_video(clip, 0, MediaLimits(), num_frames=NUM_FRAMES).frames
+    processor = load_processor(path)
+    inputs = dict(processor(text=[prompt], videos=[frames], return_tensors="pt"))
+    expected, expected_tops = ref.generate(ref.hf_model(path), inputs, MAX_TOKENS)
+    matched = check_logprobs_close(tokens, tops, expected, expected_tops, "llava_next_video-up")
+    assert matched >= MAX_TOKENS // 2
+    assert last.usage.prompt_tokens == inputs["input_ids"].shape[1]
