@@ -41,7 +41,7 @@ _NATIVE_MODELS: dict[str, tuple[str, str]] = {
     "Qwen2_5_VLForConditionalGeneration": ("llama", "LlamaForCausalLM"),
 }
 # Encoder-decoder architectures: their decoder runs here with cross-attention over encoder
-# states that each request brings; only native (the Transformers fallback is decoder-only).
+# states that each request brings; native only (the Transformers fallback refuses them).
 _ENCODER_DECODER_MODELS: dict[str, tuple[str, str]] = {
     "WhisperForConditionalGeneration": ("whisper", "WhisperForConditionalGeneration"),
 }
@@ -123,10 +123,9 @@ def load_model(
     text_config = text_config_of(hf_config)
     architecture = architecture_of(hf_config)
     torch_dtype = resolve_dtype(dtype, config_dtype(text_config, hf_config))
-    if architecture in _ENCODER_DECODER_MODELS:
-        lm = _load_encoder_decoder(architecture, model_path, hf_config, model_impl)(
-            model_path, hf_config, dtype=torch_dtype, device=device
-        )
+    if architecture in _ENCODER_DECODER_MODELS and model_impl in ("auto", "native"):
+        model_class = _import(_ENCODER_DECODER_MODELS[architecture])
+        lm = model_class.from_checkpoint(model_path, hf_config, dtype=torch_dtype, device=device)
         return LoadedModel(lm, hf_config, text_config, architecture, "native", model_path)
     impl = choose_impl(architecture, text_config, model_impl)
     if impl == "native":
@@ -142,19 +141,6 @@ def load_model(
             revision=revision,
         )
     return LoadedModel(lm, hf_config, text_config, architecture, impl, model_path)
-
-
-def _load_encoder_decoder(
-    architecture: str, model_path: Path, hf_config: Any, model_impl: str
-) -> Callable[..., BaseCausalLM]:
-    if model_impl not in MODEL_IMPLS:
-        raise InvalidRequest(f"model_impl must be one of {MODEL_IMPLS}, got {model_impl!r}")
-    if model_impl == "transformers":
-        raise Unsupported(
-            f"{architecture} is an encoder-decoder model; the Transformers fallback runs "
-            "decoder-only models. Use model_impl='native' or 'auto'"
-        )
-    return _import(_ENCODER_DECODER_MODELS[architecture]).from_checkpoint
 
 
 def _load_native(
