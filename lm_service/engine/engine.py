@@ -197,6 +197,22 @@ class Engine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    def warm_up(self) -> None:
+        """One greedy token from a one-token prompt (with zero encoder states for an
+        encoder-decoder model), so the first request pays no first-call costs."""
+        first = self.eos_token_ids[0] if self.eos_token_ids[0] >= 0 else 0
+        states = None
+        if self.cross_spec is not None:
+            width = self.cross_spec.encoder_hidden_size
+            states = torch.zeros(1, width, dtype=self.cross_spec.dtype, device=self.device)
+        self.generate([[first]], SamplingParams(max_tokens=1, temperature=0.0), [states])
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """What a gateway may serve with this model: "generate", or "transcription" for a
+        speech-to-text decoder (Whisper)."""
+        return tuple(self.loaded.model.tasks)
+
     # --- batch interface -------------------------------------------------------------
     def generate(
         self,

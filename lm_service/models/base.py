@@ -120,6 +120,7 @@ class BaseCausalLM(nn.Module, ABC):
 
     impl_name: ClassVar[str]
     uses_mrope: bool = False
+    tasks: ClassVar[tuple[str, ...]] = ("generate",)  # what the gateway may serve with it
 
     @abstractmethod
     def get_input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:

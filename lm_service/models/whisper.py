@@ -125,6 +125,7 @@ class WhisperForConditionalGeneration(BaseCausalLM):
     """
 
     impl_name = "native"
+    tasks = ("transcription",)
 
     def __init__(
         self,
