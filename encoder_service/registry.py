@@ -15,6 +15,7 @@ from encoder_service.towers import (
     Qwen2AudioTower,
     Qwen2VLTower,
     Tower,
+    WhisperTower,
 )
 from protos.dtypes import config_dtype, resolve_dtype
 from protos.errors import InvalidRequest, Unsupported
@@ -23,7 +24,7 @@ from protos.model_source import ALL_PATTERNS, resolve_model
 
 TOWERS: dict[str, type[Tower]] = {
     tower.architecture: tower
-    for tower in (LlavaTower, Qwen2VLTower, Qwen2_5_VLTower, Qwen2AudioTower)
+    for tower in (LlavaTower, Qwen2VLTower, Qwen2_5_VLTower, Qwen2AudioTower, WhisperTower)
 }
 
 

@@ -41,6 +41,7 @@ def served_model(
     path = resolve_model(model, revision=revision, allow_patterns=CONFIG_PATTERNS)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     architecture = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+    _check_transcription_model(task, config, model)
     spec = spec_for(architecture, task, config)
     limits = validate_limits(spec, limit_mm_per_prompt, architecture, task)
     return ServedModel(
@@ -51,6 +52,19 @@ def served_model(
         limits=limits,
         revision=revision,
     )
+
+
+def _check_transcription_model(task: Task, config: Any, model: str) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
+
+    if (
+        task == Task.TRANSCRIPTION
+        and config.model_type not in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
+    ):
+        raise Unsupported(
+            f"task transcription needs a speech-to-text model (e.g. Whisper); {model} is a "
+            f"{config.model_type!r} model"
+        )
 
 
 def media_modalities(served: ServedModel) -> list[str]:
@@ -88,10 +102,6 @@ def local_backends(
     from lm_service.engine.engine import Engine
     from lm_service.engine_loop import EngineLoop
 
-    if served.task == "transcription":
-        return transcription_backends(
-            served, engine_config.dtype, engine_config.device, engine_config.trust_remote_code
-        )
     encoders = local_encoders(
         served, encoder_dtype, encoder_device, cache_bytes, mm_processor_kwargs
     )
@@ -136,25 +146,9 @@ def local_pooling_backend(
     return LocalLMBackend(pooling=PoolingModel.from_config(config))
 
 
-def transcription_backends(
-    served: ServedModel,
-    dtype: str = "float32",
-    device: str = "cpu",
-    trust_remote_code: bool = False,
-) -> tuple[LocalEncoderBackend, Any]:
-    """No encoders and, in the LM's place, a Transcriber running the whole model in process
-    (the paged engine does not run encoder-decoder models)."""
-    from gateway.backends.transcriber import Transcriber
-
-    model = Transcriber.from_pretrained(
-        served.model, dtype, device, trust_remote_code, revision=served.revision
-    )
-    return LocalEncoderBackend({}), model
-
-
 def check_lm_task(served: ServedModel, info: Any) -> None:
     """Refuses, at start-up, an LM that runs another task than the gateway serves."""
-    if served.task == "transcription" or served.task in info.tasks:
+    if served.task in info.tasks:
         return
     raise Unsupported(
         f"the LM serves {served.model} for {', '.join(map(repr, info.tasks))}, but this gateway "

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gateway.app import build_orchestrator, local_backends, served_model
-from gateway.backends.transcriber import TranscriptionRequest
 from gateway.pipeline.pooling import MediaPrompt, PoolingOrchestrator, Prompt
+from gateway.pipeline.transcription import Transcriber, TranscriptionRequest
 from gateway.pipeline.types import GenerationRequest, MediaInput
 from lm_service.config import EngineConfig
 from protos.errors import InvalidRequest, Unsupported
@@ -224,8 +224,9 @@ class LLM:
         task: str = "transcribe",
         sampling_params: SamplingParams | None = None,
     ) -> RequestOutput:
-        """Speech to text: `audio` is the file bytes or (waveform, sampling_rate); `language`
-        e.g. "en" (None: the model detects it); `task` "transcribe" or "translate"."""
+        """Speech to text on the engine: `audio` is the file bytes or (waveform,
+        sampling_rate), cut into the model's 30 s windows and transcribed in order; `language`
+        e.g. "en" (required by multilingual checkpoints); `task` "transcribe" or "translate"."""
         self._require_task("transcribe", "transcription")
         request = TranscriptionRequest(
             f"offline-{next(self._ids)}",
@@ -234,14 +235,12 @@ class LLM:
             language,
             task,
         )
-        chunk = self._run(self._lm.transcribe(request))
+        chunk = self._run(Transcriber.of(self._orchestrator).transcribe_all(request))
         completion = CompletionOutput(0, chunk.text, chunk.token_ids, None, chunk.finish_reason)
         return RequestOutput(request.request_id, None, None, (completion,), num_cached_tokens=0)
 
     def apply_model(self, func: Callable[[Any], T]) -> list[T]:
         """Runs `func` on the model of each worker (there is one here), like vLLM."""
-        if self.served.task == "transcription":
-            return [func(self._lm.model.model)]
         if self._lm.pooling is not None:
             return [func(self._lm.pooling.model)]
         engine = self._lm.loop.engine

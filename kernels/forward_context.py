@@ -30,11 +30,17 @@ class ForwardContext:
             `[num_blocks, block_size, num_kv_heads, head_dim]`; allocate them with `torch.zeros`.
         state: the step's recurrent state of state-space (Mamba) layers, owned by the LM
             engine (`lm_service.models.state_step.StateStep`); None for attention-only models.
+        cross_metadata: the step's cross-attention side
+            (`kernels.cross_attention.CrossAttentionMetadata`); None for decoder-only models.
+        cross_kv_caches: per cross-attention layer `(k_cache, v_cache)` of encoder K/V, in
+            the self-attention layout.
     """
 
     attn_metadata: AttentionMetadata
     kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]]
     state: Any = None
+    cross_metadata: Any = None
+    cross_kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()
 
 
 _CURRENT: ContextVar[ForwardContext | None] = ContextVar("meshserve_forward_context", default=None)

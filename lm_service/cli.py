@@ -180,11 +180,9 @@ async def _serve(args: argparse.Namespace, config: EngineConfig) -> None:
 def _load_engine(config: EngineConfig) -> Any:
     from lm_service.engine.engine import Engine
     from lm_service.engine_loop import EngineLoop
-    from protos.sampling_params import SamplingParams
 
     engine = Engine(config)
-    first = engine.eos_token_ids[0] if engine.eos_token_ids[0] >= 0 else 0
-    engine.generate([[first]], SamplingParams(max_tokens=1, temperature=0.0))  # warm-up
+    engine.warm_up()
     return EngineLoop(engine).start()
 
 

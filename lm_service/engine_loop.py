@@ -109,13 +109,19 @@ class EngineLoop:
         mm_spans: Sequence[MultiModalSpan] = (),
         mrope_positions: torch.Tensor | None = None,
         stream: RequestStream | None = None,
+        encoder_states: torch.Tensor | None = None,
     ) -> RequestStream:
         """Queues a request; raises the engine's validation error synchronously."""
         stream = stream or RequestStream(request_id)
 
         def add() -> None:
             self.engine.add_request(
-                request_id, prompt_token_ids, sampling_params, mm_spans, mrope_positions
+                request_id,
+                prompt_token_ids,
+                sampling_params,
+                mm_spans,
+                mrope_positions,
+                encoder_states=encoder_states,
             )
             self._streams[request_id] = stream
 
@@ -198,6 +204,8 @@ async def stream_outputs(
     mm_spans: Sequence[MultiModalSpan] = (),
     mrope_positions: torch.Tensor | None = None,
     timeout: float | None = None,
+    *,
+    encoder_states: torch.Tensor | None = None,
 ) -> AsyncIterator[list[StepOutput]]:
     """Runs one request on `loop` from asyncio, yielding its outputs in batches.
 
@@ -216,6 +224,7 @@ async def stream_outputs(
             mm_spans,
             mrope_positions,
             stream,
+            encoder_states,
         )
     )
     finished = False

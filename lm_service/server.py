@@ -16,6 +16,7 @@ from lm_service.engine_loop import EngineLoop, stream_outputs
 from lm_service.metrics import lm_metrics
 from protos.errors import Unavailable, Unsupported
 from protos.lm_codec import (
+    encoder_states_from_pb,
     mrope_from_pb,
     pool_inputs_from_pb,
     pool_outputs_to_pb,
@@ -105,6 +106,7 @@ class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
             sampling_from_pb(request.sampling),
             spans_from_pb(request.mm_spans),
             mrope_from_pb(request),
+            encoder_states=encoder_states_from_pb(request),
         )
         with self.metrics.stream() as tracker:
             async with contextlib.aclosing(outputs):
@@ -138,7 +140,7 @@ class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
             hidden_size=engine.hidden_size,
             dtype=engine.config.dtype,
             uses_mrope=engine.runner.uses_mrope,
-            tasks=["generate"],
+            tasks=list(engine.tasks),
         )
 
     async def GetLoad(

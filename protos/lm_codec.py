@@ -90,6 +90,15 @@ def mrope_from_pb(msg: lm_pb2.LMGenerateRequest | lm_pb2.PoolInput) -> Any:
         raise InvalidRequest(f"mrope_positions: {exc}") from exc
 
 
+def encoder_states_from_pb(msg: lm_pb2.LMGenerateRequest) -> Any:
+    if not msg.HasField("encoder_states"):
+        return None
+    try:
+        return tensor_from_proto(msg.encoder_states)
+    except ValueError as exc:
+        raise InvalidRequest(f"encoder_states: {exc}") from exc
+
+
 def span_to_pb(span: MultiModalSpan) -> lm_pb2.MultiModalSpan:
     return lm_pb2.MultiModalSpan(
         offset=span.offset,
@@ -133,6 +142,8 @@ def lm_request_to_pb(request: Any) -> lm_pb2.LMGenerateRequest:
     )
     if request.mrope_positions is not None:
         message.mrope_positions.CopyFrom(tensor_to_proto(request.mrope_positions))
+    if request.encoder_states is not None:
+        message.encoder_states.CopyFrom(tensor_to_proto(request.encoder_states))
     return message
 
 

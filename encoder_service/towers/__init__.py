@@ -5,6 +5,7 @@
 - `qwen2_vl.py`: Qwen2-VL and Qwen2.5-VL (image, video), with `qwen2_vl_processing.py`, their
   video preprocessing;
 - `qwen2_audio.py`: Qwen2-Audio (audio);
+- `whisper.py`: Whisper's encoder (audio), whose states feed the decoder's cross-attention;
 - `generic.py` (with `media_modules.py`): every other architecture transformers implements,
   driven by the checkpoint's own HF processor and feature functions.
 
@@ -20,6 +21,7 @@ from encoder_service.towers.generic import GenericTower
 from encoder_service.towers.llava import LlavaTower
 from encoder_service.towers.qwen2_audio import Qwen2AudioTower
 from encoder_service.towers.qwen2_vl import Qwen2_5_VLTower, Qwen2VLTower
+from encoder_service.towers.whisper import WhisperTower
 
 __all__ = [
     "GenericTower",
@@ -29,4 +31,5 @@ __all__ = [
     "Qwen2_5_VLTower",
     "Tower",
     "TowerInput",
+    "WhisperTower",
 ]

@@ -9,17 +9,15 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from gateway.api.grpc_convert import chat_from_pb, chunk_to_pb, generate_from_pb, media_from_pb
-from gateway.backends.transcriber import Transcriber, TranscriptionRequest
 from gateway.pipeline.orchestrator import Orchestrator
 from gateway.pipeline.pooling import (
     MediaPrompt,
     PoolingOrchestrator,
     Prompt,
-    not_served,
     require_generate,
 )
+from gateway.pipeline.transcription import Transcriber, TranscriptionRequest
 from gateway.pipeline.types import GenerationRequest, Usage
-from protos.errors import Unsupported
 from protos.lm_codec import sampling_from_pb
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from protos.metrics import StreamMetrics
@@ -143,16 +141,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Transcribe(
         self, request: gateway_pb2.TranscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
-        transcriber = self.orchestrator.lm
-        if not isinstance(transcriber, Transcriber):
-            raise self._not_served("transcription")
-        chunk = await transcriber.transcribe(
+        chunks = Transcriber.of(self.orchestrator).transcribe(
             _transcription_from_pb(request, context.time_remaining())
         )
-        yield chunk_to_pb(chunk)
-
-    def _not_served(self, task: str) -> Unsupported:
-        return not_served(self.orchestrator.served, task)
+        with self.metrics.stream() as tracker:
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    tracker.on_tokens(len(chunk.token_ids), chunk.finish_reason)
+                    yield chunk_to_pb(chunk)
 
 
 def _transcription_from_pb(

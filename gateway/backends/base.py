@@ -25,6 +25,7 @@ class LMRequest:
     sampling_params: SamplingParams
     mm_spans: tuple[MultiModalSpan, ...] = ()
     mrope_positions: torch.Tensor | None = None  # [3, num_prompt_tokens]
+    encoder_states: torch.Tensor | None = None  # [num_encoder_tokens, hidden]: cross-attention
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ class LocalLMBackend(LMBackend):
             uses_mrope=engine.runner.uses_mrope,
             block_size=engine.config.block_size,
             num_blocks=engine.num_blocks,
+            tasks=engine.tasks,
         )
 
     async def generate(
@@ -76,6 +77,7 @@ class LocalLMBackend(LMBackend):
             request.mm_spans,
             request.mrope_positions,
             timeout,
+            encoder_states=request.encoder_states,
         )
         # aclosing: when our caller stops early, the inner stream must abort now, not at GC
         async with contextlib.aclosing(outputs_stream):

@@ -51,10 +51,6 @@ SERVED_MODEL_FLAGS: tuple[Flag, ...] = (
         help="memory for PutMedia handles (default 1GiB)",
     ),
 )
-TRANSCRIPTION_FLAGS: tuple[Flag, ...] = (
-    flag("--dtype", default="float32", help="weights and activations (default float32)"),
-    flag("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)"),
-)
 
 
 def positive_seconds(text: str) -> float:
@@ -117,7 +113,6 @@ GATEWAY_FLAGS: tuple[Flag, ...] = (
     TRUST_REMOTE_CODE_FLAG,
     REVISION_FLAG,
     *SERVED_MODEL_FLAGS,
-    *TRANSCRIPTION_FLAGS,
     *BACKEND_FLAGS,
     *HTTP_FLAGS,
     *SECURITY_FLAGS,
@@ -135,9 +130,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="HF model id or local path (tokenizer, config)")
     p.add_argument(
         "--lm",
-        default=None,
-        help="LM service address(es): HOST:PORT[,HOST:PORT...] or dns:///NAME:PORT; "
-        "required except for --task transcription, which runs the model in this process",
+        required=True,
+        help="LM service address(es): HOST:PORT[,HOST:PORT...] or dns:///NAME:PORT",
     )
     p.add_argument(
         "--encoder",
@@ -150,8 +144,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_server_args(p, DEFAULT_PORT)
     add_flags(p, (TRUST_REMOTE_CODE_FLAG, REVISION_FLAG))
     add_flags(p.add_argument_group("served model"), SERVED_MODEL_FLAGS)
-    transcription = "transcription (--task transcription runs the model in process)"
-    add_flags(p.add_argument_group(transcription), TRANSCRIPTION_FLAGS)
     add_flags(p.add_argument_group("backends"), BACKEND_FLAGS)
     add_flags(p.add_argument_group("OpenAI HTTP API"), HTTP_FLAGS)
     add_flags(p.add_argument_group("security of the public port"), SECURITY_FLAGS)
@@ -165,13 +157,8 @@ def run_gateway(args: argparse.Namespace) -> int:
         remote_backends,
         serve,
         served_model,
-        transcription_backends,
     )
 
-    in_process = args.task == "transcription"
-    if (args.lm is None) != in_process:
-        print(f"meshserve gateway: error: {_lm_flag_problem(in_process)}", file=sys.stderr)
-        return 2
     try:
         options = server_options(args)
     except (OSError, ValueError) as exc:
@@ -186,7 +173,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     )
     targets = parse_encoder_targets(args.encoder)
     missing = [m for m in media_modalities(served) if m not in targets]
-    if missing and not in_process:
+    if missing:
         print(
             f"meshserve gateway: note: no --encoder for {', '.join(missing)}; "
             f"prompts with {missing[0]} will be refused"
@@ -194,13 +181,8 @@ def run_gateway(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         # grpc.aio channels belong to the event loop they are made in: make them inside it.
-        if in_process:  # the paged LM service does not run encoder-decoder models
-            encoders, lm = transcription_backends(
-                served, args.dtype, args.device, args.trust_remote_code
-            )
-        else:
-            lm_targets = [a for a in args.lm.split(",") if a]
-            encoders, lm = remote_backends(lm_targets, targets, args.stall_timeout)
+        lm_targets = [a for a in args.lm.split(",") if a]
+        encoders, lm = remote_backends(lm_targets, targets, args.stall_timeout)
         orchestrator = build_orchestrator(
             served,
             encoders,
@@ -241,12 +223,3 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         "tls_key": args.tls_key,
         "api_key": resolve_api_key(args.api_key, args.api_key_file),
     }
-
-
-def _lm_flag_problem(in_process: bool) -> str:
-    if in_process:
-        return (
-            "--task transcription runs its model in the gateway itself; drop --lm "
-            "(an LM service cannot run encoder-decoder models)"
-        )
-    return "--lm is required (the LM service's address); only --task transcription omits it"

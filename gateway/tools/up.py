@@ -138,13 +138,6 @@ def run_up(args: argparse.Namespace) -> int:
     if unknown:
         takes = ", ".join(modalities) or "no media"
         return _fail(f"--replicas {unknown[0]}: {served.architecture} takes {takes}", code=2)
-    if served.task == "transcription" and not (args.embedded and not replicas):
-        return _fail(
-            "--task transcription runs the model in the gateway's own process: add --embedded "
-            "(without --replicas), or run `meshserve gateway --task transcription --model "
-            f"{args.model}`",
-            code=2,
-        )
     if args.embedded:
         if replicas:
             return _fail("--replicas needs separate processes; drop --embedded", code=2)

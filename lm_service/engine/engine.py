@@ -14,6 +14,7 @@ import torch
 from kernels.attention import AttentionBackend, backend_for
 from kernels.cpu_allocator import tune_cpu_allocator
 from lm_service.config import EngineConfig
+from lm_service.engine.cross_kv_cache import allocate_cross_kv_caches, num_encoder_blocks_for
 from lm_service.engine.kv_cache import allocate_kv_caches, num_blocks_for
 from lm_service.engine.outputs import RequestOutput
 from lm_service.engine.request import Request
@@ -62,13 +63,29 @@ class Engine:
         state_spec = self.loaded.model.state_cache_spec()
         num_slots = num_state_slots_for(state_spec, config.kv_cache_memory, config.max_num_seqs)
         state_bytes = num_slots * state_spec.bytes_per_slot if state_spec else 0
-        kv_caches = self._allocate_kv_caches(config.kv_cache_memory - state_bytes)
+        self.cross_spec = self.loaded.model.cross_attention_spec()
+        memory = config.kv_cache_memory - state_bytes
+        num_encoder_blocks = num_encoder_blocks_for(
+            self.cross_spec, config.block_size, memory, config.max_num_seqs
+        )
+        cross_caches = None
+        if self.cross_spec is not None:
+            memory -= num_encoder_blocks * self.cross_spec.bytes_per_block(config.block_size)
+            cross_caches = allocate_cross_kv_caches(
+                self.cross_spec, num_encoder_blocks, config.block_size, self.device
+            )
+        kv_caches = self._allocate_kv_caches(memory)
         state_caches = None
         if state_spec is not None:
             state_caches = allocate_state_caches(state_spec, num_slots, self.device)
             self._log_state_cache(num_slots, state_bytes)
         self.runner = ModelRunner(
-            self.loaded.model, kv_caches, config.block_size, self.device, state_caches
+            self.loaded.model,
+            kv_caches,
+            config.block_size,
+            self.device,
+            state_caches,
+            cross_caches,
         )
         self.scheduler = Scheduler(
             SchedulerConfig(
@@ -77,6 +94,7 @@ class Engine:
                 block_size=config.block_size,
                 num_blocks=self.num_blocks,
                 enable_prefix_caching=config.enable_prefix_caching and state_spec is None,
+                num_encoder_blocks=num_encoder_blocks,
                 max_model_len=self.max_model_len,
                 max_queued_requests=config.max_queued_requests,
                 num_state_slots=num_slots,
@@ -119,13 +137,19 @@ class Engine:
         sampling_params: SamplingParams | None = None,
         mm_spans: Sequence[MultiModalSpan] = (),
         mrope_positions: torch.Tensor | None = None,
+        encoder_states: torch.Tensor | None = None,
     ) -> str:
-        """Queues a request; raises InvalidRequest / Overloaded for what can never run."""
+        """Queues a request; raises InvalidRequest / Overloaded for what can never run.
+
+        `encoder_states` [num_encoder_tokens, encoder_hidden]: what an encoder-decoder model's
+        cross-attention reads (e.g. Whisper's audio encoder output).
+        """
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self._requests:
             raise InvalidRequest(f"request id {request_id!r} is already running")
         prompt = [int(t) for t in prompt_token_ids]
         self._check_prompt(prompt, mm_spans, mrope_positions)
+        self._check_encoder_states(encoder_states)
         params = self._effective_params(sampling_params or SamplingParams(), len(prompt))
         request = Request(
             request_id=request_id,
@@ -138,6 +162,7 @@ class Engine:
             bidirectional_ranges=bidirectional_ranges(
                 self.prompt_attention, len(prompt), mm_spans, self.sliding_window
             ),
+            encoder_states=encoder_states,
         )
         self.scheduler.add_request(request)
         self._requests[request_id] = request
@@ -172,15 +197,39 @@ class Engine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    def warm_up(self) -> None:
+        """One greedy token from a one-token prompt (with zero encoder states for an
+        encoder-decoder model), so the first request pays no first-call costs."""
+        first = self.eos_token_ids[0] if self.eos_token_ids[0] >= 0 else 0
+        states = None
+        if self.cross_spec is not None:
+            width = self.cross_spec.encoder_hidden_size
+            states = torch.zeros(1, width, dtype=self.cross_spec.dtype, device=self.device)
+        self.generate([[first]], SamplingParams(max_tokens=1, temperature=0.0), [states])
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """What a gateway may serve with this model: "generate", or "transcription" for a
+        speech-to-text decoder (Whisper)."""
+        return tuple(self.loaded.model.tasks)
+
     # --- batch interface -------------------------------------------------------------
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        encoder_states: Sequence[torch.Tensor | None] | None = None,
     ) -> list[RequestOutput]:
-        """Runs every prompt to completion; outputs come back in prompt order."""
+        """Runs every prompt to completion; outputs come back in prompt order.
+
+        `encoder_states`: per prompt, what an encoder-decoder model's cross-attention reads.
+        """
         params = per_prompt(sampling_params, len(prompts))
-        ids = [self.add_request(None, p, sp) for p, sp in zip(prompts, params, strict=True)]
+        states = list(encoder_states) if encoder_states is not None else [None] * len(prompts)
+        ids = [
+            self.add_request(None, p, sp, encoder_states=es)
+            for p, sp, es in zip(prompts, params, states, strict=True)
+        ]
         requests = [self._requests[rid] for rid in ids]
         while any(rid in self._requests for rid in ids):
             self.step()
@@ -231,6 +280,28 @@ class Engine:
                 f"mrope_positions must have shape [3, {len(prompt)}], got {list(mrope.shape)}"
             )
 
+    def _check_encoder_states(self, states: torch.Tensor | None) -> None:
+        spec = self.cross_spec
+        name = self.loaded.architecture
+        if spec is None:
+            if states is not None:
+                raise InvalidRequest(f"{name} has no cross-attention: it takes no encoder states")
+            return
+        if states is None:
+            if spec.requires_encoder_states:
+                raise InvalidRequest(f"{name} needs encoder states with every request")
+            return
+        width = spec.encoder_hidden_size
+        if states.dim() != 2 or states.shape[1] != width or not states.shape[0]:
+            raise InvalidRequest(
+                f"encoder states must have shape [n, {width}], got {list(states.shape)}"
+            )
+        if states.shape[0] > spec.max_encoder_len:
+            raise InvalidRequest(
+                f"{states.shape[0]} encoder states are more than {name} takes "
+                f"({spec.max_encoder_len})"
+            )
+
     def _effective_params(self, params: SamplingParams, num_prompt: int) -> SamplingParams:
         room = self.max_model_len - num_prompt
         if 0 <= room < params.min_tokens:
@@ -269,7 +340,8 @@ def _max_model_len(requested: int | None, text_config: object) -> int:
 
 
 def _context_length(text_config: object) -> int:
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+    names = ("max_position_embeddings", "max_target_positions", "n_positions")
+    for name in (*names, "max_sequence_length", "seq_length"):
         value = getattr(text_config, name, None)
         if isinstance(value, int) and value > 0:
             return value

@@ -81,6 +81,9 @@ class Request:
         bidirectional_ranges: prompt position ranges `[start, end)` whose tokens attend each
             other both ways (Gemma 3's images, PaliGemma's prefix); sorted and disjoint.
             NOTE: a prefill chunk never ends inside one (the scheduler's rule).
+        encoder_states: [num_encoder_tokens, encoder_hidden] what the decoder's cross-attention
+            reads (Whisper's audio encoder output); None for decoder-only requests. Its K/V
+            are computed at the request's first step into `cross_block_ids`.
     """
 
     request_id: str
@@ -92,6 +95,7 @@ class Request:
     mrope_positions: Any = field(default=None, repr=False)
     adapter_id: str | None = None
     bidirectional_ranges: tuple[tuple[int, int], ...] = ()
+    encoder_states: Any = field(default=None, repr=False)
     # --- state, owned by the engine ---
     output_token_ids: list[int] = field(default_factory=list, init=False)
     output_logprobs: list[LogprobEntry | None] = field(default_factory=list, init=False)
@@ -102,6 +106,7 @@ class Request:
     block_ids: list[int] = field(default_factory=list, init=False)
     block_hashes: list[bytes] = field(default_factory=list, init=False)  # one per full block
     state_slot: int | None = field(default=None, init=False)  # SSM / hybrid models only
+    cross_block_ids: list[int] = field(default_factory=list, init=False)  # encoder K/V blocks
     finish_reason: FinishReason | None = field(default=None, init=False)
     all_token_ids: list[int] = field(default_factory=list, init=False, repr=False)
     generator: Any = field(default=None, init=False, repr=False)  # seeded torch.Generator
@@ -148,6 +153,10 @@ class Request:
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_token_ids)
+
+    @property
+    def num_encoder_tokens(self) -> int:
+        return 0 if self.encoder_states is None else int(self.encoder_states.shape[0])
 
     @property
     def num_output_tokens(self) -> int:

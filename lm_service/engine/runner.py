@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import torch
 
+from kernels.cross_attention import CrossAttentionMetadata
 from kernels.forward_context import ForwardContext, forward_context
 from kernels.metadata import AttentionMetadata
 from lm_service.models.state_step import StateStep
@@ -26,8 +27,8 @@ class StepInputs(NamedTuple):
 
 
 class ModelRunner:
-    """Owns the model, its KV caches and (SSM / hybrid models) its state caches; executes one
-    flattened step at a time."""
+    """Owns the model, its KV caches, (SSM / hybrid models) its state caches and
+    (encoder-decoder models) its cross-attention caches; executes one flattened step at a time."""
 
     def __init__(
         self,
@@ -36,10 +37,12 @@ class ModelRunner:
         block_size: int,
         device: torch.device,
         state_caches: StateCaches | None = None,
+        cross_kv_caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.state_caches = state_caches
+        self.cross_kv_caches = cross_kv_caches or []
         self.block_size = block_size
         self.device = device
         self.uses_mrope = bool(getattr(model, "uses_mrope", False))
@@ -57,6 +60,8 @@ class ModelRunner:
             attn_metadata=inputs.attn_metadata,
             kv_caches=self.kv_caches,
             state=self._state_step(scheduled),
+            cross_metadata=self._cross_metadata(scheduled),
+            cross_kv_caches=self.cross_kv_caches,
         )
         with forward_context(ctx):
             hidden = self.model(
@@ -69,6 +74,23 @@ class ModelRunner:
         rows = torch.tensor(inputs.sample_rows, device=hidden.device)
         logits = self.model.compute_logits(hidden.index_select(0, rows))
         return logits, inputs.sample_index
+
+    def _cross_metadata(self, scheduled: Sequence[object]) -> CrossAttentionMetadata | None:
+        """Each request's encoder blocks; a request starting from its first token (new, or
+        recomputed after preemption) brings its encoder states, whose K/V are written now."""
+        if not self.cross_kv_caches:
+            return None
+        return CrossAttentionMetadata.build(
+            query_lens=[item.num_new_tokens for item in scheduled],
+            enc_lens=[item.request.num_encoder_tokens for item in scheduled],
+            block_tables=[item.request.cross_block_ids for item in scheduled],
+            block_size=self.block_size,
+            new_states=[
+                item.request.encoder_states if item.num_computed_tokens == 0 else None
+                for item in scheduled
+            ],
+            device=self.device,
+        )
 
     def _state_step(self, scheduled: Sequence[object]) -> StateStep | None:
         """The slots of this step's requests; a request starting from its first token (new,

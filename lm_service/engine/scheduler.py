@@ -8,7 +8,10 @@ newest running request is preempted: its blocks are freed and it is recomputed l
 tokens included. Models with Mamba layers also need one recurrent state slot per running
 request (`StatePool`): a waiting request is admitted only when a slot is free, and gives it
 back on finish, abort or preemption; prefix caching is off for them (a cached block cannot
-restore a recurrent state). Pure CPU; no torch.
+restore a recurrent state). Encoder-decoder models likewise need cross-attention blocks for a
+request's encoder states (`EncoderCachePool`), held from admission to finish, abort or
+preemption; prefix caching is off for them too (a decoder block depends on the encoder states,
+which its token hash does not see). Pure CPU; no torch.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from lm_service.engine.block_pool import BlockPool, ComputedBlocks, cdiv
+from lm_service.engine.encoder_cache import EncoderCachePool
 from lm_service.engine.request import FinishReason, Request, RequestStatus
 from lm_service.engine.state_pool import StatePool
 from protos.errors import InvalidRequest, Overloaded
@@ -40,6 +44,8 @@ class SchedulerConfig:
         enable_prefix_caching: reuse KV blocks of identical prompt prefixes (forced off
             when there are state slots).
         num_state_slots: recurrent state slots of SSM / hybrid models; 0 for attention-only.
+        num_encoder_blocks: cross-attention blocks (of `block_size` encoder positions) of
+            encoder-decoder models; 0 for decoder-only ones.
     """
 
     max_num_batched_tokens: int
@@ -50,10 +56,13 @@ class SchedulerConfig:
     enable_prefix_caching: bool = True
     max_queued_requests: int | None = None
     num_state_slots: int = 0
+    num_encoder_blocks: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_state_slots, int) or self.num_state_slots < 0:
-            raise ValueError(f"num_state_slots must be >= 0, got {self.num_state_slots!r}")
+        for name in ("num_state_slots", "num_encoder_blocks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
         for name in (
             "max_num_batched_tokens",
             "max_num_seqs",
@@ -136,6 +145,7 @@ class SchedulerStats(NamedTuple):
     prefix_cache_query_tokens: int
     prefix_cache_hit_tokens: int
     state_cache_usage: float = 0.0
+    encoder_cache_usage: float = 0.0
 
 
 class Scheduler:
@@ -148,10 +158,13 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig):
         self.config = config
         self.state_pool = StatePool(config.num_state_slots)
+        self.encoder_pool = EncoderCachePool(config.num_encoder_blocks, config.block_size)
         self.block_pool = BlockPool(
             config.num_blocks,
             config.block_size,
-            config.enable_prefix_caching and not self.state_pool.enabled,
+            config.enable_prefix_caching
+            and not self.state_pool.enabled
+            and not self.encoder_pool.enabled,
         )
         # NOTE: a sequence ends at the cache's capacity too, so one request alone always fits.
         self.max_model_len = min(config.max_model_len, config.cache_capacity_tokens)
@@ -170,6 +183,7 @@ class Scheduler:
         self._check_fits(request.num_prompt_tokens)
         self._check_queue()
         self._check_ranges_fit(request)
+        self._check_encoder_fits(request)
         self.requests[request.request_id] = request
         self.waiting.append(request)
 
@@ -208,6 +222,19 @@ class Scheduler:
                     f"is {budget}; raise it to at least {end - start}"
                 )
 
+    def _check_encoder_fits(self, request: Request) -> None:
+        if not request.num_encoder_tokens:
+            return
+        pool = self.encoder_pool
+        if not pool.enabled:
+            raise InvalidRequest("this model has no cross-attention: it takes no encoder states")
+        needed = pool.blocks_needed(request.num_encoder_tokens)
+        if needed > pool.num_blocks:
+            raise Overloaded(
+                f"{request.num_encoder_tokens} encoder states need {needed} cross-attention "
+                f"blocks; the cache has {pool.num_blocks}"
+            )
+
     def abort(self, request_id: str) -> Request | None:
         """End a request now and free its blocks; None if it is unknown or already done."""
         request = self.requests.get(request_id)
@@ -243,6 +270,7 @@ class Scheduler:
             prefix_cache_query_tokens=cache.num_query_tokens,
             prefix_cache_hit_tokens=cache.num_hit_tokens,
             state_cache_usage=self.state_pool.usage,
+            encoder_cache_usage=self.encoder_pool.usage,
         )
 
     # ---- one step ----
@@ -293,6 +321,7 @@ class Scheduler:
     def _preempt(self, request: Request) -> None:
         self.block_pool.free(request)
         self.state_pool.free(request)  # NOTE: the state is recomputed with the tokens
+        self.encoder_pool.free(request)  # NOTE: so are the encoder K/V, at its first step
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1
@@ -305,12 +334,15 @@ class Scheduler:
             request = self.waiting[0]
             if not self.state_pool.can_allocate(request):
                 break  # every state slot is taken: wait for a request to finish
+            if not self.encoder_pool.can_allocate(request):
+                break  # cross-attention blocks are short: wait for a request to finish
             computed = self.block_pool.get_computed_blocks(request)
             num_new = _num_new_tokens(request, computed.num_tokens, budget)
             if num_new == 0 or not self.block_pool.allocate_slots(request, num_new, computed):
                 break  # NOTE: first come first served: nobody overtakes the head of the queue
             self.waiting.popleft()
             self.state_pool.allocate(request)
+            self.encoder_pool.allocate(request)
             self._start(request, computed)
             scheduled.append(ScheduledRequest.of(request, num_new))
             budget -= num_new
@@ -367,6 +399,7 @@ class Scheduler:
     def _finish(self, request: Request, reason: FinishReason) -> None:
         self.block_pool.free(request)
         self.state_pool.free(request)
+        self.encoder_pool.free(request)
         request.status = RequestStatus.finished_with(reason)
         request.finish_reason = reason
         del self.requests[request.request_id]

@@ -76,6 +76,37 @@ class StateCacheSpec:
         return self.num_layers * (conv + ssm)
 
 
+@dataclass(frozen=True, slots=True)
+class CrossAttentionSpec:
+    """The cross-attention cache an encoder-decoder model needs per request.
+
+    The engine holds blocks of `block_size` encoder positions per cross-attention layer, in
+    the self-attention layout (`lm_service.engine.cross_kv_cache`); a request owns
+    `ceil(num_encoder_tokens / block_size)` of them from admission to finish.
+
+    Args:
+        num_layers: cross-attention layers, in the order of `cross_kv_caches`.
+        num_kv_heads, head_dim: their geometry.
+        dtype: element type of the cache.
+        encoder_hidden_size: the width of the encoder states a request carries.
+        max_encoder_len: the most encoder positions one request may carry.
+        requires_encoder_states: every request must carry them (Whisper, BART).
+    """
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    encoder_hidden_size: int
+    max_encoder_len: int
+    requires_encoder_states: bool = True
+
+    def bytes_per_block(self, block_size: int) -> int:
+        """K and V of one block across all cross-attention layers."""
+        per_layer = 2 * block_size * self.num_kv_heads * self.head_dim * _itemsize(self.dtype)
+        return self.num_layers * per_layer
+
+
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
@@ -89,6 +120,7 @@ class BaseCausalLM(nn.Module, ABC):
 
     impl_name: ClassVar[str]
     uses_mrope: bool = False
+    tasks: ClassVar[tuple[str, ...]] = ("generate",)  # what the gateway may serve with it
 
     @abstractmethod
     def get_input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -122,6 +154,10 @@ class BaseCausalLM(nn.Module, ABC):
 
     def state_cache_spec(self) -> StateCacheSpec | None:
         """The per-request recurrent state of its Mamba layers; None: attention only."""
+        return None
+
+    def cross_attention_spec(self) -> CrossAttentionSpec | None:
+        """The encoder K/V its cross-attention layers read; None: decoder only."""
         return None
 
 

@@ -40,7 +40,13 @@ _NATIVE_MODELS: dict[str, tuple[str, str]] = {
     "Qwen2VLForConditionalGeneration": ("llama", "LlamaForCausalLM"),
     "Qwen2_5_VLForConditionalGeneration": ("llama", "LlamaForCausalLM"),
 }
-NATIVE_ARCHITECTURES: frozenset[str] = frozenset(_NATIVE_MODELS)
+# Encoder-decoder architectures: their decoder runs here with cross-attention over encoder
+# states that each request brings; native only (the Transformers fallback refuses them).
+_ENCODER_DECODER_MODELS: dict[str, tuple[str, str]] = {
+    "WhisperForConditionalGeneration": ("whisper", "WhisperForConditionalGeneration"),
+}
+ENCODER_DECODER_ARCHITECTURES: frozenset[str] = frozenset(_ENCODER_DECODER_MODELS)
+NATIVE_ARCHITECTURES: frozenset[str] = frozenset(_NATIVE_MODELS) | ENCODER_DECODER_ARCHITECTURES
 TRANSFORMERS_BACKEND = ("transformers_backend", "TransformersForCausalLM")
 
 
@@ -116,8 +122,12 @@ def load_model(
     )
     text_config = text_config_of(hf_config)
     architecture = architecture_of(hf_config)
-    impl = choose_impl(architecture, text_config, model_impl)
     torch_dtype = resolve_dtype(dtype, config_dtype(text_config, hf_config))
+    if architecture in _ENCODER_DECODER_MODELS and model_impl in ("auto", "native"):
+        model_class = _import(_ENCODER_DECODER_MODELS[architecture])
+        lm = model_class.from_checkpoint(model_path, hf_config, dtype=torch_dtype, device=device)
+        return LoadedModel(lm, hf_config, text_config, architecture, "native", model_path)
+    impl = choose_impl(architecture, text_config, model_impl)
     if impl == "native":
         lm = _load_native(architecture, model_path, hf_config, text_config, torch_dtype, device)
     else:

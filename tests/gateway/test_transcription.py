@@ -1,4 +1,6 @@
-"""Transcription (`--task transcription`): a tiny random Whisper, offline and over gRPC."""
+"""Transcription (`--task transcription`) on the engine: a tiny random Whisper offline, its
+audio encoder, its decoder batched in the engine, clips longer than one window."""
+
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import io
 import wave
 from collections.abc import Iterator
 
-import grpc
 import numpy as np
 import pytest
 import torch
@@ -14,14 +15,12 @@ from transformers import AutoProcessor, WhisperForConditionalGeneration
 
 from gateway import LLM
 from gateway.tools.tiny_models import tiny_model_path
-from protos.channels import channel
 from protos.errors import InvalidRequest, Unsupported
-from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from protos.sampling_params import SamplingParams
-from tests.services import start
 
 RATE = 16000
 GREEDY_8 = SamplingParams(temperature=0, max_tokens=8)
+GREEDY_6 = SamplingParams(temperature=0, max_tokens=6)
 
 
 def _tone_int16(seconds: float = 1.0, hz: float = 440.0) -> np.ndarray:
@@ -74,6 +73,51 @@ def test_tokens_equal_hf_generate(whisper: str, llm: LLM) -> None:
     assert llm.transcribe(waveform, "<|en|>", sampling_params=GREEDY_8).outputs[0] == completion
 
 
+def _hf_windows(whisper: str, samples: np.ndarray, language: str, max_tokens: int) -> list:
+    """HF generate on each window of the feature extractor's length, in order."""
+    processor = AutoProcessor.from_pretrained(whisper)
+    model = WhisperForConditionalGeneration.from_pretrained(whisper).eval()
+    size = processor.feature_extractor.n_samples
+    tokens = []
+    for start in range(0, len(samples), size):
+        features = processor.feature_extractor(
+            samples[start : start + size], sampling_rate=RATE, return_tensors="pt"
+        ).input_features
+        with torch.inference_mode():
+            out = model.generate(
+                features, language=language, task="transcribe", max_new_tokens=max_tokens
+            )
+        tokens.extend(out[0].tolist())
+    return tokens
+
+
+def test_audio_longer_than_a_window_is_transcribed_window_by_window(
+    whisper: str, llm: LLM
+) -> None:
+    samples = _tone_int16(seconds=5.0, hz=300.0)  # the tiny model's windows are 2 s: 3 windows
+    expected = _hf_windows(whisper, samples.astype(np.float32) / 32768, "de", 6)
+    output = llm.transcribe(_wav_bytes(samples), language="de", sampling_params=GREEDY_6)
+    assert list(output.outputs[0].token_ids) == expected and len(expected) == 18
+
+
+def test_without_a_language_it_is_detected_as_hf_detects_it(whisper: str, llm: LLM) -> None:
+    samples = _tone_int16(seconds=1.5, hz=200.0)
+    processor = AutoProcessor.from_pretrained(whisper)
+    model = WhisperForConditionalGeneration.from_pretrained(whisper).eval()
+    features = processor.feature_extractor(
+        samples.astype(np.float32) / 32768, sampling_rate=RATE, return_tensors="pt"
+    ).input_features
+    with torch.inference_mode():
+        detected = model.detect_language(features)[0].item()
+        expected = model.generate(features, task="translate", max_new_tokens=6)[0].tolist()
+    output = llm.transcribe(_wav_bytes(samples), task="translate", sampling_params=GREEDY_6)
+    assert list(output.outputs[0].token_ids) == expected
+    code = processor.tokenizer.convert_ids_to_tokens(detected).strip("<|>")
+    assert llm.transcribe(_wav_bytes(samples), code, "translate", GREEDY_6).outputs[0] == (
+        output.outputs[0]
+    )
+
+
 def test_refusals_name_the_mistake(llm: LLM) -> None:
     audio = _wav_bytes(_tone_int16(0.2))
     with pytest.raises(InvalidRequest, match="language 'klingon'.*en"):
@@ -82,38 +126,12 @@ def test_refusals_name_the_mistake(llm: LLM) -> None:
         llm.transcribe(audio, language="en", task="sing")
     with pytest.raises(InvalidRequest, match="^audio 0: "):
         llm.transcribe(b"RIFF not really a wav", language="en")
-    with pytest.raises(Unsupported, match="logprobs"):
-        llm.transcribe(audio, language="en", sampling_params=SamplingParams(logprobs=1))
+    with pytest.raises(Unsupported, match="stop strings"):
+        llm.transcribe(audio, language="en", sampling_params=SamplingParams(stop=("x",)))
     with pytest.raises(Unsupported, match="cannot generate"):
         llm.generate("hello")
 
 
-def test_grpc_transcribe_equals_offline(whisper: str, llm: LLM) -> None:
-    audio = _wav_bytes(_tone_int16())
-    offline = llm.transcribe(audio, language="en", sampling_params=GREEDY_8).outputs[0]
-    gateway = start("gateway", ["--task", "transcription", "--model", whisper])
-    try:
-        with channel(gateway.address) as ch:
-            stub = gateway_pb2_grpc.GatewayStub(ch)
-            sampling = common_pb2.SamplingParams(temperature=0, max_tokens=8)
-            request = gateway_pb2.TranscribeRequest(
-                request_id="t1", audio=audio, language="en", sampling=sampling
-            )
-            (reply,) = list(stub.Transcribe(request, timeout=30))
-            assert list(reply.token_ids) == list(offline.token_ids)
-            assert reply.text == offline.text
-            assert reply.finish_reason == common_pb2.FINISH_REASON_LENGTH
-            assert reply.usage.completion_tokens == 8 and reply.timings.total_ms > 0
-
-            bad = gateway_pb2.TranscribeRequest(request_id="t2", audio=b"junk", language="en")
-            with pytest.raises(grpc.RpcError) as refused:
-                list(stub.Transcribe(bad, timeout=30))
-            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "audio 0:" in refused.value.details()
-
-            with pytest.raises(grpc.RpcError) as refused:
-                list(stub.Generate(gateway_pb2.GenerateRequest(prompt="hi"), timeout=30))
-            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
-            assert "'transcription' task" in refused.value.details()
-    finally:
-        gateway.stop()
+def test_the_engine_runs_the_decoder(llm: LLM) -> None:
+    (impl,) = llm.apply_model(lambda model: (type(model).__module__, model.impl_name))
+    assert impl == ("lm_service.models.whisper", "native")

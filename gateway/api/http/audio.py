@@ -12,8 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from gateway.api.http.context import context_of
 from gateway.api.http.streaming import until_disconnected
-from gateway.backends.transcriber import Transcriber, TranscriptionRequest
-from gateway.pipeline.pooling import not_served
+from gateway.pipeline.transcription import Transcriber, TranscriptionRequest
 from protos.errors import InvalidRequest, Unsupported
 from protos.sampling_params import SamplingParams
 
@@ -68,9 +67,7 @@ class _Form:
 async def _transcribe(request: Request, file: UploadFile, form: _Form, task: str) -> Response:
     ctx = context_of(request)
     ctx.check_model(form.model)
-    transcriber = ctx.orchestrator.lm
-    if not isinstance(transcriber, Transcriber):
-        raise not_served(ctx.orchestrator.served, "transcription")
+    transcriber = Transcriber.of(ctx.orchestrator)
     _check_form(form)
     audio = await file.read()
     if not audio:
@@ -79,7 +76,7 @@ async def _transcribe(request: Request, file: UploadFile, form: _Form, task: str
     job = TranscriptionRequest(
         f"transcr-{uuid.uuid4().hex}", audio, params, form.language or None, task
     )
-    chunk = await until_disconnected(request, transcriber.transcribe(job))
+    chunk = await until_disconnected(request, transcriber.transcribe_all(job))
     if form.response_format == "text":
         return PlainTextResponse(chunk.text)
     return JSONResponse({"text": chunk.text, "usage": _usage(chunk.usage)})
@@ -93,6 +90,7 @@ def _check_form(form: _Form) -> None:
     if form.prompt:
         raise Unsupported("prompt (text to guide the transcription) is not supported")
     if form.stream:
+        # NOTE: gRPC Transcribe streams; this endpoint answers the whole text for now
         raise Unsupported("stream is not supported for transcriptions; the text comes whole")
 
 

@@ -34,18 +34,20 @@ class MultiModalSpan(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., embeddings: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., content_hash: _Optional[str] = ..., is_embed: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class LMGenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_token_ids", "mm_spans", "mrope_positions", "sampling")
+    __slots__ = ("request_id", "prompt_token_ids", "mm_spans", "mrope_positions", "sampling", "encoder_states")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     MM_SPANS_FIELD_NUMBER: _ClassVar[int]
     MROPE_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_STATES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     mm_spans: _containers.RepeatedCompositeFieldContainer[MultiModalSpan]
     mrope_positions: _common_pb2.Tensor
     sampling: _common_pb2.SamplingParams
-    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., mm_spans: _Optional[_Iterable[_Union[MultiModalSpan, _Mapping]]] = ..., mrope_positions: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+    encoder_states: _common_pb2.Tensor
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., mm_spans: _Optional[_Iterable[_Union[MultiModalSpan, _Mapping]]] = ..., mrope_positions: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., encoder_states: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class LMGenerateResponse(_message.Message):
     __slots__ = ("token_ids", "logprobs", "finish_reason", "num_prompt_tokens", "num_cached_tokens")

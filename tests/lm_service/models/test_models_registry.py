@@ -189,9 +189,11 @@ def test_model_without_attention_interface_is_unsupported(tmp_path: Path) -> Non
             load_model(str(tmp_path), model_impl=model_impl)
 
 
-def test_encoder_decoder_is_unsupported() -> None:
+def test_encoder_decoder_runs_natively_and_the_fallback_refuses_it() -> None:
+    loaded = load_model(str(tiny_model_path("whisper")))
+    assert loaded.impl_name == "native" and loaded.model.cross_attention_spec() is not None
     with pytest.raises(Unsupported, match="encoder-decoder"):
-        load_model(str(tiny_model_path("whisper")))
+        load_model(str(tiny_model_path("whisper")), model_impl="transformers")
 
 
 def test_missing_architectures_and_unknown_model(tmp_path: Path) -> None:
