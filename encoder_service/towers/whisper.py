@@ -9,7 +9,7 @@ transcription endpoint does; the item's output is the windows' states end to end
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -51,7 +51,13 @@ class WhisperTower(Tower):
         """Samples of one window (the feature extractor's `n_samples`)."""
         return int(self.feature_extractor.n_samples)
 
-    def prepare(self, modality: Modality, decoded: Any, index: int) -> TowerInput:
+    def prepare(
+        self,
+        modality: Modality,
+        decoded: Any,
+        index: int,
+        processor_kwargs: Mapping[str, Any] | None = None,
+    ) -> TowerInput:
         """[num_samples] float32 at `sampling_rate` -> features [num_windows, mel, frames]."""
         size = self.window_samples
         windows = [decoded[start : start + size] for start in range(0, len(decoded), size)]
@@ -59,7 +65,7 @@ class WhisperTower(Tower):
             windows or [decoded],
             sampling_rate=self.sampling_rate,
             return_tensors="pt",
-            **self.processor_kwargs,
+            **self.kwargs_for(processor_kwargs),
         ).input_features  # [num_windows, mel, frames], each window padded to `size`
         return TowerInput(modality, {"input_features": features})
 
