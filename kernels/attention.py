@@ -1,7 +1,9 @@
 """The attention layer over the paged KV cache, and the backends that serve it.
 
 KV layout (owned by `AttentionBackend`, asked by the engine before it allocates): per layer
-`k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]`. Token `p` of a request
+`k_cache: [num_blocks, block_size, num_kv_heads, head_dim]` and `v_cache` the same with
+`v_head_dim` lanes (MLA: V's head dim differs; its latent cache keeps no V tensor at all, V is
+a view of the first lanes of K). Token `p` of a request
 lives in slot `block_table[p // block_size] * block_size + p % block_size`. Allocate caches with
 `torch.zeros`: padded reads of unused slots are masked out, but a NaN there would still poison
 the masked-out products.
@@ -32,14 +34,21 @@ def write_kv_cache(
     """Store the new tokens' K/V into their slots, in place.
 
     Args:
-        key, value: `[T, num_kv_heads, head_dim]`.
-        k_cache, v_cache: `[num_blocks, block_size, num_kv_heads, head_dim]`, contiguous.
+        key: `[T, num_kv_heads, head_dim]`, value: `[T, num_kv_heads, v_head_dim]`.
+        k_cache, v_cache: `[num_blocks, block_size, num_kv_heads, head_dim | v_head_dim]`,
+            contiguous.
         slot_mapping: `[T]` int64, `block_id * block_size + offset` per token.
     """
-    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    write_cache(key, k_cache, slot_mapping)
+    write_cache(value, v_cache, slot_mapping)
+
+
+def write_cache(rows: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Store `rows` `[T, heads, dim]` into the slots of one contiguous cache tensor, in place
+    (a latent cache has only this one)."""
     # NOTE: .view (never .reshape): a copy would silently drop the write.
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key.to(k_cache.dtype))
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value.to(v_cache.dtype))
+    flat = cache.view(-1, cache.shape[2], cache.shape[3])
+    flat.index_copy_(0, slot_mapping, rows.to(cache.dtype))
 
 
 class AttentionBackend(enum.Enum):
@@ -60,7 +69,7 @@ class AttentionBackend(enum.Enum):
     def kv_cache_shape(
         self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int
     ) -> tuple[int, int, int, int]:
-        """The shape of one layer's `k_cache` (its `v_cache` has the same)."""
+        """The shape of one layer's `k_cache` (its `v_cache`: the same with `v_head_dim`)."""
         if block_size < 1 or block_size % self.block_size_multiple:
             raise ValueError(
                 f"the {self.value} backend needs block_size to be a positive multiple of "
@@ -69,12 +78,20 @@ class AttentionBackend(enum.Enum):
         return (num_blocks, block_size, num_kv_heads, head_dim)
 
     def kv_cache_bytes_per_block(
-        self, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
+        self,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        v_head_dim: int | None = None,
     ) -> int:
-        """Bytes of K and V of one block of one layer."""
-        shape = self.kv_cache_shape(1, block_size, num_kv_heads, head_dim)
+        """Bytes of K and V of one block of one layer; `v_head_dim` None: `head_dim`, 0: no V
+        tensor (a latent cache)."""
+        v_dim = head_dim if v_head_dim is None else v_head_dim
+        lanes = head_dim + v_dim
+        shape = self.kv_cache_shape(1, block_size, num_kv_heads, lanes)
         itemsize = torch.empty((), dtype=dtype).element_size()
-        return 2 * math.prod(shape) * itemsize
+        return math.prod(shape) * itemsize
 
 
 def backend_for(
@@ -83,15 +100,26 @@ def backend_for(
     head_dim: int,
     block_size: int,
     logits_soft_cap: float | None = None,
+    *,
+    v_head_dim: int | None = None,
+    uses_alibi: bool = False,
 ) -> AttentionBackend:
     """The fast path when flash-attn can serve this geometry on `device`, else the reference."""
-    if flash.is_supported(device, dtype, head_dim, block_size, logits_soft_cap):
+    if flash.is_supported(
+        device, dtype, head_dim, block_size, logits_soft_cap,
+        v_head_dim=v_head_dim, uses_alibi=uses_alibi,
+    ):  # fmt: skip
         return AttentionBackend.FLASH_ATTN
     return AttentionBackend.TORCH
 
 
 def select_backend(
-    query: torch.Tensor, k_cache: torch.Tensor, logits_soft_cap: float | None = None
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    logits_soft_cap: float | None = None,
+    *,
+    v_cache: torch.Tensor | None = None,
+    uses_alibi: bool = False,
 ) -> AttentionBackend:
     """`backend_for` one layer, read off its queries and its cache.
 
@@ -99,9 +127,15 @@ def select_backend(
         query: `[T, num_heads, head_dim]`, a sample of the layer's queries (device, dtype).
         k_cache: `[num_blocks, block_size, num_kv_heads, head_dim]`.
         logits_soft_cap: the layer's soft cap (needs flash-attn >= 2.6).
+        v_cache: the layer's V cache when its head dim may differ from K's (MLA).
+        uses_alibi: the layer adds ALiBi (needs flash-attn >= 2.4).
     """
     head_dim, block_size = query.shape[-1], k_cache.shape[1]
-    return backend_for(query.device, query.dtype, head_dim, block_size, logits_soft_cap)
+    v_head_dim = None if v_cache is None else v_cache.shape[-1]
+    return backend_for(
+        query.device, query.dtype, head_dim, block_size, logits_soft_cap,
+        v_head_dim=v_head_dim, uses_alibi=uses_alibi,
+    )  # fmt: skip
 
 
 class PagedAttention(torch.nn.Module):

@@ -53,16 +53,24 @@ def is_supported(
     head_dim: int,
     block_size: int,
     logits_soft_cap: float | None = None,
+    *,
+    v_head_dim: int | None = None,
+    uses_alibi: bool = False,
 ) -> bool:
     """Whether the flash kernel can serve a layer with this geometry on this device."""
     if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
         return False
     if head_dim > 256 or head_dim % 8 or block_size % PAGED_BLOCK_MULTIPLE:
         return False
+    if v_head_dim is not None and v_head_dim != head_dim:
+        return False
     varlen_func = _load_varlen_func()
     if varlen_func is None:
         return False
-    return logits_soft_cap is None or "softcap" in _parameters(varlen_func)
+    parameters = _parameters(varlen_func)
+    if uses_alibi and "alibi_slopes" not in parameters:
+        return False
+    return logits_soft_cap is None or "softcap" in parameters
 
 
 def paged_attention(
@@ -74,6 +82,7 @@ def paged_attention(
     scale: float,
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
+    alibi_slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as `kernels.torch_attention.paged_attention`, on flash-attn.
 
@@ -94,6 +103,7 @@ def paged_attention(
             scale=scale,
             sliding_window=sliding_window,
             logits_soft_cap=logits_soft_cap,
+            alibi_slopes=alibi_slopes,
         )
     varlen_func = _load_varlen_func()
     if varlen_func is None:
@@ -101,8 +111,10 @@ def paged_attention(
     seq_lens = meta.seq_lens.to(torch.int32)
     # flash-attn's window is inclusive: HF's `p - k < w` is `p - k <= w - 1`
     window = (-1, -1) if sliding_window is None else (sliding_window - 1, 0)
-    # softcap only when set: flash-attn < 2.6 has no such argument
-    extra = {} if logits_soft_cap is None else {"softcap": logits_soft_cap}
+    # softcap and alibi_slopes only when set: older flash-attn lacks the arguments
+    extra: dict[str, object] = {} if logits_soft_cap is None else {"softcap": logits_soft_cap}
+    if alibi_slopes is not None:
+        extra["alibi_slopes"] = alibi_slopes.to(device=query.device, dtype=torch.float32)
     return varlen_func(
         query,
         k_cache,

@@ -113,7 +113,10 @@ class Engine:
         # (a soft cap this flash-attn lacks) still reads what this backend allocated
         backend = AttentionBackend.TORCH
         if spec.num_layers:  # a pure Mamba model has no KV cache at all
-            backend = backend_for(self.device, spec.dtype, spec.head_dim, config.block_size)
+            backend = backend_for(
+                self.device, spec.dtype, spec.head_dim, config.block_size,
+                v_head_dim=spec.value_head_dim,
+            )  # fmt: skip
         self.num_blocks = config.num_blocks or num_blocks_for(
             spec, backend, config.block_size, memory, config.max_num_seqs * self.max_model_len
         )

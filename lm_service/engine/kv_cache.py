@@ -16,7 +16,7 @@ from protos.errors import InvalidRequest
 def bytes_per_block(spec: KVCacheSpec, backend: AttentionBackend, block_size: int) -> int:
     """K and V of one block across all layers."""
     per_layer = backend.kv_cache_bytes_per_block(
-        block_size, spec.num_kv_heads, spec.head_dim, spec.dtype
+        block_size, spec.num_kv_heads, spec.head_dim, spec.dtype, spec.stored_value_head_dim
     )
     return per_layer * spec.num_layers
 
@@ -49,16 +49,22 @@ def allocate_kv_caches(
     block_size: int,
     device: torch.device,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer (k_cache, v_cache), each of `backend.kv_cache_shape(...)`.
+    """Per layer (k_cache, v_cache) in `backend.kv_cache_shape(...)`, V with its own head dim;
+    for a latent cache (`spec.values_in_keys`) v_cache is a view of k_cache's first lanes.
 
     NOTE: zeroed, not empty: padded block-table entries gather these rows, and garbage NaNs
     there would leak through a masked softmax (0 * NaN = NaN).
     """
-    shape = backend.kv_cache_shape(num_blocks, block_size, spec.num_kv_heads, spec.head_dim)
-    return [
-        (
-            torch.zeros(shape, dtype=spec.dtype, device=device),
-            torch.zeros(shape, dtype=spec.dtype, device=device),
-        )
-        for _ in range(spec.num_layers)
-    ]
+
+    def zeros(head_dim: int) -> torch.Tensor:
+        shape = backend.kv_cache_shape(num_blocks, block_size, spec.num_kv_heads, head_dim)
+        return torch.zeros(shape, dtype=spec.dtype, device=device)
+
+    caches = []
+    for _ in range(spec.num_layers):
+        k_cache = zeros(spec.head_dim)
+        if spec.values_in_keys:
+            caches.append((k_cache, k_cache[..., : spec.value_head_dim]))
+        else:
+            caches.append((k_cache, zeros(spec.value_head_dim)))
+    return caches

@@ -29,6 +29,10 @@ class KVCacheSpec:
         head_dim: size of one head.
         dtype: element type of the cache (the model's dtype).
         sliding_windows: per layer, the window in tokens (None: full attention).
+        v_head_dim: size of one value head; None: `head_dim`.
+        values_in_keys: MLA's latent cache: one tensor per layer holds the compressed latent
+            (`head_dim` = kv_lora_rank + rope dim, one head); V is a view of its first
+            `v_head_dim` lanes, and no V tensor is allocated.
     """
 
     num_layers: int
@@ -36,6 +40,8 @@ class KVCacheSpec:
     head_dim: int
     dtype: torch.dtype
     sliding_windows: tuple[int | None, ...]
+    v_head_dim: int | None = None
+    values_in_keys: bool = False
 
     def __post_init__(self) -> None:
         if len(self.sliding_windows) != self.num_layers:
@@ -43,6 +49,21 @@ class KVCacheSpec:
                 f"sliding_windows has {len(self.sliding_windows)} entries "
                 f"for {self.num_layers} layers"
             )
+        if self.values_in_keys and not 0 < self.value_head_dim <= self.head_dim:
+            raise ValueError(
+                f"values read from the keys need 0 < v_head_dim <= head_dim {self.head_dim}, "
+                f"got {self.v_head_dim}"
+            )
+
+    @property
+    def value_head_dim(self) -> int:
+        """The value head dim the attention reads."""
+        return self.head_dim if self.v_head_dim is None else self.v_head_dim
+
+    @property
+    def stored_value_head_dim(self) -> int:
+        """Lanes of the V tensor the engine allocates (0: V lives inside K)."""
+        return 0 if self.values_in_keys else self.value_head_dim
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,14 +2,16 @@
 
 Any decoder whose attention goes through transformers' `AttentionInterface` runs here,
 `trust_remote_code` models included: we register `meshserve_paged` as an attention
-implementation, build the HF model with it, and run the flattened step as ONE sequence of T
-tokens (`position_ids` [1, T], or [3, 1, T] for M-RoPE) with `use_cache=False`. Each attention
-call writes its layer's new K/V into the paged cache and attends over it, so requests never see
-each other. The n-th attention call of a forward reads and writes KV cache n, whatever HF
-numbers the layer (hybrids number attention layers among Mamba layers; Zamba2 shares one
-attention module between depths). Mamba mixers run per request on the engine's state cache
-(`lm_service.models.mamba`). For multimodal checkpoints only the language model is built and
-only its weights are read.
+implementation (`lm_service.models.hf_attention`), build the HF model with it, and run the
+flattened step as ONE sequence of T tokens (`position_ids` [1, T], or [3, 1, T] for M-RoPE)
+with `use_cache=False`. Each attention call writes its layer's new K/V into the paged cache and
+attends over it, so requests never see each other. The n-th attention call of a forward reads
+and writes KV cache n, whatever HF numbers the layer (hybrids number attention layers among
+Mamba layers; Zamba2 shares one attention module between depths). Mamba mixers run per request
+on the engine's state cache (`lm_service.models.mamba`); MLA layers cache their compressed
+latent (`lm_service.models.mla`); Bloom, MPT and Falcon, whose attention is their own code, run
+through shims of their attention modules (`lm_service.models.attention_shims`). For
+multimodal checkpoints only the language model is built and only its weights are read.
 
 Whether a model can run here is decided by what its code does, not by HF's
 `_supports_attention_backend` flag alone (StableLM, Jamba and Zamba2 leave it False yet call
@@ -23,146 +25,32 @@ from __future__ import annotations
 import copy
 import inspect
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from kernels import flash
-from kernels.attention import AttentionBackend, select_backend, write_kv_cache
-from kernels.forward_context import get_forward_context
-from kernels.torch_attention import paged_attention
+from lm_service.models.attention_shims import (
+    BUILD_ATTN_IMPLEMENTATION,
+    install_attention_shims,
+    needs_attention_shims,
+)
 from lm_service.models.base import BaseCausalLM, KVCacheSpec, StateCacheSpec
+from lm_service.models.hf_attention import (
+    ATTENTION_NAME,
+    AttentionLayerInfo,
+    counting_calls,
+    probing,
+    register_attention,
+)
 from lm_service.models.language_model import LanguageModelNames, language_model_names
 from lm_service.models.loader import is_multimodal, language_model_weights, text_config_of
 from lm_service.models.mamba import install_state_mixers
+from lm_service.models.mla import install_latent_attention
 from protos.errors import InvalidRequest, Unsupported
 
-ATTENTION_NAME = "meshserve_paged"
 MROPE_MODEL_TYPES = frozenset({"qwen2_vl", "qwen2_vl_text", "qwen2_5_vl", "qwen2_5_vl_text"})
-BACKEND_ATTR = "meshserve_attention_backend"
-
-
-@dataclass(frozen=True, slots=True)
-class AttentionLayerInfo:
-    """What one attention layer showed when probed: its KV shape and window.
-
-    `layer_idx` is the call's rank in the forward (the KV cache it uses), not HF's number.
-    """
-
-    layer_idx: int
-    num_kv_heads: int
-    head_dim: int
-    sliding_window: int | None
-
-
-# Layer indices seen during the current forward (None outside TransformersForCausalLM.forward),
-# and the per-layer info collected while probing (None unless probing).
-_CALLS: ContextVar[list[int] | None] = ContextVar("meshserve_attention_calls", default=None)
-_PROBE: ContextVar[list[AttentionLayerInfo] | None] = ContextVar(
-    "meshserve_attention_probe", default=None
-)
-
-
-def register_attention() -> None:
-    """Registers `meshserve_paged` with transformers (idempotent).
-
-    NOTE: the mask function is a no-op: HF builds no dense mask, our kernel is causal itself.
-    """
-    from transformers import AttentionInterface, AttentionMaskInterface
-
-    AttentionInterface.register(ATTENTION_NAME, paged_attention_forward)
-    AttentionMaskInterface.register(ATTENTION_NAME, _no_mask)
-
-
-def _no_mask(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-def paged_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    softcap: float | None = None,
-    sliding_window: int | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """transformers attention function over the paged KV cache.
-
-    Args:
-        query: [1, H, T, D]; key, value: [1, Hkv, T, D] (rotary already applied by HF).
-
-    Returns:
-        ([1, T, H, D], None).
-    """
-    layer_idx = _layer_index(module)
-    probe = _PROBE.get()
-    if probe is not None:
-        probe.append(AttentionLayerInfo(layer_idx, key.shape[1], key.shape[3], sliding_window))
-        return query.transpose(1, 2), None
-    _CALLS.get().append(layer_idx)
-    ctx = get_forward_context()
-    k_cache, v_cache = ctx.kv_caches[layer_idx]
-    q = query[0].transpose(0, 1)  # [T, H, D]
-    k = key[0].transpose(0, 1).to(k_cache.dtype)  # [T, Hkv, D]
-    v = value[0].transpose(0, 1).to(v_cache.dtype)  # [T, Hkv, D]
-    write_kv_cache(k, v, k_cache, v_cache, ctx.attn_metadata.slot_mapping)
-    out = _attention_function(module, q, k_cache, softcap)(
-        q,
-        k_cache,
-        v_cache,
-        ctx.attn_metadata,
-        scale=query.shape[-1] ** -0.5 if scaling is None else scaling,
-        sliding_window=sliding_window,
-        logits_soft_cap=softcap or None,
-    )  # [T, H, D]
-    return out.unsqueeze(0), None
-
-
-def _attention_function(
-    module: nn.Module, query: torch.Tensor, k_cache: torch.Tensor, softcap: float | None
-) -> Callable[..., torch.Tensor]:
-    """flash-attn's paged kernel where it can run this layer, else the torch reference;
-    chosen on the first call and kept on the module."""
-    backend = getattr(module, BACKEND_ATTR, None)
-    if backend is None:
-        backend = select_backend(query, k_cache, softcap)
-        setattr(module, BACKEND_ATTR, backend)
-    return flash.paged_attention if backend is AttentionBackend.FLASH_ATTN else paged_attention
-
-
-def _layer_index(module: nn.Module) -> int:
-    """The KV cache of this call: how many attention calls came before it in this forward.
-
-    NOTE: every forward runs the same layers in the same order, so call ranks are stable.
-    """
-    probe = _PROBE.get()
-    if probe is not None:
-        return len(probe)
-    calls = _CALLS.get()
-    if calls is None:
-        raise Unsupported(
-            f"{type(module).__name__} attention ran outside TransformersForCausalLM.forward"
-        )
-    return len(calls)
-
-
-@contextmanager
-def _collecting(var: ContextVar[Any], value: Any) -> Iterator[Any]:
-    token = var.set(value)
-    try:
-        yield value
-    finally:
-        var.reset(token)
 
 
 class _DecoderWithHead(nn.Module):
@@ -199,6 +87,9 @@ class TransformersForCausalLM(BaseCausalLM):
         self.uses_mrope = text_config.model_type in MROPE_MODEL_TYPES
         self.suppressed_ids = _suppressed_token_ids(text_config)
         self.state_spec = install_state_mixers(self.hf_model, dtype)
+        install_latent_attention(self.hf_model)
+        if needs_attention_shims(text_config):
+            install_attention_shims(self.hf_model, text_config)
         self.attention_layers = self._probe()
 
     @property
@@ -214,7 +105,7 @@ class TransformersForCausalLM(BaseCausalLM):
         positions = torch.zeros(
             (3, 1) if self.uses_mrope else (1,), dtype=torch.long, device=device
         )
-        with _collecting(_PROBE, []) as found, torch.inference_mode():
+        with probing() as found, torch.inference_mode():
             self._run_decoder(ids, positions, None)
         if not found and self.state_spec is None:
             raise Unsupported(
@@ -233,7 +124,7 @@ class TransformersForCausalLM(BaseCausalLM):
         positions: torch.Tensor,
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        with _collecting(_CALLS, []) as calls:
+        with counting_calls() as calls:
             hidden = self._run_decoder(input_ids, positions, inputs_embeds)
         if len(calls) != len(self.attention_layers):
             raise Unsupported(
@@ -267,10 +158,11 @@ class TransformersForCausalLM(BaseCausalLM):
         if not self.attention_layers:  # a pure state-space model (Mamba)
             return KVCacheSpec(0, 0, 0, self.dtype, ())
         first = self.attention_layers[0]
-        if any(
-            (i.num_kv_heads, i.head_dim) != (first.num_kv_heads, first.head_dim)
-            for i in self.attention_layers
-        ):
+
+        def geometry(i: AttentionLayerInfo) -> tuple[int, int, int | None, bool]:
+            return (i.num_kv_heads, i.head_dim, i.v_head_dim, i.values_in_keys)
+
+        if any(geometry(i) != geometry(first) for i in self.attention_layers):
             raise Unsupported("layers with different KV head shapes are not supported")
         return KVCacheSpec(
             num_layers=len(self.attention_layers),
@@ -278,6 +170,8 @@ class TransformersForCausalLM(BaseCausalLM):
             head_dim=first.head_dim,
             dtype=self.dtype,
             sliding_windows=tuple(info.sliding_window for info in self.attention_layers),
+            v_head_dim=first.v_head_dim,
+            values_in_keys=first.values_in_keys,
         )
 
     def state_cache_spec(self) -> StateCacheSpec | None:
@@ -305,7 +199,9 @@ class TransformersForCausalLM(BaseCausalLM):
         text_config = _text_config_for_build(hf_config)
         model_class, has_head = _hf_model_class(text_config, model_path, trust_remote_code)
         _check_backend_compatible(model_class, hf_config)
-        options = {"dtype": dtype, "attn_implementation": ATTENTION_NAME}
+        shimmed = needs_attention_shims(text_config)
+        attn = BUILD_ATTN_IMPLEMENTATION if shimmed else ATTENTION_NAME
+        options = {"dtype": dtype, "attn_implementation": attn}
         if not is_multimodal(hf_config):
             hf_model = model_class.from_pretrained(
                 str(model_path),
@@ -376,6 +272,8 @@ def _check_backend_compatible(model_class: type, hf_config: Any) -> None:
     if getattr(model_class, "_supports_attention_backend", False):
         return
     if _routes_attention_through_interface(model_class) or getattr(model_class, "_is_stateful", 0):
+        return
+    if needs_attention_shims(text_config_of(hf_config)):  # Bloom, MPT, Falcon: our shims
         return
     raise Unsupported(
         f"{_architecture(hf_config)} ({model_class.__name__}) computes attention in its own "

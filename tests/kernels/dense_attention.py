@@ -23,8 +23,11 @@ def naive_attention(
     window: int | None = None,
     soft_cap: float | None = None,
     bidirectional: Sequence[tuple[int, int]] = (),
+    alibi_slopes: torch.Tensor | None = None,  # [H]
 ) -> torch.Tensor:
     """Dense float64 attention of the LAST L positions of an S-token sequence.
+
+    Values may have their own head dim (MLA); ALiBi adds `slope[h] * (k - p)` to each score.
 
     `bidirectional` ranges become HF's `block_sequence_ids` (one block per range), composed as
     Gemma 3 does: `OR(causal, blockwise)`, and `AND(sliding_window, OR(causal, blockwise))`.
@@ -39,9 +42,11 @@ def naive_attention(
         scores = soft_cap * torch.tanh(scores / soft_cap)
     q_pos = torch.arange(seq_len - q_len, seq_len)[:, None]
     k_pos = torch.arange(seq_len)[None, :]
+    if alibi_slopes is not None:
+        scores = scores + alibi_slopes.double()[:, None, None] * (k_pos - q_pos)
     mask = _mask_function(seq_len, window, bidirectional)(0, 0, q_pos, k_pos)  # [L, S]
     scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.einsum("hls,shd->lhd", scores.softmax(-1), v)  # [L, H, D]
+    return torch.einsum("hls,shd->lhd", scores.softmax(-1), v)  # [L, H, Dv]
 
 
 def _mask_function(

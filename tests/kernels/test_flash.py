@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kernels import flash
+from kernels.alibi import alibi_slopes
 from kernels.attention import AttentionBackend, PagedAttention, write_kv_cache
 from kernels.forward_context import ForwardContext, forward_context
 from kernels.metadata import AttentionMetadata
@@ -74,6 +75,30 @@ def test_supported_only_with_a_capable_flash_attn(monkeypatch):
     monkeypatch.setattr(flash, "_load_varlen_func", lambda: old_flash)
     assert flash.is_supported(cuda, torch.float16, 64, 512)
     assert not flash.is_supported(cuda, torch.float16, 64, 512, logits_soft_cap=50.0)
+    assert not flash.is_supported(cuda, torch.float16, 64, 512, uses_alibi=True)
+
+
+def test_alibi_needs_flash_attn_2_4_and_value_dims_must_equal_key_dims(monkeypatch):
+    monkeypatch.setattr(flash, "_load_varlen_func", lambda: fake_varlen_func([]))
+    cuda = torch.device("cuda")
+    assert flash.is_supported(cuda, torch.bfloat16, 128, 256, uses_alibi=True)
+    assert flash.is_supported(cuda, torch.bfloat16, 128, 256, v_head_dim=128)
+    assert not flash.is_supported(cuda, torch.bfloat16, 192, 256, v_head_dim=128)  # MLA
+
+
+def test_wrapper_passes_alibi_slopes_as_float32(monkeypatch):
+    calls: list[dict] = []
+    monkeypatch.setattr(flash, "_load_varlen_func", lambda: fake_varlen_func(calls))
+    meta = AttentionMetadata.build([1], [3], [[1]], block_size=256)
+    cache = torch.zeros(2, 256, 2, 8, dtype=torch.bfloat16)
+    slopes = torch.tensor([0.5, 0.25, 0.125, 0.0625], dtype=torch.float64)
+    query = torch.zeros(1, 4, 8, dtype=torch.bfloat16)
+    flash.paged_attention(query, cache, cache, meta, scale=0.5, alibi_slopes=slopes)
+    flash.paged_attention(query, cache, cache, meta, scale=0.5)
+    with_alibi, without = calls
+    assert with_alibi["alibi_slopes"].dtype == torch.float32
+    assert with_alibi["alibi_slopes"].tolist() == slopes.tolist()
+    assert without["alibi_slopes"] is None  # not passed at all when off
 
 
 needs_flash = pytest.mark.skipif(
@@ -86,7 +111,8 @@ needs_flash = pytest.mark.skipif(
 @needs_flash
 @pytest.mark.parametrize("window", [None, 100])
 @pytest.mark.parametrize("soft_cap", [None, 30.0])
-def test_flash_matches_reference(window, soft_cap):
+@pytest.mark.parametrize("alibi", [False, True])
+def test_flash_matches_reference(window, soft_cap, alibi):
     torch.manual_seed(0)
     device, dtype, block_size = torch.device("cuda"), torch.bfloat16, flash.PAGED_BLOCK_MULTIPLE
     num_heads, num_kv_heads, head_dim = 8, 2, 64
@@ -107,6 +133,7 @@ def test_flash_matches_reference(window, soft_cap):
     meta = AttentionMetadata.build(query_lens, seq_lens, tables, block_size, device)
     query = torch.randn(sum(query_lens), num_heads, head_dim, dtype=dtype, device=device)
     kwargs = {"scale": head_dim**-0.5, "sliding_window": window, "logits_soft_cap": soft_cap}
+    kwargs["alibi_slopes"] = alibi_slopes(num_heads).to(device) if alibi else None
     got = flash.paged_attention(query, k_cache, v_cache, meta, **kwargs)
     want = paged_attention(query, k_cache, v_cache, meta, **kwargs)
     torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)

@@ -2,7 +2,8 @@
 their code routes attention through `ALL_ATTENTION_FUNCTIONS`; the flag alone decides nothing.
 
 StableLM is attention-only; Jamba and Zamba2 (hybrids with the same flag) are proven in
-test_state_models.py. Bloom computes ALiBi attention in its own code: refused with a sentence.
+test_state_models.py. XGLM computes attention in its own code and we have no shim for it
+(Bloom, MPT and Falcon have ours: test_attention_variant_rows.py): refused with a sentence.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import transformers
-from transformers import AutoModelForCausalLM, BloomConfig, BloomForCausalLM
+from transformers import AutoModelForCausalLM, BloomForCausalLM, XGLMConfig, XGLMForCausalLM
 
 from gateway.tools.tiny_models import tiny_model_path
 from lm_service import Engine, EngineConfig, SamplingParams
@@ -53,9 +54,10 @@ def test_stablelm_greedy_matches_hf() -> None:
     assert_greedy_matches(outputs, references, "stablelm")
 
 
-def test_bloom_is_refused_naming_why(tmp_path: Path) -> None:
-    BloomForCausalLM(
-        BloomConfig(vocab_size=64, hidden_size=32, n_layer=1, n_head=4)
+def test_own_attention_code_without_a_shim_is_refused_naming_why(tmp_path: Path) -> None:
+    assert not _routes_attention_through_interface(XGLMForCausalLM)
+    XGLMForCausalLM(
+        XGLMConfig(vocab_size=64, d_model=32, num_layers=1, attention_heads=4, ffn_dim=64)
     ).save_pretrained(tmp_path)
     with pytest.raises(Unsupported, match="computes attention in its own code"):
         load_model(str(tmp_path), model_impl="transformers")

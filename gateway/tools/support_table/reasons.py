@@ -7,26 +7,12 @@ support-table check fails naming it. A reason goes away when a test proves the r
 
 from __future__ import annotations
 
-MLA = (
-    "MLA: its value head dim differs from the query/key head dim and the paged cache assumes "
-    "one (issue 14, item 2, on another branch)"
-)
-ALIBI = (
-    "ALiBi in its own attention code, not transformers' attention interface: needs ALiBi in "
-    "the paged kernels and a native implementation (issue 14, item 3, on another branch)"
-)
 ENCODER_DECODER = "encoder-decoder / cross-attention: not in the paged engine yet (issue 13)"
 GENERIC_TOWER = "no parity test yet for the generic processor-driven tower (issue 10)"
 MM_EMBED = "multimodal pooling (media in embed prompts) is not built yet (issue 10)"
 
 REASONS: dict[str, str] = {
     # --- text, generate
-    "BloomForCausalLM": ALIBI,
-    "MPTForCausalLM": ALIBI,
-    "FalconForCausalLM": ALIBI + "; Falcon's rotary variant too",
-    "DeepseekV2ForCausalLM": MLA,
-    "DeepseekV3ForCausalLM": MLA,
-    "MiniCPM3ForCausalLM": MLA,
     "BartForConditionalGeneration": ENCODER_DECODER,
     # --- multimodal, generate (the generic tower's rows are issue 10's)
     "MllamaForConditionalGeneration": ENCODER_DECODER,

@@ -16,8 +16,9 @@ lock, so concurrent processes never see half a model.
 
 One module per concept: `tokenizer` (BPE / WordPiece training), `chat_template`, `weights`
 (seeded init, silenced specials, saving), one per family (`text`, `breadth` for state-space
-and hybrid LMs, `more_text` for further fallback rows, `vision`, `vision_llava_next`,
-`vision_tiles`, `audio`, `pooling`) and `build` (the registry, the cache and the command line).
+and hybrid LMs, `more_text` for further fallback rows, `attention_variants` for ALiBi, Falcon
+and MLA LMs, `vision`, `vision_llava_next`, `vision_tiles`, `audio`, `pooling`) and `build`
+(the registry, the cache and the command line).
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from gateway.tools.tiny_models.attention_variants import (  # noqa: E402
+    ALIBI_MODELS,
+    ATTENTION_VARIANT_ARCHITECTURES,
+    ATTENTION_VARIANT_MODELS,
+    MLA_DIMS,
+    MLA_MODELS,
+)
 from gateway.tools.tiny_models.audio import (  # noqa: E402
     AUDIO_CHUNK_SECONDS,
     AUDIO_HOP_LENGTH,
@@ -85,7 +93,10 @@ from gateway.tools.tiny_models.vision import (  # noqa: E402
 from gateway.tools.tiny_models.weights import rescale_init, silence_special_tokens  # noqa: E402
 
 __all__ = [
+    "ALIBI_MODELS",
     "ALL_MODELS",
+    "ATTENTION_VARIANT_ARCHITECTURES",
+    "ATTENTION_VARIANT_MODELS",
     "AUDIO_CHUNK_SECONDS",
     "AUDIO_HOP_LENGTH",
     "AUDIO_MEL_BINS",
@@ -104,6 +115,8 @@ __all__ = [
     "IM_START_ID",
     "LLAMA_FAMILY",
     "LLAVA_IMAGE_TOKENS",
+    "MLA_DIMS",
+    "MLA_MODELS",
     "MORE_TEXT_ARCHITECTURES",
     "MORE_TEXT_MODELS",
     "MULTIMODAL_MODELS",

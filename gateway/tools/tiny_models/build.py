@@ -12,6 +12,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from gateway.tools.tiny_models.attention_variants import (
+    ATTENTION_VARIANT_MODELS,
+    build_attention_variant,
+)
 from gateway.tools.tiny_models.audio import build_qwen2_audio, build_whisper
 from gateway.tools.tiny_models.breadth import BREADTH_MODELS, build_breadth
 from gateway.tools.tiny_models.generic_vlm import GENERIC_VLM_BUILDERS, GENERIC_VLM_MODELS
@@ -46,6 +50,7 @@ ALL_MODELS: tuple[str, ...] = (
     TEXT_MODELS
     + BREADTH_MODELS
     + MORE_TEXT_MODELS
+    + ATTENTION_VARIANT_MODELS
     + MULTIMODAL_MODELS
     + GENERIC_MULTIMODAL_MODELS
     + GENERIC_VLM_MODELS
@@ -57,6 +62,10 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     **{name: (lambda out, name=name: build_text(name, out)) for name in TEXT_MODELS},
     **{name: (lambda out, name=name: build_breadth(name, out)) for name in BREADTH_MODELS},
     **{name: (lambda out, name=name: build_more_text(name, out)) for name in MORE_TEXT_MODELS},
+    **{
+        name: (lambda out, name=name: build_attention_variant(name, out))
+        for name in ATTENTION_VARIANT_MODELS
+    },
     "llava": build_llava,
     "qwen2_vl": build_qwen2_vl,
     "qwen2_audio": build_qwen2_audio,

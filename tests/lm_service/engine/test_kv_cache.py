@@ -57,3 +57,30 @@ def test_a_budget_below_one_block_is_a_user_error():
 def test_flash_layout_refuses_a_block_size_it_cannot_read():
     with pytest.raises(ValueError, match="multiple of 256"):
         allocate_kv_caches(SPEC, AttentionBackend.FLASH_ATTN, 2, 16, torch.device("cpu"))
+
+
+def test_values_get_their_own_head_dim():
+    spec = KVCacheSpec(2, 2, 12, torch.float32, (None, None), v_head_dim=8)
+    caches = allocate_kv_caches(spec, TORCH, 5, 4, torch.device("cpu"))
+    for k_cache, v_cache in caches:
+        assert tuple(k_cache.shape) == (5, 4, 2, 12) and tuple(v_cache.shape) == (5, 4, 2, 8)
+        assert v_cache.is_contiguous()
+    total = sum(k.nbytes + v.nbytes for k, v in caches)
+    assert bytes_per_block(spec, TORCH, 4) * 5 == total
+
+
+def test_a_latent_cache_keeps_no_value_tensor():
+    """MLA: one tensor per layer; V is a view of its first lanes and costs nothing more."""
+    spec = KVCacheSpec(2, 1, 40, torch.float32, (None, None), v_head_dim=32, values_in_keys=True)
+    caches = allocate_kv_caches(spec, TORCH, 5, 4, torch.device("cpu"))
+    for k_cache, v_cache in caches:
+        assert tuple(k_cache.shape) == (5, 4, 1, 40) and tuple(v_cache.shape) == (5, 4, 1, 32)
+        assert v_cache.data_ptr() == k_cache.data_ptr()
+        k_cache[1, 2, 0, 3] = 7.0
+        assert v_cache[1, 2, 0, 3] == 7.0
+    assert bytes_per_block(spec, TORCH, 4) * 5 == sum(k.nbytes for k, _ in caches)
+
+
+def test_values_inside_keys_must_fit_there():
+    with pytest.raises(ValueError, match="v_head_dim <= head_dim"):
+        KVCacheSpec(1, 1, 8, torch.float32, (None,), v_head_dim=9, values_in_keys=True)
