@@ -29,6 +29,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,12 @@ def pil_video_processor(path: Path) -> Any:
 
         video_class = type(class_name, (BaseVideoProcessor,), {"preprocess": _needs_torchvision})
         return video_class.from_pretrained(str(path))
-    stand_in = type(video_class.__name__, (_PilVideoOps, video_class), {})
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    # NOTE: the ops sit right above BaseVideoProcessor in the MRO: the class's own overrides
+    # (Qwen2-VL's smart resize) still run, and their super() calls reach Pillow / torch.
+    ops = type("_PilVideoBackend", (_PilVideoOps, BaseVideoProcessor), {})
+    stand_in = type(video_class.__name__, (video_class, ops), {})
     return stand_in.from_pretrained(str(path))
 
 
@@ -140,10 +146,52 @@ def _video_processor_class(class_name: str) -> type:
 
     # NOTE: transformers' lazy module records where each exported class is defined.
     module = getattr(transformers, "_class_to_module", {}).get(class_name)
-    found = module and getattr(importlib.import_module(f"transformers.{module}"), class_name, None)
+    found = module and getattr(_import_video_module(f"transformers.{module}"), class_name, None)
     if not isinstance(found, type):
         raise Unsupported(f"transformers {transformers.__version__} has no {class_name}")
     return found
+
+
+_TORCHVISION_MODULES = (
+    "torchvision",
+    "torchvision.transforms",
+    "torchvision.transforms.v2",
+    "torchvision.transforms.v2.functional",
+)
+
+
+class _TorchvisionStandIn(types.ModuleType):
+    """What `import torchvision.transforms.v2.functional as tvF` binds in a video processor
+    module that names tvF only in its annotations (Qwen2-VL's): any real use says why."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise Unsupported(f"{self.__name__}.{name} needs torchvision, which is not installed")
+
+
+def _import_video_module(name: str) -> Any:
+    """The module; where its top-level `import torchvision...` fails, imported once more with
+    stand-ins in sys.modules for that one import (then removed: nobody else sees them).
+    NOTE: the pixel work is _PilVideoOps' anyway; a module using tvF at run time fails loudly."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        if "torchvision" not in str(error).lower():
+            raise
+    stand_ins = {part: _TorchvisionStandIn(part) for part in _TORCHVISION_MODULES}
+    for parent, child in zip(_TORCHVISION_MODULES, _TORCHVISION_MODULES[1:], strict=False):
+        setattr(stand_ins[parent], child.rsplit(".", 1)[1], stand_ins[child])
+    saved = {part: sys.modules.get(part) for part in _TORCHVISION_MODULES}
+    sys.modules.update(stand_ins)
+    try:
+        return importlib.import_module(name)
+    finally:
+        for part, module in saved.items():
+            if module is None:
+                sys.modules.pop(part, None)
+            else:
+                sys.modules[part] = module
 
 
 class _PilVideoOps:

@@ -52,6 +52,10 @@ def hf_model(path: Path) -> Any:
     arch = AutoConfig.from_pretrained(path).architectures[0]
     if arch == "Qwen2AudioForConditionalGeneration":
         return Qwen2AudioForConditionalGeneration.from_pretrained(path).eval()
+    if arch == "AudioFlamingo3ForConditionalGeneration":  # no image-text-to-text class
+        from transformers import AudioFlamingo3ForConditionalGeneration
+
+        return AudioFlamingo3ForConditionalGeneration.from_pretrained(path).eval()
     return AutoModelForImageTextToText.from_pretrained(path).eval()
 
 

@@ -33,13 +33,15 @@ from protos.tasks import POOLING_TASKS
 class MediaPrompt:
     """A pooling prompt with media: text with the model's placeholders, its items in order.
 
-    NOTE: the text around the placeholders is the model's prompt template (e5-v's "<image>
-    Summary above image in one word:"), not content: for the seed's `T / I` an input with an
-    image is an image input.
+    NOTE: the text around the placeholders of a raw prompt is the model's prompt template
+    (e5-v's "<image>\nSummary above image in one word:"), not content: for the seed's `T / I`
+    an input with an image is an image input. A conversation's text parts are content
+    (`has_text`).
     """
 
     prompt: str
     media: tuple[MediaInput, ...]
+    has_text: bool = False
 
 
 Prompt = str | Sequence[int] | MediaPrompt  # text, token ids (special tokens included), media
@@ -182,7 +184,7 @@ class PoolingOrchestrator:
         if self.media is None:
             raise Unsupported(f"input {index} carries media; this gateway has no encoders")
         try:
-            self.media.check_media(prompt.media, has_text=not prompt.media)
+            self.media.check_media(prompt.media, has_text=prompt.has_text or not prompt.media)
         except InvalidRequest as error:
             raise type(error)(f"input {index}: {error}") from error
 

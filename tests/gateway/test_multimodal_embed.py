@@ -1,6 +1,6 @@
 """The seed's multimodal embedding rows: LLaVA-NeXT `T / I` (e5-v: an image prompt or a text
 prompt) and Qwen2-VL `T + I` (GME / VLM2Vec / DSE). `LLM(task="embed")` and the gateway's gRPC
-`Embed` take media; every vector equals HF's last-token pooling on the same inputs: the HF
+`Embed` (and the HTTP /v1/embeddings in vLLM's chat form) take media; every vector equals HF's last-token pooling on the same inputs: the HF
 base model's last hidden state at the last token, L2-normalized (the pooler default of a
 decoder, see lm_service.pooling.defaults).
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ from protos.errors import InvalidRequest
 from protos.hf_processor import load_processor
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests import mm_reference as ref
-from tests.gateway.api.http_gateway import png, start_gateway
+from tests.gateway.api.http_gateway import data_url, png, start_gateway
 
 # NOTE: fp32 tiny models; our dense pooling run and HF's agree to ~1e-6 (a row scattered to
 # the wrong position, a missing M-RoPE position or a lost image moves a vector by >1e-2).
@@ -136,3 +137,25 @@ def test_grpc_embed_takes_media_and_equals_offline(embed_gateway: Any, llava_nex
     for got, want in zip(reply.embeddings, offline, strict=True):
         assert list(got.values) == pytest.approx(want.outputs.embedding, abs=ATOL)
     assert reply.usage.prompt_tokens == sum(len(o.prompt_token_ids) for o in offline)
+
+
+def test_http_embeddings_take_vllms_chat_form_with_an_image(embed_gateway: Any) -> None:
+    path, image = tiny_model_path("llava_next"), _picture()
+    url = {"url": data_url("image/png", png(image))}
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": url}]}]
+    reply = httpx.post(f"{embed_gateway.http_url}/v1/embeddings", json={"messages": messages})
+    assert reply.status_code == 200, reply.text
+    (item,) = reply.json()["data"]
+    hf_messages = [{"role": "user", "content": [{"type": "image"}]}]
+    processor = load_processor(path)
+    text = processor.apply_chat_template(hf_messages, add_generation_prompt=False)
+    # a rendered BOS is not doubled (apply_chat_template(tokenize=True)'s rule, and ours)
+    special = not text.startswith(processor.tokenizer.bos_token)
+    inputs = dict(
+        processor(text=text, images=[image], add_special_tokens=special, return_tensors="pt")
+    )
+    assert reply.json()["usage"]["prompt_tokens"] == inputs["input_ids"].shape[1]
+    _assert_close(item["embedding"], _last_token(path, inputs))
+    mixed = [{"role": "user", "content": [*messages[0]["content"], {"type": "text", "text": "x"}]}]
+    refused = httpx.post(f"{embed_gateway.http_url}/v1/embeddings", json={"messages": mixed})
+    assert refused.status_code == 400 and "accepts T / I" in refused.text

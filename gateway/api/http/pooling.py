@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
-from gateway.api.http.context import context_of
+from gateway.api.http.content import conversation
+from gateway.api.http.context import HttpContext, context_of
 from gateway.api.http.responses import Reply
 from gateway.api.http.schemas import ClassifyRequest, EmbeddingRequest, ScoreRequest
 from gateway.api.http.streaming import until_disconnected
-from gateway.pipeline.pooling import Prompt
+from gateway.pipeline.pooling import MediaPrompt, Prompt
 from gateway.pipeline.types import Usage
-from protos.errors import Unsupported
+from protos.errors import InvalidRequest, Unsupported
 
 router = APIRouter()
 
@@ -28,7 +29,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]
     ctx.check_model(body.model)
     if body.dimensions is not None:
         raise Unsupported("dimensions is not supported; leave it out for the model's full size")
-    work = ctx.pooling.embed(_prompts(body.input), None, None)
+    work = ctx.pooling.embed(await _embedding_prompts(body, ctx), None, None)
     result = await until_disconnected(request, work)
     as_base64 = body.encoding_format == "base64"
     data = [
@@ -69,6 +70,27 @@ async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
     ]
     reply = Reply(ctx.model_name, "classify")
     return reply.object("list", data=data, usage=_usage(pooled.usage))
+
+
+async def _embedding_prompts(body: EmbeddingRequest, ctx: HttpContext) -> list[Prompt]:
+    """`input`'s prompts, or the one conversation of `messages` with its media."""
+    if (body.input is None) == (body.messages is None):
+        raise InvalidRequest("an embedding request takes either input or messages")
+    if body.input is not None:
+        return _prompts(body.input)
+    messages, media = await conversation(body.messages, ctx.options.allowed_media_domains)
+    add_generation_prompt = bool(body.add_generation_prompt)  # vLLM's default: False
+    text = ctx.orchestrator.prompts.render_chat(messages, add_generation_prompt)
+    return [MediaPrompt(text, tuple(media), has_text=_has_text_part(messages))]
+
+
+def _has_text_part(messages: list[dict[str, Any]]) -> bool:
+    for message in messages:
+        content = message.get("content")
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if any(p.get("type") == "text" and str(p.get("text", "")).strip() for p in parts or ()):
+            return True
+    return False
 
 
 def _prompts(value: str | list[str] | list[int] | list[list[int]]) -> list[Prompt]:

@@ -110,8 +110,13 @@ class CompletionRequest(SamplingFields):
 
 
 class EmbeddingRequest(Body):
+    """OpenAI's `input`, or vLLM's chat form: `messages` (media parts allowed where the
+    model's rule takes them), rendered without a generation prompt unless asked."""
+
     model: str | None = None
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[int] | list[list[int]] | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool | None = None
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = None
 

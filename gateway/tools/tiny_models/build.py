@@ -17,6 +17,7 @@ from gateway.tools.tiny_models.attention_variants import (
     build_attention_variant,
 )
 from gateway.tools.tiny_models.audio import build_qwen2_audio, build_whisper
+from gateway.tools.tiny_models.audio_generic import build_audioflamingo3
 from gateway.tools.tiny_models.breadth import BREADTH_MODELS, build_breadth
 from gateway.tools.tiny_models.generic_vlm import GENERIC_VLM_BUILDERS, GENERIC_VLM_MODELS
 from gateway.tools.tiny_models.more_text import MORE_TEXT_MODELS, build_more_text
@@ -44,6 +45,7 @@ GENERIC_MULTIMODAL_MODELS: tuple[str, ...] = (
     "aria",
     "aya_vision",
     "got_ocr2",
+    "audioflamingo3",
 )
 OTHER_MODELS: tuple[str, ...] = ("whisper", "bert", "bert_cls", "qwen2_cls")
 ALL_MODELS: tuple[str, ...] = (
@@ -77,6 +79,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "aria": build_aria,
     "aya_vision": build_aya_vision,
     "got_ocr2": build_got_ocr2,
+    "audioflamingo3": build_audioflamingo3,
     "whisper": build_whisper,
     "bert": lambda out: build_bert("bert", out),
     "bert_cls": lambda out: build_bert("bert_cls", out),

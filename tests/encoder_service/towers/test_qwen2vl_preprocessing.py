@@ -17,6 +17,7 @@ from encoder_service.towers.qwen2_vl_processing import (
     preprocess_video,
     smart_resize,
 )
+from protos.hf_processor import load_processor
 from tests.encoder_service.samples import random_frames
 
 
@@ -111,21 +112,13 @@ def test_patch_layout_is_time_then_merge_window_then_row_major() -> None:
         torch.testing.assert_close(patches[position], block.permute(1, 0, 2, 3).reshape(-1))
 
 
-def _hf_video_processor(path: Path):
-    try:
-        import torchvision  # noqa: F401
-    except Exception as error:  # absent, or a CUDA build that fails to load on this torch
-        pytest.skip(f"HF's Qwen2-VL video processor needs torchvision: {error}")
-    from transformers import AutoVideoProcessor
-
-    return AutoVideoProcessor.from_pretrained(path)
-
-
 @pytest.mark.parametrize("num_frames", [2, 5])
-def test_equals_hf_video_processor_where_torchvision_exists(
+def test_equals_hf_video_processor(
     qwen2_vl_path: Path, video_config: Qwen2VLVideoConfig, num_frames: int
 ) -> None:
-    processor = _hf_video_processor(qwen2_vl_path)  # skips without torchvision
+    """HF's Qwen2VLVideoProcessor class (torchvision's, or without it the same class on
+    Pillow / torch ops: protos.hf_processor) gives our port's patches and grid."""
+    processor = load_processor(qwen2_vl_path).video_processor
     frames = random_frames(num_frames, 56, 84, seed=num_frames)  # already on the grid: no resize
     expected = processor(videos=[frames], do_sample_frames=False, return_tensors="pt")
     pixel_values, grid = preprocess_video(frames, video_config)

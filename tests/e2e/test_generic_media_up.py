@@ -1,15 +1,19 @@
-"""`meshserve up` with a generic-tower video row (LLaVA-NeXT-Video, `T + V`): real processes
-(LM, video encoder, gateway), a real gRPC client sending an MP4; greedy tokens equal HF
-`generate` on the frames our encoder decoded from that file.
+"""`meshserve up` with generic-tower media over real processes (LM, encoder, gateway) and a
+real gRPC client: a video row (LLaVA-NeXT-Video, `T + V`) sending an MP4, and an audio model
+(Audio Flamingo 3) sending a WAV; greedy tokens equal HF `generate` on the media our encoder
+decoded from those files.
 
 NOTE: no generic audio row of the seed runs here: the seed's audio rows are Qwen2-Audio (a
 native tower, e2e in test_gateway.py), Phi-4-multimodal (HF's processor needs torchvision),
-and Ultravox / MiniCPM-O (not in transformers).
+and Ultravox / MiniCPM-O (not in transformers). Audio Flamingo 3 is beyond the seed, so its
+test is marked slow (`make test-all`): the default suite keeps one stack start here.
 """
 
 from __future__ import annotations
 
-from encoder_service.media import MediaLimits, decode_video
+import pytest
+
+from encoder_service.media import MediaLimits, decode_audio, decode_video
 from gateway.tools.tiny_models import tiny_model_path
 from protos.channels import channel
 from protos.hf_processor import load_processor
@@ -17,6 +21,7 @@ from protos.meshserve.v1 import common_pb2, encoder_pb2, gateway_pb2, gateway_pb
 from protos.ports import free_port
 from tests import mm_reference as ref
 from tests.e2e.test_gateway import MAX_TOKENS, _collect, _mp4, _sampling
+from tests.gateway.api.http_gateway import wav
 from tests.gateway.tools.test_up import start_up  # noqa: F401 - the fixture
 from tests.parity import check_logprobs_close
 
@@ -47,5 +52,26 @@ def test_up_serves_llava_next_video_through_the_generic_path(start_up) -> None: 
     inputs = dict(processor(text=[prompt], videos=[frames], return_tensors="pt"))
     expected, expected_tops = ref.generate(ref.hf_model(path), inputs, MAX_TOKENS)
     matched = check_logprobs_close(tokens, tops, expected, expected_tops, "llava_next_video-up")
+    assert matched >= MAX_TOKENS // 2
+    assert last.usage.prompt_tokens == inputs["input_ids"].shape[1]
+
+
+@pytest.mark.slow
+def test_up_serves_audio_flamingo_3_through_the_generic_path(start_up) -> None:  # noqa: F811
+    path = tiny_model_path("audioflamingo3")
+    up = start_up("--model", str(path), "--port", str(free_port()), "--num-blocks", "128")
+    gateway = up.wait_ready()
+    assert set(up.services()) == {"lm", "encoder-audio", "gateway"}
+    clip = wav(ref.tone(1.3))
+    prompt = "<sound>What is it?"
+    media = gateway_pb2.MediaPart(modality=common_pb2.MODALITY_AUDIO, data=clip)
+    request = gateway_pb2.GenerateRequest(prompt=prompt, media=[media], sampling=_sampling())
+    with channel(gateway) as ch:
+        tokens, tops, last = _collect(gateway_pb2_grpc.GatewayStub(ch).Generate(request))
+    processor = load_processor(path)
+    waveform = decode_audio(clip, 0, MediaLimits(), sampling_rate=ref.SAMPLING_RATE)
+    inputs = dict(processor(text=[prompt], audio=[waveform], return_tensors="pt"))
+    expected, expected_tops = ref.generate(ref.hf_model(path), inputs, MAX_TOKENS)
+    matched = check_logprobs_close(tokens, tops, expected, expected_tops, "audioflamingo3-up")
     assert matched >= MAX_TOKENS // 2
     assert last.usage.prompt_tokens == inputs["input_ids"].shape[1]
