@@ -19,6 +19,7 @@ with exactly the latent we cache) by one that hands the latent on as key and val
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ from torch import nn
 from protos.errors import Unsupported
 
 LATENT_ATTR = "meshserve_latent_attention"
+logger = logging.getLogger(__name__)
 _MLA_FIELDS = ("kv_b_proj", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
 
@@ -38,7 +40,19 @@ class LatentAttention:
     num_heads: int
     kv_lora_rank: int
     qk_nope_head_dim: int
+    qk_rope_head_dim: int
     v_head_dim: int
+
+    @property
+    def cached_lanes(self) -> int:
+        """Cache elements per token: the latent (which doubles as the values), the rotary key."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    @property
+    def naive_lanes(self) -> int:
+        """What caching the expanded heads would take: K and V of every head."""
+        qk_head_dim = self.qk_nope_head_dim + self.qk_rope_head_dim
+        return self.num_heads * (qk_head_dim + self.v_head_dim)
 
     def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         w = self.kv_b_proj.weight.view(
@@ -77,7 +91,7 @@ def install_latent_attention(hf_model: nn.Module) -> int:
     Raises:
         Unsupported: `kv_b_proj` has a bias (absorbing it is not implemented; no HF MLA has).
     """
-    found = 0
+    found: list[LatentAttention] = []
     for module in hf_model.modules():
         if not is_mla_module(module):
             continue
@@ -89,12 +103,23 @@ def install_latent_attention(hf_model: nn.Module) -> int:
             // (module.qk_nope_head_dim + module.v_head_dim),
             kv_lora_rank=module.kv_lora_rank,
             qk_nope_head_dim=module.qk_nope_head_dim,
+            qk_rope_head_dim=module.qk_rope_head_dim,
             v_head_dim=module.v_head_dim,
         )
         setattr(module, LATENT_ATTR, latent)
         module.expand_kv = _latent_as_key_and_value  # instance attribute: shadows the method
-        found += 1
-    return found
+        found.append(latent)
+    if found:
+        first = found[0]
+        logger.info(
+            "%d MLA layers cache their compressed latent: %d elements per token and layer "
+            "instead of %d for expanded K and V (%.1fx less KV memory)",
+            len(found),
+            first.cached_lanes,
+            first.naive_lanes,
+            first.naive_lanes / first.cached_lanes,
+        )
+    return len(found)
 
 
 def _latent_as_key_and_value(

@@ -16,6 +16,7 @@ from gateway.tools.tiny_models import (
     tiny_model_path,
 )
 from lm_service import Engine, EngineConfig, SamplingParams
+from lm_service.models.registry import load_model
 from tests.parity import assert_greedy_matches, hf_greedy
 
 PROMPTS = [[1, 17, 42, 99, 7], [1, *range(250, 267)], [1, 300], [1, *range(20, 50)]]
@@ -33,16 +34,17 @@ def test_greedy_matches_hf_alone_and_batched_with_preemption(name: str) -> None:
     path = tiny_model_path(name)
     hf = AutoModelForCausalLM.from_pretrained(path).eval()
     references = [hf_greedy(hf, prompt, MAX_TOKENS) for prompt in PROMPTS]
-    alone = Engine(EngineConfig(model=str(path), block_size=4, num_blocks=64))
-    assert alone.loaded.impl_name == "transformers"
-    outputs = [alone.generate([prompt], GREEDY)[0] for prompt in PROMPTS]
-    assert_greedy_matches(outputs, references, f"{name} alone")
-    batched = Engine(
+    # 12 blocks of 4 hold any one request (at most 38 tokens), not all four at once
+    engine = Engine(
         EngineConfig(model=str(path), block_size=4, num_blocks=12, max_num_batched_tokens=8)
     )
-    outputs = batched.generate(PROMPTS, GREEDY)
-    assert batched.scheduler.num_preemptions > 0
-    assert_greedy_matches(outputs, references, f"{name} batched")
+    assert engine.loaded.impl_name == "transformers"
+    alone = [engine.generate([prompt], GREEDY)[0] for prompt in PROMPTS]
+    assert engine.scheduler.num_preemptions == 0
+    assert_greedy_matches(alone, references, f"{name} alone")
+    batched = engine.generate(PROMPTS, GREEDY)
+    assert engine.scheduler.num_preemptions > 0
+    assert_greedy_matches(batched, references, f"{name} batched")
 
 
 @pytest.mark.parametrize("name", MLA_MODELS)
@@ -57,3 +59,14 @@ def test_mla_caches_only_the_latent(name: str) -> None:
     for k_cache, v_cache in engine.runner.kv_caches:
         assert v_cache.data_ptr() == k_cache.data_ptr()  # no V tensor of its own
         assert k_cache.shape == (8, 4, 1, latent)
+
+
+@pytest.mark.parametrize(
+    ("name", "num_kv_heads"),
+    [("falcon", 1), ("falcon_40b", 2), ("falcon_rw", 4), ("bloom", 4), ("mpt", 4)],
+)
+def test_shims_cache_the_kv_heads_unbroadcast(name: str, num_kv_heads: int) -> None:
+    """Falcon's multi-query and grouped layouts keep 1 and 2 KV heads in the cache (HF's own
+    split would broadcast the grouped ones to all 4 query heads)."""
+    spec = load_model(str(tiny_model_path(name))).model.kv_cache_spec()
+    assert (spec.num_kv_heads, spec.head_dim, spec.v_head_dim) == (num_kv_heads, 16, None)
