@@ -7,6 +7,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -57,6 +58,19 @@ def _peak_running(lm_address: str, stop: threading.Event, peak: list[int]) -> No
             peak[0] = max(peak[0], load.num_running)
 
 
+def _check_refusals(stub: gateway_pb2_grpc.GatewayStub) -> None:
+    """Bad audio is the encoder service's sentence, text generation the gateway's."""
+    bad = gateway_pb2.TranscribeRequest(request_id="bad", audio=b"junk", language="en")
+    with pytest.raises(grpc.RpcError) as refused:
+        list(stub.Transcribe(bad, timeout=30))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "audio 0:" in refused.value.details()
+    with pytest.raises(grpc.RpcError) as refused:
+        list(stub.Generate(gateway_pb2.GenerateRequest(prompt="hi"), timeout=30))
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "'transcription' task" in refused.value.details()
+
+
 @pytest.mark.seed_row("Whisper", "transcription")
 def test_up_batches_concurrent_transcriptions_in_the_engine(start_up) -> None:  # noqa: F811
     path = str(tiny_model_path("whisper"))
@@ -86,6 +100,7 @@ def test_up_batches_concurrent_transcriptions_in_the_engine(start_up) -> None:  
             with ThreadPoolExecutor(NUM_STREAMS) as pool:
                 replies = list(pool.map(transcribe, range(NUM_STREAMS)))
             print(f"{NUM_STREAMS} transcriptions in {time.monotonic() - began:.2f} s")
+            _check_refusals(stub)
     finally:
         stop.set()
         watcher.join()
