@@ -26,7 +26,7 @@ from kernels.cross_attention import CrossAttention
 from kernels.forward_context import get_forward_context
 from lm_service.models.base import BaseCausalLM, CrossAttentionSpec, KVCacheSpec
 from lm_service.models.loader import iterate_weights
-from protos.errors import InvalidRequest
+from lm_service.models.named_weights import load_named_weights
 
 ENCODER_PREFIX = "model.encoder."
 DECODER_PREFIX = "model.decoder."
@@ -206,32 +206,9 @@ class WhisperForConditionalGeneration(BaseCausalLM):
 
     # --- weights --------------------------------------------------------------------------
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Fills every decoder parameter from HF-named weights; raises InvalidRequest for an
-        unknown weight, a shape mismatch or a parameter the checkpoint lacks."""
-        for module in self.modules():
-            for key, param in list(module._parameters.items()):
-                if param is not None and param.is_meta:
-                    real = torch.empty(param.shape, dtype=param.dtype, device=self.device)
-                    module._parameters[key] = nn.Parameter(real, requires_grad=False)
-        params = dict(self.named_parameters())
-        loaded: set[str] = set()
-        for name, tensor in weights:
-            target = self._target(name)
-            if target is None:
-                continue
-            param = params.get(target)
-            if param is None:
-                raise InvalidRequest(f"unexpected weight {name!r} for a Whisper decoder")
-            if param.shape != tensor.shape:
-                raise InvalidRequest(
-                    f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}"
-                )
-            param.data.copy_(tensor)
-            loaded.add(target)
-        missing = sorted(set(params) - loaded)
-        if missing:
-            raise InvalidRequest(f"checkpoint lacks weights for: {', '.join(missing[:8])}")
-        return loaded
+        """Fills every decoder parameter from HF-named weights (strictly: see
+        `named_weights.load_named_weights`)."""
+        return load_named_weights(self, weights, self._target, self.device, "Whisper decoder")
 
     def _target(self, name: str) -> str | None:
         """Our parameter for a checkpoint name; None for what the decoder does not read."""

@@ -19,6 +19,7 @@ from gateway.tools.tiny_models.attention_variants import (
 from gateway.tools.tiny_models.audio import build_qwen2_audio, build_whisper
 from gateway.tools.tiny_models.audio_generic import build_audioflamingo3
 from gateway.tools.tiny_models.breadth import BREADTH_MODELS, build_breadth
+from gateway.tools.tiny_models.encoder_decoder import ENCODER_DECODER_MODELS, build_bart
 from gateway.tools.tiny_models.generic_vlm import GENERIC_VLM_BUILDERS, GENERIC_VLM_MODELS
 from gateway.tools.tiny_models.more_text import MORE_TEXT_MODELS, build_more_text
 from gateway.tools.tiny_models.pooling import build_bert, build_qwen2_cls
@@ -57,6 +58,7 @@ ALL_MODELS: tuple[str, ...] = (
     + GENERIC_MULTIMODAL_MODELS
     + GENERIC_VLM_MODELS
     + OTHER_MODELS
+    + ENCODER_DECODER_MODELS
 )
 
 
@@ -81,6 +83,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "got_ocr2": build_got_ocr2,
     "audioflamingo3": build_audioflamingo3,
     "whisper": build_whisper,
+    "bart": build_bart,
     "bert": lambda out: build_bert("bert", out),
     "bert_cls": lambda out: build_bert("bert_cls", out),
     "qwen2_cls": build_qwen2_cls,

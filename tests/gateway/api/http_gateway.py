@@ -1,5 +1,5 @@
 """A whole gateway in this process for the HTTP tests: local backends (engine loop, encoders,
-pooling model or transcriber), gRPC and the OpenAI HTTP front served by `gateway.app.serve` in
+pooling model), gRPC and the OpenAI HTTP front served by `gateway.app.serve` in
 a background event loop, exactly as `meshserve gateway --http-port` composes them. The tests
 talk to it with the official `openai` client, httpx and a gRPC stub."""
 
