@@ -214,10 +214,12 @@ async def run_mesh_streams(mesh: Mesh, texts: list[str], args: argparse.Namespac
 
 
 def _mesh_cpu(mesh: Mesh) -> dict[str, float]:
-    out = {name: cpu_seconds(pid) for name, pid in mesh.pids.items()}
-    lm_pid = mesh.pids.get("lm")
-    if lm_pid is not None:
-        out["lm event-loop thread"] = thread_cpu_seconds(lm_pid).get(lm_pid, 0.0)
+    """CPU seconds of each service, and of its main thread (where grpc.aio's event loop
+    runs); for the LM the rest is the engine thread, torch's workers and gRPC's own."""
+    out: dict[str, float] = {}
+    for name, pid in mesh.pids.items():
+        out[name] = cpu_seconds(pid)
+        out[f"{name} event-loop thread"] = thread_cpu_seconds(pid).get(pid, 0.0)
     return out
 
 

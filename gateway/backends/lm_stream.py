@@ -35,17 +35,27 @@ class RequestOutputs:
         """The next output; TimeoutError after `timeout` seconds of silence; the LM's status
         for this request (or the call's failure) as grpc.aio.AioRpcError."""
         if not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
+            # NOTE: a bare timer, not asyncio.wait_for: this runs once per token per request
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
             try:
-                await asyncio.wait_for(self._waiter, timeout)
+                await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
         item = self._items.popleft()
         if isinstance(item, BaseException):
             raise item
         if item.error_code:
             raise rpc_error(_CODES[item.error_code], item.error_message)
         return item
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class _Call:
