@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from bench.memory_bound import copy_bandwidth, kv_bytes_per_token, weight_bytes
+
 
 def build_model(out: Path, layers: int, vocab: int, dtype: str) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -173,6 +175,25 @@ def main() -> None:
             f"batch-1 decode  meshserve {ours_ms:.2f} ms/token   HF {hf_ms:.2f} ms/token   "
             f"ratio (ours/HF) {ours_ms / hf_ms:.2f}"
         )
+        print_memory_bound(engine, ours_ms)
+
+
+def print_memory_bound(engine: object, decode_ms: float) -> None:
+    """Batch-1 decode against the bound of reading every weight once per token."""
+    weights = weight_bytes(engine.runner.model)
+    bandwidth = copy_bandwidth(engine.device)
+    bound_ms = weights / bandwidth * 1e3
+    kv_per_token = kv_bytes_per_token(engine.runner.kv_caches)
+    kv_total = sum(k.nbytes + v.nbytes for k, v in engine.runner.kv_caches)
+    print(
+        f"memory bound    weights {weights / 2**20:.0f} MiB / copy bandwidth "
+        f"{bandwidth / 1e9:.1f} GB/s = {bound_ms:.2f} ms/token; batch-1 decode is "
+        f"{decode_ms / bound_ms:.2f}x the bound"
+    )
+    print(
+        f"KV cache        {kv_per_token} bytes per token; {engine.num_blocks} blocks, "
+        f"{kv_total / 2**20:.0f} MiB of --kv-cache-memory {engine.config.kv_cache_memory / 2**20:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -79,11 +79,13 @@ def build_orchestrator(
     *,
     trust_remote_code: bool = False,
     media_store_bytes: int = 1 << 30,
+    stream_interval: int = 1,
 ) -> Orchestrator:
     prompts = PromptBuilder.from_pretrained(
         served.model, trust_remote_code=trust_remote_code, revision=served.revision
     )
-    return Orchestrator(served, prompts, encoders, lm, MediaStore(media_store_bytes))
+    media_store = MediaStore(media_store_bytes)
+    return Orchestrator(served, prompts, encoders, lm, media_store, stream_interval)
 
 
 def local_backends(

@@ -7,9 +7,11 @@ loop thread; other threads talk to it through a command queue and read per-reque
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -59,23 +61,81 @@ class RequestStream:
                 return
 
 
+class LoopSink:
+    """Hands the outputs of one engine step to the streams read on one event loop in ONE
+    wake-up of that loop, however many requests the step served.
+
+    NOTE: the engine thread only appends to a list and, when the loop is not already due to
+    drain it, schedules one callback: it never waits on the loop, and the loop wakes once
+    per step rather than once per token per request.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: list[tuple[AsyncRequestStream, Any]] = []
+        self._lock = threading.Lock()
+
+    def deliver(self, items: list[tuple[AsyncRequestStream, Any]]) -> None:
+        """From the engine thread; raises RuntimeError once the loop has closed."""
+        with self._lock:
+            is_first = not self._pending
+            self._pending.extend(items)
+        if is_first:
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._pending = self._pending, []
+        for stream, item in items:
+            stream.on_output(item)
+
+
+_SINKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopSink] = weakref.WeakKeyDictionary()
+
+
+def sink_for(loop: asyncio.AbstractEventLoop) -> LoopSink:
+    """The one LoopSink of `loop` (made on first use; call it on the loop's thread)."""
+    sink = _SINKS.get(loop)
+    if sink is None:
+        sink = _SINKS[loop] = LoopSink(loop)
+    return sink
+
+
 class AsyncRequestStream(RequestStream):
-    """A RequestStream read from an asyncio event loop instead of a blocking queue."""
+    """A RequestStream read from an asyncio event loop; step outputs arrive through the
+    loop's LoopSink, a few at a time, without an asyncio.Queue."""
 
     def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(request_id)
         self._loop = loop
-        self._outputs: asyncio.Queue[Any] = asyncio.Queue()
+        self.sink = sink_for(loop)
+        self._items: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
 
     def put(self, item: StepOutput | BaseException) -> None:
         # raises RuntimeError once the reader's loop has closed: the engine loop then aborts
-        self._loop.call_soon_threadsafe(self._outputs.put_nowait, item)
+        self._loop.call_soon_threadsafe(self.on_output, item)
 
-    async def next_outputs(self) -> list[StepOutput]:
-        """The next output and any others already waiting (several steps may have run)."""
-        items = [await self._outputs.get()]
-        while not self._outputs.empty():
-            items.append(self._outputs.get_nowait())
+    def on_output(self, item: StepOutput | BaseException) -> None:
+        """On the loop's thread: one more output (or the engine's error)."""
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next_outputs(self, deadline: float | None = None) -> list[StepOutput]:
+        """The next output and any others already waiting (several steps may have run);
+        TimeoutError once the loop's clock passes `deadline`."""
+        while not self._items:
+            self._waiter = self._loop.create_future()
+            try:
+                if deadline is None:
+                    await self._waiter
+                else:
+                    await asyncio.wait_for(self._waiter, deadline - self._loop.time())
+            finally:
+                self._waiter = None
+        items = list(self._items)
+        self._items.clear()
         for item in items:
             if isinstance(item, BaseException):
                 raise item
@@ -112,9 +172,24 @@ class EngineLoop:
         encoder_states: torch.Tensor | None = None,
     ) -> RequestStream:
         """Queues a request; raises the engine's validation error synchronously."""
+        args = (request_id, prompt_token_ids, sampling_params, mm_spans, mrope_positions)
+        return self.submit_nowait(*args, stream=stream, encoder_states=encoder_states).result()
+
+    def submit_nowait(
+        self,
+        request_id: str,
+        prompt_token_ids: Sequence[int],
+        sampling_params: SamplingParams,
+        mm_spans: Sequence[MultiModalSpan] = (),
+        mrope_positions: torch.Tensor | None = None,
+        stream: RequestStream | None = None,
+        encoder_states: torch.Tensor | None = None,
+    ) -> Future[RequestStream]:
+        """Queues a request without waiting: the future holds its stream, or the engine's
+        validation error. Commands run in order, so an abort queued after it finds it in."""
         stream = stream or RequestStream(request_id)
 
-        def add() -> None:
+        def add() -> RequestStream:
             self.engine.add_request(
                 request_id,
                 prompt_token_ids,
@@ -124,9 +199,9 @@ class EngineLoop:
                 encoder_states=encoder_states,
             )
             self._streams[request_id] = stream
+            return stream
 
-        self._call(add)
-        return stream
+        return self._call_nowait(add)
 
     def abort(self, request_id: str) -> None:
         """Aborts the request (no-op when finished); its stream ends with an "abort" output."""
@@ -143,6 +218,9 @@ class EngineLoop:
         return self._call(lambda: fn(self.engine))
 
     def _call(self, fn: Callable[[], Any]) -> Any:
+        return self._call_nowait(fn).result()
+
+    def _call_nowait(self, fn: Callable[[], Any]) -> Future[Any]:
         future: Future[Any] = Future()
 
         def run() -> None:
@@ -152,7 +230,7 @@ class EngineLoop:
                 future.set_exception(exc)
 
         self._commands.put(run)
-        return future.result()
+        return future
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -185,15 +263,31 @@ class EngineLoop:
                 _deliver(stream, exc)
             self._streams.clear()
             return
+        batches: dict[LoopSink, list[tuple[AsyncRequestStream, StepOutput]]] = {}
         for out in outputs:
             stream = self._streams.get(out.request_id)
             if stream is None:
                 continue
             if out.finished:
                 del self._streams[out.request_id]
-            if not _deliver(stream, out):  # its reader is gone: nobody wants the rest
-                self._streams.pop(out.request_id, None)
-                self.engine.abort(out.request_id)
+            sink = getattr(stream, "sink", None)
+            if sink is not None:
+                batches.setdefault(sink, []).append((stream, out))
+            elif not _deliver(stream, out):  # its reader is gone: nobody wants the rest
+                self._drop(out.request_id)
+        for sink, items in batches.items():
+            try:
+                sink.deliver(items)
+            except Exception:  # noqa: BLE001 - the readers' event loop has closed
+                logger.warning(
+                    "dropping the outputs of %d requests: their reader is gone", len(items)
+                )
+                for stream, _ in items:
+                    self._drop(stream.request_id)
+
+    def _drop(self, request_id: str) -> None:
+        self._streams.pop(request_id, None)
+        self.engine.abort(request_id)
 
 
 async def stream_outputs(
@@ -231,8 +325,7 @@ async def stream_outputs(
     try:
         await asyncio.shield(submit)
         while not finished:
-            left = None if deadline is None else deadline - event_loop.time()
-            outputs = await asyncio.wait_for(stream.next_outputs(), left)
+            outputs = await stream.next_outputs(deadline)
             finished = outputs[-1].finished
             yield outputs
     finally:

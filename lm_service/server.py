@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from lm_service.engine_loop import EngineLoop, stream_outputs
 from lm_service.metrics import lm_metrics
+from lm_service.stream_connection import StreamConnection
 from protos.errors import Unavailable, Unsupported
 from protos.lm_codec import (
     encoder_states_from_pb,
@@ -24,8 +25,10 @@ from protos.lm_codec import (
     sampling_from_pb,
     spans_from_pb,
     step_to_pb,
+    stream_items_to_pb,
 )
 from protos.meshserve.v1 import lm_pb2, lm_pb2_grpc
+from protos.metrics import RequestTracker, StreamMetrics
 
 if TYPE_CHECKING:
     from lm_service.engine.scheduler import SchedulerStats
@@ -115,6 +118,23 @@ class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
                     tracker.on_tokens(num_tokens, batch[-1].finish_reason)
                     yield step_to_pb(batch)
 
+    async def GenerateStream(
+        self, requests: AsyncIterator[lm_pb2.LMStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[lm_pb2.LMStreamResponse]:
+        # One message per engine step for all of this stream's requests; the stream closing
+        # (the gateway gone, cancelled) aborts every request still running on it.
+        connection = StreamConnection(self.loop, asyncio.get_running_loop())
+        trackers = StreamTrackers(self.metrics)
+        reader = asyncio.create_task(_read_stream_requests(requests, connection, trackers))
+        try:
+            while (items := await connection.next_items()) is not None:
+                trackers.on_items(items)
+                yield stream_items_to_pb(items)
+        finally:
+            reader.cancel()
+            connection.abort_all()
+            trackers.close()
+
     async def Pool(
         self, request: lm_pb2.PoolRequest, context: grpc.aio.ServicerContext
     ) -> lm_pb2.PoolResponse:
@@ -149,6 +169,70 @@ class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
         if self._pooling is not None:
             return lm_pb2.LoadInfo()  # no KV cache, no scheduler queue
         return await asyncio.to_thread(self.loop.call, _load_info)
+
+
+async def _read_stream_requests(
+    requests: AsyncIterator[lm_pb2.LMStreamRequest],
+    connection: StreamConnection,
+    trackers: StreamTrackers,
+) -> None:
+    """Adds and aborts as they come; a bad request fails alone, the stream goes on."""
+    adds: set[asyncio.Task[None]] = set()  # NOTE: kept referenced until done
+    try:
+        async for message in requests:
+            if message.WhichOneof("action") == "abort_request_id":
+                connection.abort(message.abort_request_id)
+                continue
+            request = message.generate
+            trackers.open(request.request_id)
+            try:
+                args = (
+                    list(request.prompt_token_ids),
+                    sampling_from_pb(request.sampling),
+                    spans_from_pb(request.mm_spans),
+                    mrope_from_pb(request),
+                    encoder_states_from_pb(request),
+                )
+            except Exception as exc:  # noqa: BLE001 - this request's status only
+                connection.refuse(request.request_id, exc)
+                continue
+            task = asyncio.create_task(connection.add(request.request_id, *args))
+            adds.add(task)
+            task.add_done_callback(adds.discard)
+    finally:
+        connection.close_input()
+
+
+class StreamTrackers:
+    """The metrics of each request of one GenerateStream, as Generate keeps them."""
+
+    def __init__(self, metrics: StreamMetrics) -> None:
+        self._metrics = metrics
+        self._open: dict[str, tuple[contextlib.AbstractContextManager, RequestTracker]] = {}
+
+    def open(self, request_id: str) -> None:
+        """The request arrived: its time to first token starts now."""
+        scope = self._metrics.stream()
+        self._open[request_id] = (scope, scope.__enter__())
+
+    def on_items(self, items: list[tuple[str, object]]) -> None:
+        for request_id, item in items:
+            entry = self._open.get(request_id)
+            if entry is None:  # e.g. the "abort" output of a request already ended
+                continue
+            if isinstance(item, BaseException):
+                entry[1].discard()
+            else:
+                entry[1].on_tokens(len(item.new_token_ids), item.finish_reason)
+                if not item.finished:
+                    continue
+            self._open.pop(request_id)[0].__exit__(None, None, None)
+
+    def close(self) -> None:
+        """The stream ended: requests still open count as aborted."""
+        for scope, _ in self._open.values():
+            scope.__exit__(None, None, None)
+        self._open.clear()
 
 
 def _pooling_info(model_name: str, model: PoolingModel) -> lm_pb2.LMInfo:

@@ -8,6 +8,7 @@ from protos.errors import InvalidRequest
 from protos.lm_messages import MultiModalSpan, PoolingInput, StepOutput
 from protos.meshserve.v1 import common_pb2, lm_pb2
 from protos.sampling_params import SamplingParams
+from protos.status import code_and_details
 from protos.tensor_codec import tensor_from_proto, tensor_to_proto
 
 FINISH_CODES = {
@@ -130,6 +131,22 @@ def step_to_pb(outputs: list[StepOutput]) -> lm_pb2.LMGenerateResponse:
         num_prompt_tokens=last.num_prompt_tokens,
         num_cached_tokens=last.num_cached_tokens,
     )
+
+
+def stream_items_to_pb(items: list[tuple[str, Any]]) -> lm_pb2.LMStreamResponse:
+    """One GenerateStream message: each request's step output, or the status that ended it
+    (an exception, mapped to its status code as every servicer maps it)."""
+    outputs = []
+    for request_id, item in items:
+        if isinstance(item, BaseException):
+            code, details = code_and_details(item)
+            output = lm_pb2.LMStreamOutput(
+                request_id=request_id, error_code=code.value[0], error_message=details
+            )
+        else:
+            output = lm_pb2.LMStreamOutput(request_id=request_id, step=step_to_pb([item]))
+        outputs.append(output)
+    return lm_pb2.LMStreamResponse(outputs=outputs)
 
 
 def lm_request_to_pb(request: Any) -> lm_pb2.LMGenerateRequest:

@@ -59,7 +59,7 @@ async def abort_with_status(
     on_status: OnStatus | None = None,
 ) -> NoReturn:
     """Ends the call with the status `exc` stands for (raises grpc.aio.AbortError)."""
-    code, details = _code_and_details(exc)
+    code, details = code_and_details(exc)
     if code is grpc.StatusCode.INTERNAL and _set_by_handler(context) is not None:
         code, details = _set_by_handler(context)  # type: ignore[misc]
     if code is grpc.StatusCode.INTERNAL:
@@ -71,7 +71,8 @@ async def abort_with_status(
     await context.abort(code, details)
 
 
-def _code_and_details(exc: Exception) -> tuple[grpc.StatusCode, str]:
+def code_and_details(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and sentence `exc` ends a call with."""
     if isinstance(exc, grpc.RpcError):  # a backend's status travels to our client unchanged
         code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNAVAILABLE
         details = exc.details() if hasattr(exc, "details") else str(exc)

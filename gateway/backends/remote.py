@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from gateway.backends.base import EncoderBackend, LMBackend, LMInfo, LMRequest
+from gateway.backends.lm_stream import LMStreamMux, RequestOutputs, rpc_error
 from gateway.backends.replicas import Replica, ReplicaSet, is_unavailable
 from protos.encoder_codec import encode_request_to_pb, encode_results_from_pb
 from protos.errors import Unavailable
@@ -96,6 +97,7 @@ class RemoteLMBackend(LMBackend):
     ) -> None:
         self.replicas = ReplicaSet("language model", targets, lm_pb2_grpc.LanguageModelStub)
         self.stall_timeout = stall_timeout
+        self._muxes: dict[str, LMStreamMux] = {}  # replica target -> its shared stream
 
     def start(self) -> None:
         self.replicas.start()
@@ -138,31 +140,44 @@ class RemoteLMBackend(LMBackend):
     async def generate(
         self, request: LMRequest, timeout: float | None = None
     ) -> AsyncIterator[StepOutput]:
+        """Streams one request over its replica's shared GenerateStream (one LM message per
+        engine step for all of them); the client's deadline is enforced here."""
         message = lm_request_to_pb(request)
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         tried: list[Replica] = []
         while True:
             replica = self.replicas.pick(exclude=tried)
-            call = replica.stub.Generate(message, timeout=timeout)
+            mux = self._muxes.setdefault(replica.target, LMStreamMux(replica.stub))
+            outputs = mux.start(message)
             got_any = False
             try:
-                while (reply := await self._read(call, replica)) is not grpc.aio.EOF:
+                while True:
+                    output = await self._next(outputs, replica, deadline)
                     got_any = True
-                    yield step_from_pb(request.request_id, reply)
-                return
+                    step = step_from_pb(request.request_id, output.step)
+                    outputs.is_done = step.finished
+                    yield step
+                    if step.finished:
+                        return
             except grpc.aio.AioRpcError as exc:
                 # Retrying is safe only before the first token reached the client.
+                outputs.is_done = True  # refused by the LM, or its stream failed
                 tried.append(replica)
                 if got_any or not _retry(self.replicas, replica, exc, tried):
                     _raise_failure(self.replicas, replica, exc, got_any)
             finally:
-                call.cancel()  # no-op when done; frees the LM's blocks when we stop early
+                mux.end(request.request_id, outputs)  # aborts it on the LM if still running
 
-    async def _read(self, call: Any, replica: Replica) -> Any:
-        """The stream's next reply (or grpc.aio.EOF), within the stall timeout."""
+    async def _next(self, outputs: RequestOutputs, replica: Replica, deadline: float | None) -> Any:
+        """The request's next output, within the stall timeout and the client's deadline."""
+        wait = self.stall_timeout
+        if deadline is not None:
+            wait = min(wait, deadline - asyncio.get_running_loop().time())
         try:
-            async with asyncio.timeout(self.stall_timeout):
-                return await call.read()
+            return await outputs.next(max(wait, 0.0))
         except TimeoutError:
+            if wait < self.stall_timeout:
+                raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
             raise Unavailable(
                 f"the {self.replicas.service} service at {replica.target} sent nothing for "
                 f"{self.stall_timeout:g}s (stalled; gateway --stall-timeout); the request was "
@@ -181,6 +196,8 @@ class RemoteLMBackend(LMBackend):
         return await call_unary(self.replicas, send, timeout, self.stall_timeout)
 
     async def close(self) -> None:
+        for mux in self._muxes.values():
+            await mux.close()
         await self.replicas.close()
 
 

@@ -42,6 +42,7 @@ class IncrementalDetokenizer:
         self._decode_kwargs = _decode_kwargs(
             tokenizer, skip_special_tokens, spaces_between_special_tokens
         )
+        self._backend = _backend_of(tokenizer)
         self._ids: list[int] = self._prompt_context(prompt_token_ids or [])
         self.prefix_offset = 0
         self.read_offset = len(self._ids)
@@ -75,6 +76,8 @@ class IncrementalDetokenizer:
     def _decode(self, token_ids: list[int]) -> str:
         if not token_ids:
             return ""
+        if self._backend is not None:  # the same text, without the Python wrapper per call
+            return self._backend.decode(token_ids, self._decode_kwargs["skip_special_tokens"])
         return self._tokenizer.decode(token_ids, **self._decode_kwargs)
 
     def _prompt_context(self, prompt_token_ids: list[int]) -> list[int]:
@@ -91,6 +94,27 @@ def _decode_kwargs(
     if _is_transformers_tokenizer(tokenizer):
         kwargs["spaces_between_special_tokens"] = spaces_between_special_tokens
     return kwargs
+
+
+def _backend_of(tokenizer: Any) -> Any:
+    """The Rust `tokenizers.Tokenizer` whose `decode` gives exactly what the transformers
+    tokenizer's `decode` gives (a fast tokenizer that neither overrides decoding nor cleans
+    up spaces afterwards), or None: then every decode goes through the wrapper."""
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return None
+    cls = type(tokenizer)
+    if not isinstance(tokenizer, TokenizersBackend):
+        return None
+    if cls._decode is not TokenizersBackend._decode:
+        return None
+    if cls.decode is not PreTrainedTokenizerBase.decode:
+        return None
+    if getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return None
+    return tokenizer._tokenizer
 
 
 def _is_transformers_tokenizer(tokenizer: Any) -> bool:

@@ -54,12 +54,17 @@ class Orchestrator:
         encoders: EncoderBackend,
         lm: LMBackend,
         media_store: MediaStore,
+        stream_interval: int = 1,
     ) -> None:
+        if stream_interval < 1:
+            raise InvalidRequest(f"stream_interval must be >= 1, got {stream_interval}")
         self.served = served
         self.prompts = prompts
         self.encoders = encoders
         self.lm = lm
         self.media_store = media_store
+        # tokens per streamed chunk (SGLang's --stream-interval); the last chunk may hold fewer
+        self.stream_interval = stream_interval
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Streams the answer to one request; raises the core errors for bad input."""
@@ -200,6 +205,7 @@ class Orchestrator:
         stop = StopChecker(params.stop, request.include_stop_str_in_output)
         num_out = 0
         ttft_ms = 0.0
+        held = _Held()  # what --stream-interval holds back for the next chunk
         lm_stream = self.lm.generate(lm_request, clock.left("generating"))
         async with contextlib.aclosing(lm_stream) as stream:
             async for out in stream:
@@ -211,10 +217,11 @@ class Orchestrator:
                     text += _apply_stop(stop, detok.finish())[0] + stop.flush()
                     hit = stop.is_stopped
                 reason = "stop" if hit else out.finish_reason
+                text, token_ids, logprobs = held.add(text, out.new_token_ids, out.new_logprobs)
                 if reason is None:
-                    yield GenerationChunk(
-                        request.request_id, text, out.new_token_ids, out.new_logprobs
-                    )
+                    if len(token_ids) >= self.stream_interval:
+                        held.clear()
+                        yield GenerationChunk(request.request_id, text, token_ids, logprobs)
                     continue
                 # finished: the LM request ends (a stop string aborts it) before the client
                 # even reads the last chunk
@@ -223,8 +230,8 @@ class Orchestrator:
                 yield GenerationChunk(
                     request.request_id,
                     text,
-                    out.new_token_ids,
-                    out.new_logprobs,
+                    token_ids,
+                    logprobs,
                     finish_reason=reason,
                     usage=usage,
                     timings=_final(timings, ttft_ms, clock),
@@ -232,6 +239,28 @@ class Orchestrator:
                     prompt_token_ids=tuple(lm_request.prompt_token_ids),
                 )
                 return
+
+
+class _Held:
+    """Text, token ids and logprobs of outputs not streamed yet (--stream-interval > 1)."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._text = ""
+        self._token_ids: tuple[int, ...] = ()
+        self._logprobs: tuple[Any, ...] = ()
+
+    def add(
+        self, text: str, token_ids: tuple[int, ...], logprobs: tuple[Any, ...]
+    ) -> tuple[str, tuple[int, ...], tuple[Any, ...]]:
+        """Holds one more output; returns everything held (the next chunk's content)."""
+        if self._token_ids:
+            text, token_ids = self._text + text, self._token_ids + tuple(token_ids)
+            logprobs = self._logprobs + tuple(logprobs)
+        self._text, self._token_ids, self._logprobs = text, tuple(token_ids), tuple(logprobs)
+        return self._text, self._token_ids, self._logprobs
 
 
 def _final(timings: StageTimings, ttft_ms: float, clock: _Clock) -> StageTimings:

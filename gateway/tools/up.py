@@ -273,6 +273,7 @@ def run_embedded(args: argparse.Namespace, served: Any) -> int:
         lm_backend,
         trust_remote_code=args.trust_remote_code,
         media_store_bytes=args.media_store_bytes,
+        stream_interval=args.stream_interval,
     )
     port = args.port
     if port == 0:

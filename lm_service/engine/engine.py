@@ -14,6 +14,7 @@ import torch
 from kernels.attention import AttentionBackend, backend_for
 from kernels.cpu_allocator import tune_cpu_allocator
 from lm_service.config import EngineConfig
+from lm_service.engine.counters import EngineCounters
 from lm_service.engine.cross_kv_cache import allocate_cross_kv_caches, num_encoder_blocks_for
 from lm_service.engine.kv_cache import allocate_kv_caches, num_blocks_for
 from lm_service.engine.outputs import RequestOutput
@@ -100,7 +101,8 @@ class Engine:
                 num_state_slots=num_slots,
             )
         )
-        self.sampler = Sampler()
+        self.counters = EngineCounters()
+        self.sampler = Sampler(self.counters)
         self.eos_token_ids = _eos_token_ids(self.loaded.hf_config, str(self.loaded.model_path))
         self._requests: dict[str, Request] = {}
         self._ids = itertools.count()
@@ -177,12 +179,14 @@ class Engine:
         if not out.scheduled:
             return []
         logits, index = self.runner.execute(out.scheduled)
+        self.counters.num_steps += 1
         sampled: dict[str, tuple[int, object]] = {}
         if index:
             requests = [out.scheduled[i].request for i in index]
             meta = SamplingMetadata.from_requests(requests, self.vocab_size, logits.device)
             result = self.sampler(logits, meta)
-            token_ids = result.token_ids.tolist()
+            token_ids = self.counters.to_host(result.token_ids)
+            self.counters.num_sampled_tokens += len(token_ids)
             for row, request in enumerate(requests):
                 entry = result.logprobs[row] if result.logprobs is not None else None
                 sampled[request.request_id] = (token_ids[row], entry)

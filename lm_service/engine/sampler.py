@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import torch
 
+from lm_service.engine.counters import EngineCounters
 from lm_service.engine.request import LogprobEntry, Request
 
 
@@ -235,10 +236,16 @@ def apply_min_p(probs: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
 class Sampler:
     """Picks one token per row of logits.
 
+    Args:
+        counters: where its copies to the host are counted (a private one when None).
+
     Args (of __call__):
         logits: [B, V] float32, V = metadata.vocab_size; not modified.
         metadata: the rows' parameters, from SamplingMetadata.from_requests.
     """
+
+    def __init__(self, counters: EngineCounters | None = None) -> None:
+        self.counters = counters if counters is not None else EngineCounters()
 
     def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
         assert logits.shape[1] == metadata.vocab_size, (logits.shape, metadata.vocab_size)
@@ -250,9 +257,8 @@ class Sampler:
             token_ids = self._sample(self._constrain(logits, metadata), metadata)
         if raw_logprobs is None:
             return SamplerOutput(token_ids, None)
-        return SamplerOutput(
-            token_ids, logprob_entries(raw_logprobs, token_ids, metadata.num_logprobs)
-        )
+        entries = logprob_entries(raw_logprobs, token_ids, metadata.num_logprobs, self.counters)
+        return SamplerOutput(token_ids, entries)
 
     @staticmethod
     def _constrain(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
@@ -289,23 +295,25 @@ def exponential_race(probs: torch.Tensor, generators: dict[int, torch.Generator]
 
 
 def logprob_entries(
-    logprobs: torch.Tensor, token_ids: torch.Tensor, num_logprobs: Sequence[int | None]
+    logprobs: torch.Tensor,
+    token_ids: torch.Tensor,
+    num_logprobs: Sequence[int | None],
+    counters: EngineCounters | None = None,
 ) -> list[LogprobEntry | None]:
     """Per row: the sampled token's logprob and rank, and the top-n. logprobs: [B, V]."""
+    to_host = (counters or EngineCounters()).to_host
     max_n = min(max(n or 0 for n in num_logprobs), logprobs.shape[1])
     top_logprobs, top_ids = logprobs.topk(max_n, dim=-1)  # [B, max_n], most likely first
     chosen = logprobs.gather(1, token_ids.unsqueeze(1))  # [B, 1]
-    ranks = (logprobs > chosen).sum(dim=-1) + 1  # [B]
-    # NOTE: one host transfer for the whole batch
-    top_logprobs, top_ids = top_logprobs.tolist(), top_ids.tolist()
-    chosen, ranks, ids = chosen.squeeze(1).tolist(), ranks.tolist(), token_ids.tolist()
+    ranks = (logprobs > chosen).sum(dim=-1, keepdim=True) + 1  # [B, 1]
+    # NOTE: two host transfers for the whole batch, one per dtype
+    floats = to_host(torch.cat([chosen, top_logprobs], dim=1))  # [B, 1 + max_n]
+    ints = to_host(torch.cat([token_ids.unsqueeze(1), ranks, top_ids], dim=1))  # [B, 2 + max_n]
     entries: list[LogprobEntry | None] = []
     for row, n in enumerate(num_logprobs):
         if n is None:
             entries.append(None)
             continue
-        entry = LogprobEntry(
-            ids[row], chosen[row], ranks[row], tuple(top_ids[row][:n]), tuple(top_logprobs[row][:n])
-        )
-        entries.append(entry)
+        (logprob, *top), (token_id, rank, *ids) = floats[row], ints[row]
+        entries.append(LogprobEntry(token_id, logprob, rank, tuple(ids[:n]), tuple(top[:n])))
     return entries

@@ -98,6 +98,56 @@ def test_concurrent_streams_share_the_engine(stub: lm_pb2_grpc.LanguageModelStub
     assert results[3] == alone
 
 
+def test_one_generate_stream_carries_many_requests_one_message_per_step(
+    stub: lm_pb2_grpc.LanguageModelStub,
+) -> None:
+    """The gateway's path: requests multiplexed over one GenerateStream; a bad request fails
+    alone with its status; an abort ends its request; the rest equal their own streams."""
+    alone = [t for r in stub.Generate(_request([1, 12, 11], 8)) for t in r.token_ids]
+    good = [_request([1, 12, 11], 8, ignore_eos=True), _request([1, 14, 11], 8, ignore_eos=True)]
+    for i, request in enumerate(good):
+        request.request_id = f"mux-{i}"
+    bad = _request([1, 2], 4, top_p=2.0)
+    bad.request_id = "mux-bad"
+    long = _request([1, 15], 200, ignore_eos=True)
+    long.request_id = "mux-long"
+    adds = [lm_pb2.LMStreamRequest(generate=r) for r in (*good, bad, long)]
+    sent = threading.Event()
+
+    def messages() -> Iterator[lm_pb2.LMStreamRequest]:
+        yield from adds
+        sent.wait(30)  # abort the long one once its first tokens came back
+        yield lm_pb2.LMStreamRequest(abort_request_id="mux-long")
+
+    tokens: dict[str, list[int]] = {}
+    endings: dict[str, object] = {}
+    num_messages = 0
+    for reply in stub.GenerateStream(messages(), timeout=60):
+        num_messages += 1
+        for output in reply.outputs:
+            if output.error_code:
+                endings[output.request_id] = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                assert output.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                assert "top_p" in output.error_message
+                continue
+            tokens.setdefault(output.request_id, []).extend(output.step.token_ids)
+            if output.request_id == "mux-long":
+                sent.set()
+            if output.step.finish_reason:
+                endings[output.request_id] = output.step.finish_reason
+    assert endings == {
+        "mux-0": common_pb2.FINISH_REASON_LENGTH,
+        "mux-1": common_pb2.FINISH_REASON_LENGTH,
+        "mux-bad": grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        "mux-long": common_pb2.FINISH_REASON_ABORT,
+    }
+    assert tokens["mux-0"] == alone and len(tokens["mux-1"]) == 8
+    assert len(tokens["mux-long"]) < 200
+    # both good requests decode in the same steps: one message carried both, not one each
+    assert num_messages < 2 * 8
+    assert _idle_free_blocks(stub) == NUM_BLOCKS
+
+
 def test_cancel_frees_every_block(stub: lm_pb2_grpc.LanguageModelStub) -> None:
     idle = _idle_free_blocks(stub)
     call = stub.Generate(_request([1] + list(range(20, 60)), 200, ignore_eos=True))

@@ -49,6 +49,32 @@ class LMGenerateRequest(_message.Message):
     encoder_states: _common_pb2.Tensor
     def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., mm_spans: _Optional[_Iterable[_Union[MultiModalSpan, _Mapping]]] = ..., mrope_positions: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., encoder_states: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
+class LMStreamRequest(_message.Message):
+    __slots__ = ("generate", "abort_request_id")
+    GENERATE_FIELD_NUMBER: _ClassVar[int]
+    ABORT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    generate: LMGenerateRequest
+    abort_request_id: str
+    def __init__(self, generate: _Optional[_Union[LMGenerateRequest, _Mapping]] = ..., abort_request_id: _Optional[str] = ...) -> None: ...
+
+class LMStreamOutput(_message.Message):
+    __slots__ = ("request_id", "step", "error_code", "error_message")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    step: LMGenerateResponse
+    error_code: int
+    error_message: str
+    def __init__(self, request_id: _Optional[str] = ..., step: _Optional[_Union[LMGenerateResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class LMStreamResponse(_message.Message):
+    __slots__ = ("outputs",)
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[LMStreamOutput]
+    def __init__(self, outputs: _Optional[_Iterable[_Union[LMStreamOutput, _Mapping]]] = ...) -> None: ...
+
 class LMGenerateResponse(_message.Message):
     __slots__ = ("token_ids", "logprobs", "finish_reason", "num_prompt_tokens", "num_cached_tokens")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]

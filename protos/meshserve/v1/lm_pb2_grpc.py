@@ -39,6 +39,11 @@ class LanguageModelStub:
                 request_serializer=meshserve_dot_v1_dot_lm__pb2.LMGenerateRequest.SerializeToString,
                 response_deserializer=meshserve_dot_v1_dot_lm__pb2.LMGenerateResponse.FromString,
                 _registered_method=True)
+        self.GenerateStream = channel.stream_stream(
+                '/meshserve.v1.LanguageModel/GenerateStream',
+                request_serializer=meshserve_dot_v1_dot_lm__pb2.LMStreamRequest.SerializeToString,
+                response_deserializer=meshserve_dot_v1_dot_lm__pb2.LMStreamResponse.FromString,
+                _registered_method=True)
         self.Pool = channel.unary_unary(
                 '/meshserve.v1.LanguageModel/Pool',
                 request_serializer=meshserve_dot_v1_dot_lm__pb2.PoolRequest.SerializeToString,
@@ -62,6 +67,16 @@ class LanguageModelServicer:
     def Generate(self, request, context):
         """Streams the generated tokens of one request. Cancelling the stream, or letting its
         deadline expire, aborts the request and frees its KV blocks at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateStream(self, request_iterator, context):
+        """Many requests over one stream (the gateway's path): the client sends each request and
+        each cancellation; the server answers with ONE message per engine step that carries the
+        new tokens of every request of this stream the step served. Closing the stream aborts
+        every request still running on it. Deadlines are the client's to enforce (it cancels).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +109,11 @@ def add_LanguageModelServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=meshserve_dot_v1_dot_lm__pb2.LMGenerateRequest.FromString,
                     response_serializer=meshserve_dot_v1_dot_lm__pb2.LMGenerateResponse.SerializeToString,
+            ),
+            'GenerateStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.GenerateStream,
+                    request_deserializer=meshserve_dot_v1_dot_lm__pb2.LMStreamRequest.FromString,
+                    response_serializer=meshserve_dot_v1_dot_lm__pb2.LMStreamResponse.SerializeToString,
             ),
             'Pool': grpc.unary_unary_rpc_method_handler(
                     servicer.Pool,
@@ -138,6 +158,33 @@ class LanguageModel:
             '/meshserve.v1.LanguageModel/Generate',
             meshserve_dot_v1_dot_lm__pb2.LMGenerateRequest.SerializeToString,
             meshserve_dot_v1_dot_lm__pb2.LMGenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/meshserve.v1.LanguageModel/GenerateStream',
+            meshserve_dot_v1_dot_lm__pb2.LMStreamRequest.SerializeToString,
+            meshserve_dot_v1_dot_lm__pb2.LMStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,26 +20,50 @@ from tests.gateway.backends.test_replicas import Replica
 
 
 class FakeLM(lm_pb2_grpc.LanguageModelServicer):
-    """Sends one token, then does what `then` says: "hang", "abort", "invalid" or "finish"."""
+    """Over the gateway's shared GenerateStream, answers each request with one token, then
+    does what `then` says: "hang" (until the request is aborted), "invalid" or "finish"."""
 
     def __init__(self) -> None:
         self.then = "finish"
-        self.num_cancelled = 0
+        self.num_cancelled = 0  # requests aborted by the gateway, or cut with the stream
         self.stop_server: asyncio.Event | None = None
 
-    async def Generate(
-        self, request: lm_pb2.LMGenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[lm_pb2.LMGenerateResponse]:
-        yield lm_pb2.LMGenerateResponse(token_ids=[7], num_prompt_tokens=2)
-        try:
-            if self.then == "hang":
-                await asyncio.sleep(60)
-            if self.then == "invalid":
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_tokens is too large")
-        except (asyncio.CancelledError, GeneratorExit):  # cancelled, or closed by the server
-            self.num_cancelled += 1
-            raise
-        yield lm_pb2.LMGenerateResponse(token_ids=[8], finish_reason=2)
+    async def GenerateStream(
+        self, requests: AsyncIterator[lm_pb2.LMStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[lm_pb2.LMStreamResponse]:
+        async for message in requests:
+            if message.WhichOneof("action") != "generate":
+                continue
+            request_id = message.generate.request_id
+            yield _response(
+                request_id, lm_pb2.LMGenerateResponse(token_ids=[7], num_prompt_tokens=2)
+            )
+            try:
+                if self.then == "hang":
+                    async for later in requests:
+                        if later.abort_request_id == request_id:
+                            break
+                    self.num_cancelled += 1  # aborted, or the gateway closed the stream
+                    return
+                if self.then == "invalid":
+                    code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                    output = lm_pb2.LMStreamOutput(
+                        request_id=request_id,
+                        error_code=code,
+                        error_message="max_tokens is too large",
+                    )
+                    yield lm_pb2.LMStreamResponse(outputs=[output])
+                    continue
+            except asyncio.CancelledError:  # the stream was cut
+                self.num_cancelled += 1
+                raise
+            yield _response(request_id, lm_pb2.LMGenerateResponse(token_ids=[8], finish_reason=2))
+
+
+def _response(request_id: str, step: lm_pb2.LMGenerateResponse) -> lm_pb2.LMStreamResponse:
+    return lm_pb2.LMStreamResponse(
+        outputs=[lm_pb2.LMStreamOutput(request_id=request_id, step=step)]
+    )
 
 
 @pytest.fixture
@@ -74,8 +98,8 @@ def test_a_stream_silent_past_the_stall_timeout_fails_unavailable(lm: Replica) -
     *tokens, error = _generate(lm.address, stall_timeout=0.3)
     assert tokens == [7] and isinstance(error, Unavailable)
     assert f"the language model service at {lm.address} sent nothing for 0.3s" in str(error)
-    # The backend call was cancelled, not left hanging. NOTE: the server learns of the
-    # cancel over the wire, after the client returned: wait for it, briefly.
+    # The request was aborted on the LM, not left hanging. NOTE: the server learns of the
+    # abort over the wire, after the client returned: wait for it, briefly.
     deadline = time.monotonic() + 5.0
     while lm.fake.num_cancelled == 0 and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -67,7 +67,10 @@ class SlowEncoder(EncoderBackend):
 
 
 def _orchestrator(
-    lm: LMBackend, encoders: EncoderBackend | None = None, name: str = "llama"
+    lm: LMBackend,
+    encoders: EncoderBackend | None = None,
+    name: str = "llama",
+    stream_interval: int = 1,
 ) -> Orchestrator:
     path = str(tiny_model_path(name))
     prompts = PromptBuilder.from_pretrained(path)
@@ -75,7 +78,9 @@ def _orchestrator(
     served = ServedModel(
         path, arch, "generate", spec_for(arch), {"image": 1, "video": 0, "audio": 0}
     )
-    return Orchestrator(served, prompts, encoders or SlowEncoder(), lm, MediaStore())
+    return Orchestrator(
+        served, prompts, encoders or SlowEncoder(), lm, MediaStore(), stream_interval
+    )
 
 
 def _run(orchestrator: Orchestrator, request: GenerationRequest) -> list[Any]:
@@ -98,6 +103,24 @@ def test_text_usage_and_finish() -> None:
     assert last.finish_reason == "length" and last.usage.completion_tokens == len(script)
     assert last.usage.prompt_tokens > 0 and last.timings.total_ms > 0
     assert all(c.finish_reason is None for c in chunks[:-1])
+
+
+def test_every_token_streams_alone_by_default() -> None:
+    chunks = _run(_orchestrator(FakeLM(list(range(20, 27)))), _request())
+    assert [c.token_ids for c in chunks] == [(t,) for t in range(20, 27)]
+
+
+@pytest.mark.parametrize("interval", [2, 3, 10])
+def test_stream_interval_groups_tokens_and_loses_none(interval: int) -> None:
+    tokenizer = PromptBuilder.from_pretrained(str(tiny_model_path("llama"))).tokenizer
+    script = tokenizer.encode("hello world and more text here", add_special_tokens=False)
+    alone = _run(_orchestrator(FakeLM(script)), _request())
+    chunks = _run(_orchestrator(FakeLM(script), stream_interval=interval), _request())
+    assert [len(c.token_ids) for c in chunks[:-1]] == [interval] * (len(chunks) - 1)
+    assert 1 <= len(chunks[-1].token_ids) <= interval
+    assert [t for c in chunks for t in c.token_ids] == script
+    assert "".join(c.text for c in chunks) == "".join(c.text for c in alone)
+    assert chunks[-1].finish_reason == "length" and chunks[-1].usage == alone[-1].usage
 
 
 def test_stop_string_cuts_the_text_and_closes_the_lm_stream() -> None:
