@@ -84,7 +84,8 @@ def test_llava_next_image_and_text_prompts_equal_hf_last_token(llava_next: LLM) 
     assert other[0].outputs.embedding != pytest.approx(by_image.outputs.embedding, abs=1e-3)
 
 
-@pytest.mark.seed_row("Qwen2VLForConditionalGeneration", "embed")
+# NOTE: Qwen2-VL's images go through its native tower; the pooling model is dense HF
+@pytest.mark.seed_row("Qwen2VLForConditionalGeneration", "embed", impl="transformers")
 def test_qwen2_vl_text_with_an_image_equals_hf_last_token(qwen2_vl: LLM) -> None:
     path, image = tiny_model_path("qwen2_vl"), _picture()
     with_image, text_only = qwen2_vl.embed(
