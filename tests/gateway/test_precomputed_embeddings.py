@@ -50,7 +50,9 @@ FIXED = tuple(row for row in ROWS if row.fixed_rows is not None)
 
 def _images(row: Row) -> list[Image.Image]:
     colors = ((200, 30, 40), (20, 160, 40))
-    return [ref.image(c, max(size)).resize(size) for c, size in zip(colors, row.sizes, strict=False)]
+    return [
+        ref.image(c, max(size)).resize(size) for c, size in zip(colors, row.sizes, strict=False)
+    ]
 
 
 def _given(path: Any, images: list[Image.Image]) -> list[dict[str, Any]]:
