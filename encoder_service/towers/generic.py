@@ -234,14 +234,18 @@ class GenericTower(Tower):
 
         # NOTE: stand-ins of several sizes and shapes: anyres and tiling give them different
         # counts (a tiny one takes one tile, a wide one several), fixed-count models never do
-        first, *others = (
-            self._template_of(self.prepare(modality, Image.new("RGB", size, (127,) * 3), 0))
-            for size in _PROBE_SIZES
-        )
+        stand_ins = [Image.new("RGB", size, (127, 127, 127)) for size in _PROBE_SIZES]
+        first = self._template_of(self.prepare(modality, stand_ins[0], 0))
         if first is None:
             return None
-        fixed = all(o is not None and o.num_rows == first.num_rows for o in others)
-        return first if fixed else first._replace(num_rows=None)
+        counts = {first.num_rows}
+        for stand_in in stand_ins[1:]:
+            try:
+                other = self._template_of(self.prepare(modality, stand_in, 0))
+            except MediaError:  # a size this processor refuses: the count is not known fixed
+                other = None
+            counts.add(other.num_rows if other is not None else None)
+        return first if len(counts) == 1 else first._replace(num_rows=None)
 
     def _template_of(self, probe: TowerInput) -> _RunTemplate | None:
         replacement = str(probe.metadata["replacement"])

@@ -186,7 +186,7 @@ class PoolingOrchestrator:
         try:
             self.media.check_media(prompt.media, has_text=prompt.has_text or not prompt.media)
         except InvalidRequest as error:
-            raise type(error)(f"input {index}: {error}") from error
+            raise InvalidRequest(f"input {index}: {error}") from error
 
     async def _media_input(self, prompt: MediaPrompt, timeout: float | None) -> PoolingInput:
         built, spans = await self.media.media_prompt(prompt.prompt, prompt.media, timeout)

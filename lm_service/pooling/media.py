@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lm_service.models.prompt_attention import PromptAttention
 from protos.errors import InvalidRequest
 from protos.lm_messages import PoolingInput
 
@@ -43,19 +44,40 @@ def has_media(inputs: Sequence[PoolingInput]) -> bool:
 
 
 def media_kwargs(
-    backbone: nn.Module, inputs: Sequence[PoolingInput], input_ids: torch.Tensor
+    backbone: nn.Module,
+    inputs: Sequence[PoolingInput],
+    input_ids: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    attention: PromptAttention,
 ) -> dict[str, Any]:
     """`inputs_embeds` [B, T, H] with every span's rows in place, and `position_ids`
-    [3, B, T] when any input carries M-RoPE positions (the others count 0, 1, 2, ...)."""
+    [3, B, T] when any input carries M-RoPE positions (the others count 0, 1, 2, ...).
+
+    `token_type_ids` [B, T] (given when the backbone takes them): a model whose images attend
+    both ways (Gemma 3) reads its image blocks from them, 1 at the embed positions, as its
+    processor writes them."""
     embeds = backbone.get_input_embeddings()(input_ids)  # [B, T, H]
     for row, item in enumerate(inputs):
         for span in item.mm_spans:
             positions, rows = span.embed_rows(span.offset, span.end)
             embeds[row, positions] = span.embeddings[rows].to(embeds.device, embeds.dtype)
     kwargs: dict[str, Any] = {"inputs_embeds": embeds}
+    if token_type_ids is not None and attention is PromptAttention.MEDIA:
+        kwargs["token_type_ids"] = _media_token_types(inputs, token_type_ids)
     if any(item.mrope_positions is not None for item in inputs):
         kwargs["position_ids"] = _mrope_batch(inputs, input_ids.shape[1], input_ids.device)
     return kwargs
+
+
+def _media_token_types(
+    inputs: Sequence[PoolingInput], token_type_ids: torch.Tensor
+) -> torch.Tensor:
+    types = token_type_ids.clone()  # [B, T]
+    for row, item in enumerate(inputs):
+        for span in item.mm_spans:
+            positions, _ = span.embed_rows(span.offset, span.end)
+            types[row, positions] = 1
+    return types
 
 
 def _mrope_batch(inputs: Sequence[PoolingInput], length: int, device: torch.device) -> torch.Tensor:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lm_service.models.prompt_attention import prompt_attention_of
 from lm_service.models.transformers_backend import MROPE_MODEL_TYPES
 from lm_service.pooling.config import (
     PoolerConfig,
@@ -61,6 +62,7 @@ class PoolingModel:
         self.pad_token_id = int(getattr(text_config, "pad_token_id", None) or 0)
         self.takes_token_types = _takes_token_types(parts.backbone)
         self.uses_mrope = text_config.model_type in MROPE_MODEL_TYPES
+        self.prompt_attention = prompt_attention_of(parts.hf_config)
         self.device = next(parts.model.parameters()).device
         self._batcher: MicroBatcher[PoolingInput, torch.Tensor] | None = None
         _check_step_ids(self.pooler_config, self.vocab_size)
@@ -161,7 +163,11 @@ class PoolingModel:
         batch = pad_inputs(inputs, self.pad_token_id, self.device)
         kwargs = {"token_type_ids": batch.token_type_ids} if self.takes_token_types else {}
         if has_media(inputs):
-            kwargs.update(media_kwargs(self.parts.backbone, inputs, batch.input_ids))
+            types = kwargs.get("token_type_ids")
+            media = media_kwargs(
+                self.parts.backbone, inputs, batch.input_ids, types, self.prompt_attention
+            )
+            kwargs.update(media)
         else:
             kwargs["input_ids"] = batch.input_ids
         out = self.parts.backbone(attention_mask=batch.attention_mask, **kwargs)

@@ -6,7 +6,8 @@ decoded from those files.
 NOTE: no generic audio row of the seed runs here: the seed's audio rows are Qwen2-Audio (a
 native tower, e2e in test_gateway.py), Phi-4-multimodal (HF's processor needs torchvision),
 and Ultravox / MiniCPM-O (not in transformers). Audio Flamingo 3 is beyond the seed, so its
-test is marked slow (`make test-all`): the default suite keeps one stack start here.
+test is marked slow (`make test-all`), as is the `--task embed` mesh (its cores are tested in
+process in tests/gateway/test_multimodal_embed.py): the default suite keeps one stack start.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from protos.meshserve.v1 import common_pb2, encoder_pb2, gateway_pb2, gateway_pb
 from protos.ports import free_port
 from tests import mm_reference as ref
 from tests.e2e.test_gateway import MAX_TOKENS, _collect, _mp4, _sampling
-from tests.gateway.api.http_gateway import wav
+from tests.gateway.api.http_gateway import png, wav
 from tests.gateway.tools.test_up import start_up  # noqa: F401 - the fixture
 from tests.parity import check_logprobs_close
 
@@ -75,3 +76,30 @@ def test_up_serves_audio_flamingo_3_through_the_generic_path(start_up) -> None: 
     matched = check_logprobs_close(tokens, tops, expected, expected_tops, "audioflamingo3-up")
     assert matched >= MAX_TOKENS // 2
     assert last.usage.prompt_tokens == inputs["input_ids"].shape[1]
+
+
+@pytest.mark.slow
+def test_up_task_embed_pools_an_image_over_real_processes(start_up) -> None:  # noqa: F811
+    """The LLaVA-NeXT `T / I` embedding row as a mesh: the image goes through the image
+    encoder service, its rows through the LM service's Pool call; equal to offline."""
+    from gateway import LLM
+
+    path = tiny_model_path("llava_next")
+    up = start_up("--model", str(path), "--task", "embed", "--port", str(free_port()))
+    gateway = up.wait_ready()
+    assert set(up.services()) == {"lm", "encoder-image", "gateway"}
+    picture = ref.image((200, 30, 40), 56)
+    prompt = "<image>\nSummary above image in one word:"
+    media = gateway_pb2.MediaPart(modality=common_pb2.MODALITY_IMAGE, data=png(picture))
+    request = gateway_pb2.EmbedRequest(
+        inputs=[gateway_pb2.PoolingInput(text=prompt, media=[media])]
+    )
+    with channel(gateway) as ch:
+        (vector,) = gateway_pb2_grpc.GatewayStub(ch).Embed(request, timeout=60).embeddings
+    llm = LLM(model=str(path), task="embed")
+    try:
+        (offline,) = llm.embed({"prompt": prompt, "multi_modal_data": {"image": picture}})
+    finally:
+        llm.close()
+    # NOTE: the PNG decodes to the same pixels as the PIL image: fp32 rounding apart
+    assert list(vector.values) == pytest.approx(offline.outputs.embedding, abs=1e-5)

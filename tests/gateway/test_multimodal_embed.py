@@ -84,7 +84,8 @@ def test_llava_next_image_and_text_prompts_equal_hf_last_token(llava_next: LLM) 
     assert other[0].outputs.embedding != pytest.approx(by_image.outputs.embedding, abs=1e-3)
 
 
-@pytest.mark.seed_row("Qwen2VLForConditionalGeneration", "embed")
+# NOTE: Qwen2-VL's images go through its native tower; the pooling model is dense HF
+@pytest.mark.seed_row("Qwen2VLForConditionalGeneration", "embed", impl="transformers")
 def test_qwen2_vl_text_with_an_image_equals_hf_last_token(qwen2_vl: LLM) -> None:
     path, image = tiny_model_path("qwen2_vl"), _picture()
     with_image, text_only = qwen2_vl.embed(
@@ -159,3 +160,19 @@ def test_http_embeddings_take_vllms_chat_form_with_an_image(embed_gateway: Any) 
     mixed = [{"role": "user", "content": [*messages[0]["content"], {"type": "text", "text": "x"}]}]
     refused = httpx.post(f"{embed_gateway.http_url}/v1/embeddings", json={"messages": mixed})
     assert refused.status_code == 400 and "accepts T / I" in refused.text
+
+
+def test_gemma3_images_attend_both_ways_when_pooled() -> None:
+    """Beyond the seed's table (any generative model converts with --task embed): Gemma 3's
+    image tokens see each other in the pooled pass too, as in HF (causal images moved the
+    vector by ~5e-3 on this model)."""
+    path, image = tiny_model_path("gemma3"), _picture()
+    prompt = "<start_of_image>What is it?"
+    llm = LLM(model=str(path), task="embed")
+    try:
+        (out,) = llm.embed({"prompt": prompt, "multi_modal_data": {"image": image}})
+    finally:
+        llm.close()
+    inputs = dict(load_processor(path)(text=prompt, images=[image], return_tensors="pt"))
+    assert list(out.prompt_token_ids) == inputs["input_ids"][0].tolist()
+    _assert_close(out.outputs.embedding, _last_token(path, inputs))
