@@ -6,7 +6,7 @@ forward with a shim that uses the module's own weights and HF's own q/k/v split,
 q/k/v to `meshserve_paged` (`lm_service.models.hf_attention`) with the layer's ALiBi slopes:
 
 - Bloom: `q.k * inv_norm_factor + slope * k`, the paper's slopes;
-- MPT: `clip(qkv)`, `q.k * softmax_scale + slope * (k - S + 1)`, MPT's slopes (alibi_bias_max);
+- MPT: `clip(qkv)`, `q.k * softmax_scale + slope * (k - S + 1)`, MPT's slopes;
 - Falcon: rotary (`alibi=False`: falcon-7b/40b/180b; multi-query or grouped KV heads in the
   new decoder architecture, kept un-broadcast in the cache), or ALiBi (`alibi=True`:
   falcon-rw), where HF scales the bias with the scores: `(q.k + slope * k) / sqrt(head_dim)`.
@@ -31,7 +31,8 @@ from lm_service.models.hf_attention import ATTENTION_NAME, paged_attention_forwa
 
 # model_type -> whether HF's model code runs without a dense mask (then: meshserve_paged's)
 SHIMMED_MODEL_TYPES: dict[str, bool] = {"bloom": True, "mpt": False, "falcon": True}
-BUILD_ATTN_IMPLEMENTATION = "eager"  # Falcon picks its attention class by name at build time
+BUILD_ATTN_IMPLEMENTATION = "eager"
+MPT_HF_ALIBI_BIAS_MAX = 8.0  # Falcon picks its attention class by name at build time
 
 
 def needs_attention_shims(text_config: Any) -> bool:
@@ -86,8 +87,10 @@ def _bloom(module: nn.Module, config: Any) -> Callable[..., Any]:
 
 
 def _mpt(module: nn.Module, config: Any) -> Callable[..., Any]:
-    bias_max = float(getattr(config.attn_config, "alibi_bias_max", 8))
-    slopes = _slopes_on(mpt_alibi_slopes(module.n_heads, bias_max), module.Wqkv)
+    # NOTE: parity with HF, whose MptModel adds ALiBi whatever `attn_config.alibi` says, always
+    # with its default alibi_bias_max of 8 (it never passes the config's), and has no qk_ln.
+    # MosaicML's checkpoints all use alibi=True and alibi_bias_max=8.
+    slopes = _slopes_on(mpt_alibi_slopes(module.n_heads, MPT_HF_ALIBI_BIAS_MAX), module.Wqkv)
 
     def forward(
         self: nn.Module, hidden_states: torch.Tensor, **kwargs: Any

@@ -98,6 +98,12 @@ def paged_attention_forward(
     latent = latent_attention_of(module)
     probe = _PROBE.get()
     if probe is not None:
+        if latent and (key.shape[1], key.shape[3]) != (1, latent.cached_lanes):
+            raise Unsupported(
+                f"{type(module).__name__} did not hand its MLA latent to attention (key "
+                f"{tuple(key.shape)}): this transformers version's MLA code is not the one "
+                "lm_service.models.mla expects"
+            )
         v_dim = value.shape[3]
         own_v_dim = v_dim if latent or v_dim != key.shape[3] else None  # None: K's, as usual
         probe.append(
