@@ -11,10 +11,10 @@ q/k/v to `meshserve_paged` (`lm_service.models.hf_attention`) with the layer's A
   new decoder architecture, kept un-broadcast in the cache), or ALiBi (`alibi=True`:
   falcon-rw), where HF scales the bias with the scores: `(q.k + slope * k) / sqrt(head_dim)`.
 
-The models are built with HF's eager attention classes; Bloom and Falcon are then switched to
-`meshserve_paged` so that HF builds no dense [T, T] mask. MPT's model code casts the mask it
-builds (`.to(torch.bool)`), so it keeps eager's mask, which the shim ignores: a [T, T] bool
-tensor per step.
+The models are built with HF's eager attention classes (Falcon picks its class by name), then
+switched to an attention implementation whose mask function builds no dense [T, T] mask (the
+shims never read one): `meshserve_paged` for Bloom and Falcon, whose code takes a None mask,
+and for MPT, whose code casts the mask (`.to(torch.bool)`), one that returns a 1-element mask.
 """
 
 from __future__ import annotations
@@ -29,10 +29,15 @@ from torch import nn
 from kernels.alibi import alibi_slopes, mpt_alibi_slopes
 from lm_service.models.hf_attention import ATTENTION_NAME, paged_attention_forward
 
-# model_type -> whether HF's model code runs without a dense mask (then: meshserve_paged's)
-SHIMMED_MODEL_TYPES: dict[str, bool] = {"bloom": True, "mpt": False, "falcon": True}
-BUILD_ATTN_IMPLEMENTATION = "eager"
-MPT_HF_ALIBI_BIAS_MAX = 8.0  # Falcon picks its attention class by name at build time
+PLACEHOLDER_MASK_NAME = "meshserve_paged_placeholder_mask"
+# model_type -> the attention implementation its HF model runs with once shimmed
+SHIMMED_MODEL_TYPES: dict[str, str] = {
+    "bloom": ATTENTION_NAME,
+    "mpt": PLACEHOLDER_MASK_NAME,
+    "falcon": ATTENTION_NAME,
+}
+BUILD_ATTN_IMPLEMENTATION = "eager"  # Falcon picks its attention class by name at build time
+MPT_HF_ALIBI_BIAS_MAX = 8.0
 
 
 def needs_attention_shims(text_config: Any) -> bool:
@@ -47,9 +52,23 @@ def install_attention_shims(hf_model: nn.Module, text_config: Any) -> int:
         if type(module).__name__ in _ATTENTION_CLASSES:
             module.forward = types.MethodType(make(module, text_config), module)
             found += 1
-    if SHIMMED_MODEL_TYPES[text_config.model_type]:
-        hf_model.config._attn_implementation = ATTENTION_NAME
+    _register_placeholder_mask()
+    hf_model.config._attn_implementation = SHIMMED_MODEL_TYPES[text_config.model_type]
     return found
+
+
+def _register_placeholder_mask() -> None:
+    from transformers import AttentionInterface, AttentionMaskInterface
+
+    AttentionInterface.register(PLACEHOLDER_MASK_NAME, paged_attention_forward)
+    AttentionMaskInterface.register(PLACEHOLDER_MASK_NAME, _placeholder_mask)
+
+
+def _placeholder_mask(
+    *args: Any, device: torch.device | None = None, **kwargs: Any
+) -> torch.Tensor:
+    """A 1-element "mask" for model code that casts the mask it builds; no shim reads it."""
+    return torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device)
 
 
 def _attend(
