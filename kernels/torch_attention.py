@@ -143,8 +143,9 @@ def _check_heads(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 def _gather_blocks(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
     """`[num_blocks, bs, Hkv, D]` x `[..., n]` block ids -> `[..., n * bs, Hkv, D]`."""
     block_size, num_kv_heads, head_dim = cache.shape[1:]
-    # NOTE: index_select also reads a strided view (MLA's V: the first lanes of K) into a
-    # contiguous copy, so the .view below is safe. int64 ids: index_select with int32 ids is several times slower on CPU
+    # NOTE: index_select also copies a strided view (MLA's V: the first lanes of K) into a
+    # contiguous tensor, so the .view below is safe. int64 ids: index_select with int32 ids
+    # is several times slower on CPU
     flat = cache.index_select(0, block_ids.reshape(-1).long())  # [N * n, bs, Hkv, D]
     return flat.view(
         *block_ids.shape[:-1], block_ids.shape[-1] * block_size, num_kv_heads, head_dim

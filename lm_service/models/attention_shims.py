@@ -6,15 +6,15 @@ forward with a shim that uses the module's own weights and HF's own q/k/v split,
 q/k/v to `meshserve_paged` (`lm_service.models.hf_attention`) with the layer's ALiBi slopes:
 
 - Bloom: `q.k * inv_norm_factor + slope * k`, the paper's slopes;
-- MPT: `clip(qkv)`, `q.k * softmax_scale + slope * (k - S + 1)`, MPT's slopes (alibi_bias_max);
+- MPT: `clip(qkv)`, `q.k * softmax_scale + slope * (k - S + 1)`, MPT's slopes;
 - Falcon: rotary (`alibi=False`: falcon-7b/40b/180b; multi-query or grouped KV heads in the
   new decoder architecture, kept un-broadcast in the cache), or ALiBi (`alibi=True`:
   falcon-rw), where HF scales the bias with the scores: `(q.k + slope * k) / sqrt(head_dim)`.
 
-The models are built with HF's eager attention classes; Bloom and Falcon are then switched to
-`meshserve_paged` so that HF builds no dense [T, T] mask. MPT's model code casts the mask it
-builds (`.to(torch.bool)`), so it keeps eager's mask, which the shim ignores: a [T, T] bool
-tensor per step.
+The models are built with HF's eager attention classes (Falcon picks its class by name), then
+switched to an attention implementation whose mask function builds no dense [T, T] mask (the
+shims never read one): `meshserve_paged` for Bloom and Falcon, whose code takes a None mask,
+and for MPT, whose code casts the mask (`.to(torch.bool)`), one that returns a 1-element mask.
 """
 
 from __future__ import annotations
@@ -29,9 +29,15 @@ from torch import nn
 from kernels.alibi import alibi_slopes, mpt_alibi_slopes
 from lm_service.models.hf_attention import ATTENTION_NAME, paged_attention_forward
 
-# model_type -> whether HF's model code runs without a dense mask (then: meshserve_paged's)
-SHIMMED_MODEL_TYPES: dict[str, bool] = {"bloom": True, "mpt": False, "falcon": True}
+PLACEHOLDER_MASK_NAME = "meshserve_paged_placeholder_mask"
+# model_type -> the attention implementation its HF model runs with once shimmed
+SHIMMED_MODEL_TYPES: dict[str, str] = {
+    "bloom": ATTENTION_NAME,
+    "mpt": PLACEHOLDER_MASK_NAME,
+    "falcon": ATTENTION_NAME,
+}
 BUILD_ATTN_IMPLEMENTATION = "eager"  # Falcon picks its attention class by name at build time
+MPT_HF_ALIBI_BIAS_MAX = 8.0
 
 
 def needs_attention_shims(text_config: Any) -> bool:
@@ -46,9 +52,23 @@ def install_attention_shims(hf_model: nn.Module, text_config: Any) -> int:
         if type(module).__name__ in _ATTENTION_CLASSES:
             module.forward = types.MethodType(make(module, text_config), module)
             found += 1
-    if SHIMMED_MODEL_TYPES[text_config.model_type]:
-        hf_model.config._attn_implementation = ATTENTION_NAME
+    _register_placeholder_mask()
+    hf_model.config._attn_implementation = SHIMMED_MODEL_TYPES[text_config.model_type]
     return found
+
+
+def _register_placeholder_mask() -> None:
+    from transformers import AttentionInterface, AttentionMaskInterface
+
+    AttentionInterface.register(PLACEHOLDER_MASK_NAME, paged_attention_forward)
+    AttentionMaskInterface.register(PLACEHOLDER_MASK_NAME, _placeholder_mask)
+
+
+def _placeholder_mask(
+    *args: Any, device: torch.device | None = None, **kwargs: Any
+) -> torch.Tensor:
+    """A 1-element "mask" for model code that casts the mask it builds; no shim reads it."""
+    return torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device)
 
 
 def _attend(
@@ -86,8 +106,10 @@ def _bloom(module: nn.Module, config: Any) -> Callable[..., Any]:
 
 
 def _mpt(module: nn.Module, config: Any) -> Callable[..., Any]:
-    bias_max = float(getattr(config.attn_config, "alibi_bias_max", 8))
-    slopes = _slopes_on(mpt_alibi_slopes(module.n_heads, bias_max), module.Wqkv)
+    # NOTE: parity with HF, whose MptModel adds ALiBi whatever `attn_config.alibi` says, always
+    # with its default alibi_bias_max of 8 (it never passes the config's), and has no qk_ln.
+    # MosaicML's checkpoints all use alibi=True and alibi_bias_max=8.
+    slopes = _slopes_on(mpt_alibi_slopes(module.n_heads, MPT_HF_ALIBI_BIAS_MAX), module.Wqkv)
 
     def forward(
         self: nn.Module, hidden_states: torch.Tensor, **kwargs: Any

@@ -98,14 +98,21 @@ def paged_attention_forward(
     latent = latent_attention_of(module)
     probe = _PROBE.get()
     if probe is not None:
+        is_latent = latent is not None
+        if is_latent and (key.shape[1], key.shape[3]) != (1, latent.cached_lanes):
+            raise Unsupported(
+                f"{type(module).__name__} did not hand its MLA latent to attention (key "
+                f"{tuple(key.shape)}): this transformers version's MLA code is not the one "
+                "lm_service.models.mla expects"
+            )
         v_dim = value.shape[3]
-        own_v_dim = v_dim if latent or v_dim != key.shape[3] else None  # None: K's, as usual
+        own_v_dim = v_dim if is_latent or v_dim != key.shape[3] else None  # None: K's, as usual
         probe.append(
             AttentionLayerInfo(
-                layer_idx, key.shape[1], key.shape[3], sliding_window, own_v_dim, bool(latent)
+                layer_idx, key.shape[1], key.shape[3], sliding_window, own_v_dim, is_latent
             )
         )
-        out_dim = latent.v_head_dim if latent else value.shape[3]
+        out_dim = latent.v_head_dim if is_latent else v_dim
         return query.new_zeros(1, query.shape[2], query.shape[1], out_dim), None
     _CALLS.get().append(layer_idx)
     ctx = get_forward_context()

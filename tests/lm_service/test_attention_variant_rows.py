@@ -16,6 +16,8 @@ from gateway.tools.tiny_models import (
     tiny_model_path,
 )
 from lm_service import Engine, EngineConfig, SamplingParams
+from lm_service.models.attention_shims import PLACEHOLDER_MASK_NAME
+from lm_service.models.hf_attention import ATTENTION_NAME
 from lm_service.models.registry import load_model
 from tests.parity import assert_greedy_matches, hf_greedy
 
@@ -68,5 +70,8 @@ def test_mla_caches_only_the_latent(name: str) -> None:
 def test_shims_cache_the_kv_heads_unbroadcast(name: str, num_kv_heads: int) -> None:
     """Falcon's multi-query and grouped layouts keep 1 and 2 KV heads in the cache (HF's own
     split would broadcast the grouped ones to all 4 query heads)."""
-    spec = load_model(str(tiny_model_path(name))).model.kv_cache_spec()
+    model = load_model(str(tiny_model_path(name))).model
+    spec = model.kv_cache_spec()
     assert (spec.num_kv_heads, spec.head_dim, spec.v_head_dim) == (num_kv_heads, 16, None)
+    # built eager, then switched to a mask function that builds no [T, T] mask
+    assert model.hf_model.config._attn_implementation in (ATTENTION_NAME, PLACEHOLDER_MASK_NAME)

@@ -8,10 +8,13 @@ import torch
 from torch import nn
 from transformers import DeepseekV3Config, MiniCPM3Config
 
+from gateway.tools.tiny_models import tiny_model_path
 from kernels.attention import write_cache
 from kernels.metadata import AttentionMetadata
 from kernels.torch_attention import paged_attention
+from lm_service.models import transformers_backend
 from lm_service.models.mla import LatentAttention, install_latent_attention, latent_attention_of
+from lm_service.models.registry import load_model
 from protos.errors import Unsupported
 from tests.kernels.dense_attention import naive_attention
 
@@ -105,3 +108,20 @@ def test_install_hands_the_latent_on_and_refuses_a_bias():
     assert torch.equal(key, torch.cat([kv_nope, k_rot], -1)) and torch.equal(value, kv_nope)
     with pytest.raises(Unsupported, match="bias"):
         install_latent_attention(_FakeMLA(bias=True))
+
+
+def test_mla_code_that_expands_its_own_kv_is_refused(monkeypatch):
+    """Should a transformers release stop calling `expand_kv`, the latent path must refuse at
+    load time rather than cache expanded heads as if they were the latent."""
+    real = transformers_backend.install_latent_attention
+
+    def install_then_undo(model: nn.Module) -> int:
+        found = real(model)
+        for module in model.modules():
+            if latent_attention_of(module) is not None:
+                del module.expand_kv  # HF's own method again
+        return found
+
+    monkeypatch.setattr(transformers_backend, "install_latent_attention", install_then_undo)
+    with pytest.raises(Unsupported, match="did not hand its MLA latent"):
+        load_model(str(tiny_model_path("deepseek_v2")))
