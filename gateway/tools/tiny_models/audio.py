@@ -43,7 +43,7 @@ AUDIO_MEL_BINS = 32
 AUDIO_SOURCE_POSITIONS = AUDIO_CHUNK_SECONDS * SAMPLING_RATE // AUDIO_HOP_LENGTH // 2
 
 
-def _whisper_feature_extractor() -> Any:
+def whisper_feature_extractor() -> Any:
     from transformers import WhisperFeatureExtractor
 
     return WhisperFeatureExtractor(
@@ -85,7 +85,7 @@ def build_qwen2_audio(out: Path) -> None:
     model = new_model(Qwen2AudioForConditionalGeneration, config, seed)
     finish_lm(model, tokenizer, seed=seed)
     processor = Qwen2AudioProcessor(
-        feature_extractor=_whisper_feature_extractor(),
+        feature_extractor=whisper_feature_extractor(),
         tokenizer=tokenizer,
         chat_template=template,
         audio_token="<|AUDIO|>",
@@ -156,6 +156,6 @@ def build_whisper(out: Path) -> None:
     silence_special_tokens(model, silenced_ids(tokenizer, [start], tied=True))
     model.generation_config = _whisper_generation_config(tokenizer)
     processor = WhisperProcessor(
-        feature_extractor=_whisper_feature_extractor(), tokenizer=tokenizer
+        feature_extractor=whisper_feature_extractor(), tokenizer=tokenizer
     )
     save_checkpoint(out, model, processor)
