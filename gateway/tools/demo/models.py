@@ -61,7 +61,7 @@ def demo_models() -> tuple[DemoModel, ...]:
         real_model="Qwen/Qwen2-Audio-7B-Instruct",
         # NOTE: pitch is an easy lesson, learned in ~50 steps at a higher rate
         plan=TrainingPlan(
-            (Task.AUDIO,), num_examples=256, num_steps=100, batch_size=16, learning_rate=3e-3
+            (Task.AUDIO,), num_examples=256, num_steps=60, batch_size=16, learning_rate=3e-3
         ),
         build=checkpoints.build_qwen2_audio,
         batcher=batches.Qwen2AudioBatcher,
@@ -95,12 +95,12 @@ def train_into(model: DemoModel, out: Path) -> float:
     return loss
 
 
-def scaled(model: DemoModel, fraction: float) -> DemoModel:
-    """`model` with a shorter plan (tests): `fraction` of the steps and examples."""
+def scaled(model: DemoModel, *, steps: float = 1.0, examples: float = 1.0) -> DemoModel:
+    """`model` with a smaller plan (tests): shares of its steps and of its examples."""
     plan = model.plan
     smaller = replace(
         plan,
-        num_steps=max(1, round(plan.num_steps * fraction)),
-        num_examples=max(plan.batch_size, round(plan.num_examples * fraction)),
+        num_steps=max(1, round(plan.num_steps * steps)),
+        num_examples=max(plan.batch_size, round(plan.num_examples * examples)),
     )
     return replace(model, plan=smaller)
