@@ -115,16 +115,22 @@ def build_model(name: str, out_root: Path) -> Path:
     """Build model `name` into `out_root/name` unless it is there; safe across processes."""
     if name not in BUILDERS:
         raise KeyError(f"unknown tiny model {name!r}; choose from {', '.join(ALL_MODELS)}")
-    target = out_root / name
+    return build_once(out_root / name, BUILDERS[name])
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """`build(folder)` into `target` unless it is there: in a temp folder beside it, renamed
+    into place under a file lock, so concurrent processes never see half a checkpoint."""
     if target.is_dir():
         return target
+    out_root, name = target.parent, target.name
     out_root.mkdir(parents=True, exist_ok=True)
     with _file_lock(out_root / f".{name}.lock"):
         if target.is_dir():  # another process finished it while we waited
             return target
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_root))
         try:
-            BUILDERS[name](staging)
+            build(staging)
             staging.chmod(0o755)  # NOTE: mkdtemp makes it private; services may run as others
             os.rename(staging, target)
         finally:

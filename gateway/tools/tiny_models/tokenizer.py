@@ -86,6 +86,7 @@ class TokenizerSpec:
         model_max_length: the context length the tokenizer reports.
         named_specials: (attribute, token) pairs a processor reads from the tokenizer
             (InternVL's `context_image_token`); each token must also be a special above.
+        extra_corpus: lines trained on besides CORPUS (the demo's questions and answers).
     """
 
     extra_specials: tuple[str, ...] = ()
@@ -96,6 +97,7 @@ class TokenizerSpec:
     pad_token: str = "<pad>"
     model_max_length: int = 512
     named_specials: tuple[tuple[str, str], ...] = ()
+    extra_corpus: tuple[str, ...] = ()
 
 
 def _bpe_backend(spec: TokenizerSpec) -> Tokenizer:
@@ -114,7 +116,7 @@ def _bpe_backend(spec: TokenizerSpec) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator(CORPUS + spec.extra_corpus, trainer)
     tok.add_special_tokens([AddedToken(token, special=True) for token in spec.tail_specials])
     if spec.add_bos:
         tok.post_processor = processors.TemplateProcessing(

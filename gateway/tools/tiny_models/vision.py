@@ -97,7 +97,7 @@ def build_llava(out: Path) -> None:
     save_checkpoint(out, model, processor)
 
 
-def _qwen2_vl_video_preprocessor_config() -> dict[str, Any]:
+def qwen2_vl_video_preprocessor_config() -> dict[str, Any]:
     """What Qwen2VLVideoProcessor.save_pretrained writes; built by hand (it needs torchvision)."""
     return {
         "do_convert_rgb": True,
@@ -159,5 +159,5 @@ def build_qwen2_vl(out: Path) -> None:
         temporal_patch_size=2,
     )
     save_checkpoint(out, model, tokenizer, image_processor)
-    video_config = json.dumps(_qwen2_vl_video_preprocessor_config(), indent=2, sort_keys=True)
+    video_config = json.dumps(qwen2_vl_video_preprocessor_config(), indent=2, sort_keys=True)
     (out / "video_preprocessor_config.json").write_text(video_config + "\n")
