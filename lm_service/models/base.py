@@ -160,6 +160,12 @@ class BaseCausalLM(nn.Module, ABC):
         """The encoder K/V its cross-attention layers read; None: decoder only."""
         return None
 
+    def encode_prompt(self, prompt: list[int]) -> tuple[list[int], torch.Tensor] | None:
+        """Models whose encoder reads the prompt's text (BART): the prompt through it ->
+        (the decoder's prompt, encoder states [S, hidden]). None: the encoder states come
+        with the request (Whisper's audio), or there is no encoder."""
+        return None
+
 
 def sliding_windows_of(text_config: object) -> tuple[int | None, ...]:
     """Per-layer sliding window as HF applies it: `layer_types` when the config has them

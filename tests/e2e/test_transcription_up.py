@@ -71,7 +71,6 @@ def _check_refusals(stub: gateway_pb2_grpc.GatewayStub) -> None:
     assert "'transcription' task" in refused.value.details()
 
 
-@pytest.mark.seed_row("Whisper", "transcription")
 def test_up_batches_concurrent_transcriptions_in_the_engine(start_up) -> None:  # noqa: F811
     path = str(tiny_model_path("whisper"))
     began = time.monotonic()

@@ -50,7 +50,7 @@ def llm(whisper: str) -> Iterator[LLM]:
     llm.close()
 
 
-@pytest.mark.seed_row("Whisper", "transcription")
+@pytest.mark.seed_row("Whisper", "transcription", impl="native")
 def test_tokens_equal_hf_generate(whisper: str, llm: LLM) -> None:
     samples = _tone_int16()
     processor = AutoProcessor.from_pretrained(whisper)
