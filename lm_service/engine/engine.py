@@ -15,7 +15,7 @@ from kernels.attention import AttentionBackend, backend_for
 from kernels.cpu_allocator import tune_cpu_allocator
 from lm_service.config import EngineConfig
 from lm_service.engine.cross_kv_cache import allocate_cross_kv_caches, num_encoder_blocks_for
-from lm_service.engine.kv_cache import allocate_kv_caches, num_blocks_for
+from lm_service.engine.kv_cache import allocate_kv_caches, bytes_per_block, num_blocks_for
 from lm_service.engine.outputs import RequestOutput
 from lm_service.engine.request import Request
 from lm_service.engine.runner import ModelRunner
@@ -66,7 +66,11 @@ class Engine:
         self.cross_spec = self.loaded.model.cross_attention_spec()
         memory = config.kv_cache_memory - state_bytes
         num_encoder_blocks = num_encoder_blocks_for(
-            self.cross_spec, config.block_size, memory, config.max_num_seqs
+            self.cross_spec,
+            config.block_size,
+            memory,
+            config.max_num_seqs,
+            self._kv_bytes_per_request(),
         )
         cross_caches = None
         if self.cross_spec is not None:
@@ -104,6 +108,14 @@ class Engine:
         self.eos_token_ids = _eos_token_ids(self.loaded.hf_config, str(self.loaded.model_path))
         self._requests: dict[str, Request] = {}
         self._ids = itertools.count()
+
+    def _kv_bytes_per_request(self) -> int:
+        """Self-attention KV of one request at max_model_len (both backends: one layout)."""
+        block_size = self.config.block_size
+        per_block = bytes_per_block(
+            self.loaded.model.kv_cache_spec(), AttentionBackend.TORCH, block_size
+        )
+        return per_block * -(-self.max_model_len // block_size)
 
     def _allocate_kv_caches(self, memory: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Sizes the paged KV cache from `memory` bytes (sets num_blocks) and allocates it."""
