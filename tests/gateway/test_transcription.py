@@ -1,7 +1,6 @@
 """Transcription (`--task transcription`) on the engine: a tiny random Whisper offline, its
 audio encoder, its decoder batched in the engine, clips longer than one window."""
 
-
 from __future__ import annotations
 
 import io
@@ -91,9 +90,7 @@ def _hf_windows(whisper: str, samples: np.ndarray, language: str, max_tokens: in
     return tokens
 
 
-def test_audio_longer_than_a_window_is_transcribed_window_by_window(
-    whisper: str, llm: LLM
-) -> None:
+def test_audio_longer_than_a_window_is_transcribed_window_by_window(whisper: str, llm: LLM) -> None:
     samples = _tone_int16(seconds=5.0, hz=300.0)  # the tiny model's windows are 2 s: 3 windows
     expected = _hf_windows(whisper, samples.astype(np.float32) / 32768, "de", 6)
     output = llm.transcribe(_wav_bytes(samples), language="de", sampling_params=GREEDY_6)
@@ -113,8 +110,9 @@ def test_without_a_language_it_is_detected_as_hf_detects_it(whisper: str, llm: L
     output = llm.transcribe(_wav_bytes(samples), task="translate", sampling_params=GREEDY_6)
     assert list(output.outputs[0].token_ids) == expected
     code = processor.tokenizer.convert_ids_to_tokens(detected).strip("<|>")
-    assert llm.transcribe(_wav_bytes(samples), code, "translate", GREEDY_6).outputs[0] == (
-        output.outputs[0]
+    assert (
+        llm.transcribe(_wav_bytes(samples), code, "translate", GREEDY_6).outputs[0]
+        == (output.outputs[0])
     )
 
 
@@ -135,3 +133,21 @@ def test_refusals_name_the_mistake(llm: LLM) -> None:
 def test_the_engine_runs_the_decoder(llm: LLM) -> None:
     (impl,) = llm.apply_model(lambda model: (type(model).__module__, model.impl_name))
     assert impl == ("lm_service.models.whisper", "native")
+
+
+def test_a_client_gone_mid_stream_frees_the_engine_at_once(llm: LLM) -> None:
+    from gateway.pipeline.transcription import Transcriber, TranscriptionRequest
+
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    request = TranscriptionRequest("gone", _wav_bytes(_tone_int16(3.0)), params, "en")
+
+    async def first_chunk_then_leave() -> str:
+        chunks = Transcriber.of(llm._orchestrator).transcribe(request)
+        first = await anext(chunks)
+        await chunks.aclose()
+        return first.text
+
+    llm._run(first_chunk_then_leave())
+    engine = llm._lm.loop.engine
+    pool = llm._lm.loop.call(lambda e: (e.scheduler.num_running, e.scheduler.encoder_pool.num_free))
+    assert pool == (0, engine.scheduler.encoder_pool.num_blocks)
