@@ -162,7 +162,7 @@ class Engine:
         prompt = [int(t) for t in prompt_token_ids]
         self._check_prompt(prompt, mm_spans, mrope_positions)
         if encoder_states is None and self.cross_spec is not None:
-            prompt, encoder_states = self._encode_prompt(prompt)
+            prompt, encoder_states, mm_spans = self._encode_prompt(prompt, mm_spans)
         self._check_encoder_states(encoder_states)
         params = self._effective_params(sampling_params or SamplingParams(), len(prompt))
         request = Request(
@@ -294,16 +294,19 @@ class Engine:
                 f"mrope_positions must have shape [3, {len(prompt)}], got {list(mrope.shape)}"
             )
 
-    def _encode_prompt(self, prompt: list[int]) -> tuple[list[int], torch.Tensor | None]:
-        """A text encoder-decoder (BART) encodes the prompt here, in the engine's thread;
-        its decoder starts from the model's decoder prompt."""
+    def _encode_prompt(
+        self, prompt: list[int], spans: Sequence[MultiModalSpan]
+    ) -> tuple[list[int], torch.Tensor | None, Sequence[MultiModalSpan]]:
+        """An encoder-decoder whose encoder reads the prompt (BART, Florence-2 with its media
+        spans) encodes it here, in the engine's thread: the decoder then starts from the
+        model's decoder prompt, and the spans are spent."""
         if len(prompt) > self.cross_spec.max_encoder_len:
             raise InvalidRequest(
                 f"prompt of {len(prompt)} tokens is longer than {self.loaded.architecture}'s "
                 f"encoder takes ({self.cross_spec.max_encoder_len})"
             )
-        encoded = self.loaded.model.encode_prompt(prompt)
-        return (prompt, None) if encoded is None else encoded
+        encoded = self.loaded.model.encode_prompt(prompt, spans)
+        return (prompt, None, spans) if encoded is None else (*encoded, ())
 
     def _check_encoder_states(self, states: torch.Tensor | None) -> None:
         spec = self.cross_spec

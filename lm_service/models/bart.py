@@ -1,5 +1,7 @@
-"""Native BART (BartForConditionalGeneration): its encoder runs in the LM service on the prompt,
-its decoder on the engine with cross-attention over the encoder states.
+"""Native BART (BartForConditionalGeneration) and Florence-2's BART language model: the
+encoder runs in the LM service on the prompt (Florence-2's image embeddings, from the image
+encoder service, scattered into its image-token positions first), the decoder on the engine
+with cross-attention over the encoder states.
 
 Follows HF's modeling_bart: shared token embeddings (scaled when `scale_embedding`), learned
 positions offset by 2, a LayerNorm on the embeddings, POST-LayerNorm layers (attention or MLP,
@@ -13,7 +15,7 @@ it is part of the decoder prompt, so it is not among the returned tokens).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,12 +131,18 @@ class BartStack(nn.Module):
             BartLayer(config, i, dtype, decoder=decoder) for i in range(num_layers)
         )
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """input_ids, positions [T] -> hidden [T, width]."""
-        hidden = self.embed_tokens(input_ids) * self.embed_scale
-        hidden = self.layernorm_embedding(
-            hidden + self.embed_positions(positions + POSITION_OFFSET)
-        )
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids, positions [T] (or `inputs_embeds` [T, width], already scaled) ->
+        hidden [T, width]."""
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids) * self.embed_scale
+        hidden = inputs_embeds + self.embed_positions(positions + POSITION_OFFSET)
+        hidden = self.layernorm_embedding(hidden)
         for layer in self.layers:
             hidden = layer(hidden)
         return hidden
@@ -152,8 +160,10 @@ class BartForConditionalGeneration(BaseCausalLM):
     """BART on the engine: `encode_prompt` runs the encoder, the decoder runs paged.
 
     Args:
-        config: the checkpoint's BartConfig.
+        config: the BartConfig (Florence-2: its `text_config`).
         decoder_prompt: what the decoder starts from (decoder start, then a forced BOS).
+        prefix: where the language model's weights sit in the checkpoint ("model." for BART,
+            "model.language_model." for Florence-2, whose other weights are the tower's).
     """
 
     impl_name = "native"
@@ -165,8 +175,10 @@ class BartForConditionalGeneration(BaseCausalLM):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         decoder_prompt: tuple[int, ...] = (),
+        prefix: str = "model.",
     ) -> None:
         super().__init__()
+        self.prefix = prefix
         self.config, self.dtype, self.device = config, dtype, torch.device(device)
         self.model = BartModel(config, dtype)
         self.tied = bool(getattr(config, "tie_word_embeddings", True))
@@ -180,14 +192,16 @@ class BartForConditionalGeneration(BaseCausalLM):
     ) -> BartForConditionalGeneration:
         from transformers import GenerationConfig
 
+        text = config.get_text_config()
         try:
             generation = GenerationConfig.from_pretrained(model_path)
         except OSError:  # no generation_config.json: the model config's fields
-            generation = config
-        start = int(generation.decoder_start_token_id or config.decoder_start_token_id)
+            generation = text
+        start = int(generation.decoder_start_token_id or text.decoder_start_token_id)
         forced = getattr(generation, "forced_bos_token_id", None)
         prompt = (start,) if forced is None else (start, int(forced))
-        model = cls(config, dtype=dtype, device=device, decoder_prompt=prompt)
+        prefix = "model." if text is config else "model.language_model."
+        model = cls(text, dtype=dtype, device=device, decoder_prompt=prompt, prefix=prefix)
         weights = list(iterate_weights(model_path))
         bias = [t for name, t in weights if name == "final_logits_bias"]
         model.load_weights(weights)
@@ -197,10 +211,19 @@ class BartForConditionalGeneration(BaseCausalLM):
 
     # --- the encoder, run by the engine when a request arrives ----------------------------
     @torch.inference_mode()
-    def encode_prompt(self, prompt: list[int]) -> tuple[list[int], torch.Tensor]:
-        """The prompt through the encoder -> (the decoder prompt, encoder states [S, width])."""
+    def encode_prompt(
+        self, prompt: list[int], mm_spans: Sequence[Any] = ()
+    ) -> tuple[list[int], torch.Tensor]:
+        """The prompt through the encoder -> (the decoder prompt, encoder states [S, width]).
+        Media spans' embeddings replace their positions' token embeddings (Florence-2's
+        image, as HF's masked_scatter: the scaled token embeddings elsewhere)."""
         ids = torch.tensor(prompt, dtype=torch.long, device=self.device)
-        states = self.model.encoder(ids, torch.arange(len(prompt), device=self.device))
+        embeds = self.model.shared(ids) * self.model.encoder.embed_scale  # [S, width]
+        for span in mm_spans:
+            positions, rows = span.embed_rows(0, len(prompt))
+            embeds[positions] = span.embeddings[rows].to(embeds.device, embeds.dtype)
+        positions = torch.arange(len(prompt), device=self.device)
+        states = self.model.encoder(ids, positions, inputs_embeds=embeds)
         return list(self.decoder_prompt), states
 
     # --- BaseCausalLM ---------------------------------------------------------------------
@@ -244,6 +267,10 @@ class BartForConditionalGeneration(BaseCausalLM):
     def _target(self, name: str) -> str | None:
         if name == "final_logits_bias":
             return None  # a buffer (see from_checkpoint)
+        if name.startswith(self.prefix):
+            name = "model." + name.removeprefix(self.prefix)
+        elif name.startswith("model."):
+            return None  # Florence-2's vision tower and projector: the encoder service's
         if name.endswith(("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")):
             return "model.shared.weight"  # older checkpoints store the tied copies
         if name == "lm_head.weight" and self.tied:

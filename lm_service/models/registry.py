@@ -45,6 +45,7 @@ _NATIVE_MODELS: dict[str, tuple[str, str]] = {
 _ENCODER_DECODER_MODELS: dict[str, tuple[str, str]] = {
     "WhisperForConditionalGeneration": ("whisper", "WhisperForConditionalGeneration"),
     "BartForConditionalGeneration": ("bart", "BartForConditionalGeneration"),
+    "Florence2ForConditionalGeneration": ("bart", "BartForConditionalGeneration"),
 }
 ENCODER_DECODER_ARCHITECTURES: frozenset[str] = frozenset(_ENCODER_DECODER_MODELS)
 NATIVE_ARCHITECTURES: frozenset[str] = frozenset(_NATIVE_MODELS) | ENCODER_DECODER_ARCHITECTURES

@@ -16,8 +16,9 @@ ALIBI = (
     "the paged kernels and a native implementation (issue 14, item 3, on another branch)"
 )
 ENCODER_DECODER = (
-    "encoder-decoder with media: the engine's cross-attention runs Whisper and BART; this "
-    "model's vision side and cross-attention layers are not built yet (issue 13)"
+    "encoder-decoder with media: the engine's cross-attention runs Whisper, BART and "
+    "Florence-2; Mllama's tiled vision tower and gated cross-attention layers are not built "
+    "yet (issue 13)"
 )
 GENERIC_TOWER = "no parity test yet for the generic processor-driven tower (issue 10)"
 MM_EMBED = "multimodal pooling (media in embed prompts) is not built yet (issue 10)"
@@ -32,7 +33,6 @@ REASONS: dict[str, str] = {
     "MiniCPM3ForCausalLM": MLA,
     # --- multimodal, generate (the generic tower's rows are issue 10's)
     "MllamaForConditionalGeneration": ENCODER_DECODER,
-    "Florence2ForConditionalGeneration": ENCODER_DECODER,
 }
 # multimodal embed rows: media in pooling prompts
 MULTIMODAL_EMBED_REASON = MM_EMBED
