@@ -172,27 +172,30 @@ class Transcriber:
         prompt = self.prompt.token_ids(language_id, request.task)
         num_out, ttft_ms = 0, 0.0
         for index, window in enumerate(windows):
-            last = index == len(windows) - 1
-            async for out, text in self._window(request, prompt, window, start):
-                num_out += len(out.new_token_ids)
-                ttft_ms = ttft_ms or (time.perf_counter() - start) * 1e3
-                done = out.finish_reason is not None and last
-                yield GenerationChunk(
-                    request.request_id,
-                    text,
-                    out.new_token_ids,
-                    finish_reason=out.finish_reason if done else None,
-                    # the decoder prompt is the model's, not the user's: not counted
-                    usage=Usage(0, num_out, 0) if done else None,
-                    timings=StageTimings(
+            # NOTE: closed explicitly: a client gone mid-window aborts the LM request now
+            stream = self._window(request, prompt, window, start)
+            async with contextlib.aclosing(stream):
+                async for out, text in stream:
+                    num_out += len(out.new_token_ids)
+                    ttft_ms = ttft_ms or (time.perf_counter() - start) * 1e3
+                    if out.finish_reason is None or index < len(windows) - 1:
+                        yield GenerationChunk(request.request_id, text, out.new_token_ids)
+                        continue
+                    timings = StageTimings(
                         encode_ms=encode_ms,
                         time_to_first_token_ms=ttft_ms,
                         total_ms=(time.perf_counter() - start) * 1e3,
                     )
-                    if done
-                    else None,
-                    media_cache_hits=(bool(encoded.cache_hit),) if done else (),
-                )
+                    yield GenerationChunk(
+                        request.request_id,
+                        text,
+                        out.new_token_ids,
+                        finish_reason=out.finish_reason,
+                        # the decoder prompt is the model's, not the user's: not counted
+                        usage=Usage(0, num_out, 0),
+                        timings=timings,
+                        media_cache_hits=(bool(encoded.cache_hit),),
+                    )
 
     async def _detect_language(
         self, request: TranscriptionRequest, states: Any, start: float
@@ -216,12 +219,13 @@ class Transcriber:
     ) -> AsyncIterator[tuple[Any, str]]:
         """One window's LM stream: (step output, its text delta)."""
         detok = IncrementalDetokenizer(self.orchestrator.prompts.tokenizer, prompt, True)
-        params = request.sampling_params
-        async for out in self._outputs(request, prompt, states, start, params):
-            text = detok.push(list(out.new_token_ids))
-            if out.finish_reason is not None:
-                text += detok.finish()
-            yield out, text
+        outputs = self._outputs(request, prompt, states, start, request.sampling_params)
+        async with contextlib.aclosing(outputs):
+            async for out in outputs:
+                text = detok.push(list(out.new_token_ids))
+                if out.finish_reason is not None:
+                    text += detok.finish()
+                yield out, text
 
     async def _outputs(
         self,

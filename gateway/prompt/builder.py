@@ -289,6 +289,8 @@ class PromptBuilder:
                 )
         if self.layout is not None:
             text = self.layout.apply(text, sum(item.modality == "image" for item in items))
+            if add_special_tokens is None:
+                add_special_tokens = self.layout.add_special_tokens
         expanded, order = splice(text, items, self.placeholder)
         first = before_prompt(items)  # BLIP-2: the image's tokens, then the prompt with BOS
         head = "".join(str(items[i].replacement) for i in first)

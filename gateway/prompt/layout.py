@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from protos.errors import InvalidRequest
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class TextLayout:
@@ -26,10 +28,20 @@ class TextLayout:
         from PIL import Image
 
         images = [Image.new("RGB", (1, 1))] * num_images if num_images else None
-        _, texts, *_ = self.processor.prepare_inputs_layout(
-            images=images, text=[text], **_default_kwargs(self.processor)
-        )
+        try:
+            _, texts, *_ = self.processor.prepare_inputs_layout(
+                images=images, text=[text], **_default_kwargs(self.processor)
+            )
+        except ValueError as exc:  # the processor's own rule about the prompt (Florence-2's tasks)
+            raise InvalidRequest(f"the prompt does not fit the model's processor: {exc}") from exc
         return str(texts[0] if isinstance(texts, list | tuple) else texts)
+
+    @property
+    def add_special_tokens(self) -> bool | None:
+        """The processor's own tokenizing default, when it sets one (Florence-2's layout adds
+        BOS and EOS itself and tokenizes without special tokens); None: the tokenizer's."""
+        value = _default_kwargs(self.processor).get("text_kwargs", {}).get("add_special_tokens")
+        return None if value is None else bool(value)
 
 
 def text_layout(processor: Any) -> TextLayout | None:

@@ -2,8 +2,9 @@
 
 Per cross-attention layer `(k_cache, v_cache)` of `[num_blocks, block_size, num_kv_heads,
 head_dim]` (the self-attention layout, so one kernel gathers both). The engine reserves
-enough blocks for `max_num_seqs` requests of the longest encoder output first (fewer if the
-memory budget is short) and sizes the self-attention cache from what is left.
+blocks for as many requests of the longest encoder output as the budget holds beside their
+longest self-attention KV (at most `max_num_seqs`), and sizes the self-attention cache from
+what is left: a request needs both, so neither cache starves the other.
 """
 
 from __future__ import annotations
@@ -15,20 +16,29 @@ from protos.errors import InvalidRequest
 
 
 def num_encoder_blocks_for(
-    spec: CrossAttentionSpec | None, block_size: int, memory: int, max_num_seqs: int
+    spec: CrossAttentionSpec | None,
+    block_size: int,
+    memory: int,
+    max_num_seqs: int,
+    decoder_bytes_per_request: int = 0,
 ) -> int:
-    """Blocks to reserve: one request's worth per `max_num_seqs`, as many as `memory` holds."""
+    """Cross-attention blocks to reserve in `memory` bytes.
+
+    Args:
+        decoder_bytes_per_request: the self-attention KV of one request at max_model_len.
+    """
     if spec is None:
         return 0
     per_request = -(-spec.max_encoder_len // block_size)
-    num_blocks = min(max_num_seqs * per_request, memory // spec.bytes_per_block(block_size))
-    if num_blocks < per_request:
+    cross_bytes = per_request * spec.bytes_per_block(block_size)
+    num_requests = min(max_num_seqs, memory // (cross_bytes + decoder_bytes_per_request))
+    if num_requests < 1:
         raise InvalidRequest(
-            f"kv_cache_memory of {memory} bytes cannot hold the cross-attention K/V of one "
-            f"request ({per_request} blocks of {spec.bytes_per_block(block_size)} bytes for "
-            f"{spec.max_encoder_len} encoder positions); raise --kv-cache-memory"
+            f"kv_cache_memory of {memory} bytes cannot hold one request: {cross_bytes} bytes of "
+            f"cross-attention K/V for {spec.max_encoder_len} encoder positions and "
+            f"{decoder_bytes_per_request} of decoder KV; raise --kv-cache-memory"
         )
-    return num_blocks
+    return num_requests * per_request
 
 
 def allocate_cross_kv_caches(

@@ -16,7 +16,7 @@ from kernels.cpu_allocator import tune_cpu_allocator
 from lm_service.config import EngineConfig
 from lm_service.engine.counters import EngineCounters
 from lm_service.engine.cross_kv_cache import allocate_cross_kv_caches, num_encoder_blocks_for
-from lm_service.engine.kv_cache import allocate_kv_caches, num_blocks_for
+from lm_service.engine.kv_cache import allocate_kv_caches, bytes_per_block, num_blocks_for
 from lm_service.engine.outputs import RequestOutput
 from lm_service.engine.request import Request
 from lm_service.engine.runner import ModelRunner
@@ -67,7 +67,11 @@ class Engine:
         self.cross_spec = self.loaded.model.cross_attention_spec()
         memory = config.kv_cache_memory - state_bytes
         num_encoder_blocks = num_encoder_blocks_for(
-            self.cross_spec, config.block_size, memory, config.max_num_seqs
+            self.cross_spec,
+            config.block_size,
+            memory,
+            config.max_num_seqs,
+            self._kv_bytes_per_request(),
         )
         cross_caches = None
         if self.cross_spec is not None:
@@ -106,6 +110,14 @@ class Engine:
         self.eos_token_ids = _eos_token_ids(self.loaded.hf_config, str(self.loaded.model_path))
         self._requests: dict[str, Request] = {}
         self._ids = itertools.count()
+
+    def _kv_bytes_per_request(self) -> int:
+        """Self-attention KV of one request at max_model_len (both backends: one layout)."""
+        block_size = self.config.block_size
+        per_block = bytes_per_block(
+            self.loaded.model.kv_cache_spec(), AttentionBackend.TORCH, block_size
+        )
+        return per_block * -(-self.max_model_len // block_size)
 
     def _allocate_kv_caches(self, memory: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Sizes the paged KV cache from `memory` bytes (sets num_blocks) and allocates it."""
@@ -154,6 +166,8 @@ class Engine:
             raise InvalidRequest(f"request id {request_id!r} is already running")
         prompt = [int(t) for t in prompt_token_ids]
         self._check_prompt(prompt, mm_spans, mrope_positions)
+        if encoder_states is None and self.cross_spec is not None:
+            prompt, encoder_states, mm_spans = self._encode_prompt(prompt, mm_spans)
         self._check_encoder_states(encoder_states)
         params = self._effective_params(sampling_params or SamplingParams(), len(prompt))
         request = Request(
@@ -286,6 +300,20 @@ class Engine:
             raise InvalidRequest(
                 f"mrope_positions must have shape [3, {len(prompt)}], got {list(mrope.shape)}"
             )
+
+    def _encode_prompt(
+        self, prompt: list[int], spans: Sequence[MultiModalSpan]
+    ) -> tuple[list[int], torch.Tensor | None, Sequence[MultiModalSpan]]:
+        """An encoder-decoder whose encoder reads the prompt (BART, Florence-2 with its media
+        spans) encodes it here, in the engine's thread: the decoder then starts from the
+        model's decoder prompt, and the spans are spent."""
+        if len(prompt) > self.cross_spec.max_encoder_len:
+            raise InvalidRequest(
+                f"prompt of {len(prompt)} tokens is longer than {self.loaded.architecture}'s "
+                f"encoder takes ({self.cross_spec.max_encoder_len})"
+            )
+        encoded = self.loaded.model.encode_prompt(prompt, spans)
+        return (prompt, None, spans) if encoded is None else (*encoded, ())
 
     def _check_encoder_states(self, states: torch.Tensor | None) -> None:
         spec = self.cross_spec

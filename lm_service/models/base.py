@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -179,6 +180,14 @@ class BaseCausalLM(nn.Module, ABC):
 
     def cross_attention_spec(self) -> CrossAttentionSpec | None:
         """The encoder K/V its cross-attention layers read; None: decoder only."""
+        return None
+
+    def encode_prompt(
+        self, prompt: list[int], mm_spans: Sequence[Any] = ()
+    ) -> tuple[list[int], torch.Tensor] | None:
+        """Models whose encoder reads the prompt (BART; Florence-2 with its image spans): the
+        prompt through it -> (the decoder's prompt, encoder states [S, hidden]). None: the
+        encoder states come with the request (Whisper's audio), or there is no encoder."""
         return None
 
 

@@ -44,6 +44,8 @@ _NATIVE_MODELS: dict[str, tuple[str, str]] = {
 # states that each request brings; native only (the Transformers fallback refuses them).
 _ENCODER_DECODER_MODELS: dict[str, tuple[str, str]] = {
     "WhisperForConditionalGeneration": ("whisper", "WhisperForConditionalGeneration"),
+    "BartForConditionalGeneration": ("bart", "BartForConditionalGeneration"),
+    "Florence2ForConditionalGeneration": ("bart", "BartForConditionalGeneration"),
 }
 ENCODER_DECODER_ARCHITECTURES: frozenset[str] = frozenset(_ENCODER_DECODER_MODELS)
 NATIVE_ARCHITECTURES: frozenset[str] = frozenset(_NATIVE_MODELS) | ENCODER_DECODER_ARCHITECTURES

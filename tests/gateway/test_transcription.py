@@ -49,7 +49,7 @@ def llm(whisper: str) -> Iterator[LLM]:
     llm.close()
 
 
-@pytest.mark.seed_row("Whisper", "transcription")
+@pytest.mark.seed_row("Whisper", "transcription", impl="native")
 def test_tokens_equal_hf_generate(whisper: str, llm: LLM) -> None:
     samples = _tone_int16()
     processor = AutoProcessor.from_pretrained(whisper)
@@ -133,3 +133,21 @@ def test_refusals_name_the_mistake(llm: LLM) -> None:
 def test_the_engine_runs_the_decoder(llm: LLM) -> None:
     (impl,) = llm.apply_model(lambda model: (type(model).__module__, model.impl_name))
     assert impl == ("lm_service.models.whisper", "native")
+
+
+def test_a_client_gone_mid_stream_frees_the_engine_at_once(llm: LLM) -> None:
+    from gateway.pipeline.transcription import Transcriber, TranscriptionRequest
+
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    request = TranscriptionRequest("gone", _wav_bytes(_tone_int16(3.0)), params, "en")
+
+    async def first_chunk_then_leave() -> str:
+        chunks = Transcriber.of(llm._orchestrator).transcribe(request)
+        first = await anext(chunks)
+        await chunks.aclose()
+        return first.text
+
+    llm._run(first_chunk_then_leave())
+    engine = llm._lm.loop.engine
+    pool = llm._lm.loop.call(lambda e: (e.scheduler.num_running, e.scheduler.encoder_pool.num_free))
+    assert pool == (0, engine.scheduler.encoder_pool.num_blocks)

@@ -19,7 +19,11 @@ from gateway.tools.tiny_models.attention_variants import (
 from gateway.tools.tiny_models.audio import build_qwen2_audio, build_whisper
 from gateway.tools.tiny_models.audio_generic import build_audioflamingo3
 from gateway.tools.tiny_models.breadth import BREADTH_MODELS, build_breadth
-from gateway.tools.tiny_models.encoder_decoder import ENCODER_DECODER_MODELS, build_bart
+from gateway.tools.tiny_models.encoder_decoder import (
+    ENCODER_DECODER_MODELS,
+    build_bart,
+    build_florence2,
+)
 from gateway.tools.tiny_models.generic_vlm import GENERIC_VLM_BUILDERS, GENERIC_VLM_MODELS
 from gateway.tools.tiny_models.more_text import MORE_TEXT_MODELS, build_more_text
 from gateway.tools.tiny_models.pooling import build_bert, build_qwen2_cls
@@ -84,6 +88,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "audioflamingo3": build_audioflamingo3,
     "whisper": build_whisper,
     "bart": build_bart,
+    "florence2": build_florence2,
     "bert": lambda out: build_bert("bert", out),
     "bert_cls": lambda out: build_bert("bert_cls", out),
     "qwen2_cls": build_qwen2_cls,

@@ -106,6 +106,29 @@ def test_transcriptions_and_translations_equal_grpc_transcribe(whisper: RunningG
     assert translated.text == "".join(r.text for r in translation)
 
 
+def test_a_streamed_transcription_arrives_piece_by_piece(whisper: RunningGateway) -> None:
+    client = whisper.client()
+    upload = ("tone.wav", CLIP, "audio/wav")
+    extra = {"max_tokens": MAX_TOKENS}
+    whole = client.audio.transcriptions.create(
+        model=whisper.model, file=upload, language="en", extra_body=extra
+    )
+    events = list(
+        client.audio.transcriptions.create(
+            model=whisper.model, file=upload, language="en", stream=True, extra_body=extra
+        )
+    )
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    assert len(deltas) == MAX_TOKENS and events[-1].type == "transcript.text.done"
+    assert "".join(e.delta for e in deltas) == events[-1].text == whole.text
+    assert events[-1].usage.output_tokens == MAX_TOKENS
+    with pytest.raises(openai.BadRequestError) as info:  # refused before the stream starts
+        client.audio.transcriptions.create(
+            model=whisper.model, file=upload, language="klingon", stream=True
+        )
+    assert "language 'klingon'" in info.value.message
+
+
 def test_transcription_refusals_name_the_mistake(whisper: RunningGateway) -> None:
     client = whisper.client()
     upload = ("tone.wav", CLIP, "audio/wav")

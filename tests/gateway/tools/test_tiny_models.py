@@ -518,7 +518,7 @@ def test_minilm_embeddings_rank_similar_sentences() -> None:
 # ----------------------------------------------------------------------------- building + cache
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2_vl", "whisper", "bert"])
+@pytest.mark.parametrize("name", ["llama", "qwen2_vl", "whisper", "bert", "bart", "florence2"])
 def test_builds_are_byte_identical(tmp_path: Path, name: str) -> None:
     first = tm.build_model(name, tmp_path / "a")
     second = tm.build_model(name, tmp_path / "b")

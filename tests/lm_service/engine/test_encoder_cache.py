@@ -91,12 +91,15 @@ def test_requests_that_never_fit_are_refused_up_front() -> None:
     _scheduler(num_encoder_blocks=0).add_request(_request("a", enc_len=0))  # decoder-only
 
 
-def test_sizing_reserves_max_num_seqs_requests_or_refuses() -> None:
+def test_sizing_leaves_room_for_each_request_s_decoder_kv() -> None:
     spec = CrossAttentionSpec(2, 4, 16, torch.float32, 64, max_encoder_len=100)
     per_block = spec.bytes_per_block(16)  # 2 layers * K,V * 16 * 4 * 16 * 4 bytes
     assert per_block == 2 * 2 * 16 * 4 * 16 * 4
+    per_request = 7 * per_block  # 100 positions in blocks of 16
     assert num_encoder_blocks_for(spec, 16, 10**9, max_num_seqs=3) == 3 * 7
-    assert num_encoder_blocks_for(spec, 16, 10 * per_block, max_num_seqs=3) == 10
-    with pytest.raises(InvalidRequest, match="cannot hold the cross-attention K/V of one"):
-        num_encoder_blocks_for(spec, 16, 6 * per_block, max_num_seqs=3)
+    # room for 2 requests of cross K/V plus as much decoder KV each, not for 3
+    memory = 2 * (per_request + per_request) + per_request
+    assert num_encoder_blocks_for(spec, 16, memory, 3, decoder_bytes_per_request=per_request) == 14
+    with pytest.raises(InvalidRequest, match="cannot hold one request"):
+        num_encoder_blocks_for(spec, 16, per_request + 5, 3, decoder_bytes_per_request=10)
     assert num_encoder_blocks_for(None, 16, 0, 3) == 0

@@ -123,3 +123,13 @@ def test_bad_encoder_states_are_refused(whisper: dict) -> None:
         engine.add_request(None, prompt, encoder_states=torch.zeros(10, 32))
     with pytest.raises(InvalidRequest, match="more than"):
         engine.add_request(None, prompt, encoder_states=torch.zeros(101, 64))
+
+
+def test_suppressed_tokens_are_never_emitted(whisper: dict) -> None:
+    """HF's SuppressTokensLogitsProcessor (generation config `suppress_tokens`, set on real
+    checkpoints): the engine never picks them, even where they would win."""
+    engine = _engine(whisper["path"])
+    prompt, states, _, (tokens, _) = whisper["cases"][0]
+    engine.loaded.model.suppress_tokens = sorted(set(tokens))
+    (out,) = engine.generate([prompt], [_params(6)], encoder_states=[states])
+    assert out.token_ids and not set(out.token_ids) & set(tokens)
