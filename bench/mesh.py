@@ -90,6 +90,10 @@ def run_engine(path: Path, prompts: list[list[int]], args: argparse.Namespace) -
         stats.batch1_ttft_s.append(first - sent)
     del engine
     gc.collect()
+    if args.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()  # the LM process needs the memory next
     return stats
 
 
