@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.mesh_model import build_qwen2_shaped
-from bench.proc_cpu import cpu_seconds, load_average, thread_cpu_seconds
+from bench.proc_cpu import cpu_seconds, load_average, thread_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -218,12 +218,12 @@ async def run_mesh_streams(mesh: Mesh, texts: list[str], args: argparse.Namespac
 
 
 def _mesh_cpu(mesh: Mesh) -> dict[str, float]:
-    """CPU seconds of each service, and of its main thread (where grpc.aio's event loop
-    runs); for the LM the rest is the engine thread, torch's workers and gRPC's own."""
+    """CPU seconds of each service, and of its threads by kind (bench.proc_cpu)."""
     out: dict[str, float] = {}
     for name, pid in mesh.pids.items():
         out[name] = cpu_seconds(pid)
-        out[f"{name} event-loop thread"] = thread_cpu_seconds(pid).get(pid, 0.0)
+        for group, seconds in thread_groups(pid).items():
+            out[f"  {name} {group}"] = seconds
     return out
 
 
@@ -257,9 +257,10 @@ def report(ours: RunStats, mesh: RunStats, args: argparse.Namespace) -> None:
     engine_us = ours.cpu_s["engine process"] / ours.num_tokens * 1e6
     print(f"CPU per streamed token (us): engine alone in process {engine_us:.0f}")
     for name, us in per_token.items():
-        print(f"  {name:<24} {us:8.0f}")
+        print(f"  {name:<30} {us:8.0f}")
     if "lm" in per_token:
-        print(f"  {'lm minus engine alone':<24} {per_token['lm'] - engine_us:8.0f}")
+        non_engine = per_token["  lm event loop"] + per_token["  lm grpc threads"]
+        print(f"  {'lm non-engine threads':<30} {non_engine:8.0f}")
     print(load_average())
 
 
