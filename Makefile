@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-all demo demo-wheel lint format protos bench support-table clean
+.PHONY: install test test-all demo demo-wheel lint format protos bench gpu-check support-table clean
 
 install: $(STAMP)
 
@@ -45,7 +45,13 @@ protos: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.throughput
+	$(PY) -m bench.mesh
 	$(PY) -m bench.encoder
+
+# On a CUDA machine (< 8 min on one H100/H200): CUDA extras, every CUDA-only test, and the
+# throughput and mesh ratios on the real Qwen2-0.5B shape. Uses its own venv (.venv-gpu).
+gpu-check:
+	bash bench/gpu_check.sh
 
 # Reruns every test marked @pytest.mark.seed_row and regenerates the README's support table.
 support-table: $(STAMP)

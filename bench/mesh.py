@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
+import multiprocessing
 import os
 import random
 import signal
@@ -28,11 +28,12 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.mesh_model import build_qwen2_shaped
-from bench.proc_cpu import cpu_seconds, load_average, thread_cpu_seconds
+from bench.proc_cpu import cpu_seconds, load_average, thread_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +49,7 @@ class RunStats:
     num_messages: int = 0
     batch1_ttft_s: list[float] = field(default_factory=list)
     cpu_s: dict[str, float] = field(default_factory=dict)  # process or thread -> CPU seconds
+    idle_cpu_per_s: dict[str, float] = field(default_factory=dict)  # the same, idle, per second
 
     @property
     def tokens_per_s(self) -> float:
@@ -68,6 +70,20 @@ def make_prompts(tokenizer: object, n: int, length: int, seed: int) -> list[list
 
 
 def run_engine(path: Path, prompts: list[list[int]], args: argparse.Namespace) -> RunStats:
+    """The engine alone, stepped on a thread of its own as the LM service steps it.
+
+    NOTE: not on the main thread: on these CPUs torch runs its ops from the main thread up
+    to 1.5x slower than from another thread when the cores are busy (OpenMP's team), which
+    would flatter the mesh.
+    """
+    result: list[RunStats] = []
+    thread = threading.Thread(target=lambda: result.append(_run_engine(path, prompts, args)))
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+def _run_engine(path: Path, prompts: list[list[int]], args: argparse.Namespace) -> RunStats:
     from lm_service import Engine, EngineConfig, SamplingParams
 
     engine = Engine(EngineConfig(model=str(path), **engine_kwargs(args)))
@@ -88,8 +104,6 @@ def run_engine(path: Path, prompts: list[list[int]], args: argparse.Namespace) -
             if engine.step() and first is None:
                 first = time.perf_counter()
         stats.batch1_ttft_s.append(first - sent)
-    del engine
-    gc.collect()
     return stats
 
 
@@ -198,7 +212,12 @@ async def run_mesh_streams(mesh: Mesh, texts: list[str], args: argparse.Namespac
     async with grpc.aio.insecure_channel(mesh.gateway, options=CHANNEL_OPTIONS) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         await _stream(stub, texts[0], 2, RunStats())  # warm-up: connections, first step
+        idle_before = _mesh_cpu(mesh)
+        await asyncio.sleep(args.idle_seconds)  # what the services burn doing nothing
         before = _mesh_cpu(mesh)
+        stats.idle_cpu_per_s = {
+            name: (before[name] - idle_before[name]) / args.idle_seconds for name in before
+        }
         cpu0, start = time.process_time(), time.perf_counter()
         counts = await asyncio.gather(*(_stream(stub, t, args.max_tokens, stats) for t in texts))
         stats.wall_s = time.perf_counter() - start
@@ -214,12 +233,12 @@ async def run_mesh_streams(mesh: Mesh, texts: list[str], args: argparse.Namespac
 
 
 def _mesh_cpu(mesh: Mesh) -> dict[str, float]:
-    """CPU seconds of each service, and of its main thread (where grpc.aio's event loop
-    runs); for the LM the rest is the engine thread, torch's workers and gRPC's own."""
+    """CPU seconds of each service, and of its threads by kind (bench.proc_cpu)."""
     out: dict[str, float] = {}
     for name, pid in mesh.pids.items():
         out[name] = cpu_seconds(pid)
-        out[f"{name} event-loop thread"] = thread_cpu_seconds(pid).get(pid, 0.0)
+        for group, seconds in thread_groups(pid).items():
+            out[f"  {name} {group}"] = seconds
     return out
 
 
@@ -250,12 +269,17 @@ def report(ours: RunStats, mesh: RunStats, args: argparse.Namespace) -> None:
         )
     print(f"stream messages per token: mesh {mesh.num_messages / mesh.num_tokens:.3f}")
     per_token = {name: s / mesh.num_tokens * 1e6 for name, s in mesh.cpu_s.items()}
+    idle = {
+        name: r * mesh.wall_s / mesh.num_tokens * 1e6 for name, r in mesh.idle_cpu_per_s.items()
+    }
     engine_us = ours.cpu_s["engine process"] / ours.num_tokens * 1e6
     print(f"CPU per streamed token (us): engine alone in process {engine_us:.0f}")
+    print(f"  {'':<30} {'total':>8} {'idle rate':>10}  (the idle rate's share: background work)")
     for name, us in per_token.items():
-        print(f"  {name:<24} {us:8.0f}")
+        print(f"  {name:<30} {us:8.0f} {idle.get(name, 0.0):10.0f}")
     if "lm" in per_token:
-        print(f"  {'lm minus engine alone':<24} {per_token['lm'] - engine_us:8.0f}")
+        non_engine = per_token["  lm event loop"] + per_token["  lm grpc threads"]
+        print(f"  {'lm non-engine threads':<30} {non_engine:8.0f}")
     print(load_average())
 
 
@@ -273,6 +297,9 @@ def main() -> None:
     parser.add_argument("--batch1-prompt", type=int, default=32)
     parser.add_argument("--kv-cache-memory", type=int, default=1 << 30)
     parser.add_argument(
+        "--idle-seconds", type=float, default=3.0, help="idle CPU sampled before the run"
+    )
+    parser.add_argument(
         "--up-flag", action="append", default=[], help="one more `meshserve up` flag (repeat)"
     )
     args = parser.parse_args()
@@ -288,7 +315,10 @@ def main() -> None:
             f"{args.streams} streams, {sum(map(len, prompts))} prompt tokens; {load_average()}",
             flush=True,
         )
-        ours = run_engine(path, prompts, args)
+        # NOTE: in a fresh process, as the LM service is: this one built the model with HF,
+        # and its heap and threads would not give the engine the same start
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            ours = pool.submit(run_engine, path, prompts, args).result()
         print(f"engine in process done ({ours.wall_s:.1f}s); starting meshserve up", flush=True)
         mesh = Mesh(path, args)
         try:

@@ -26,6 +26,25 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     return out
 
 
+def thread_groups(pid: int) -> dict[str, float]:
+    """CPU seconds of `pid`'s threads in three groups: its main thread (a grpc.aio server's
+    event loop), gRPC core's own threads (named grpc_*, event_engine, ...), and the rest
+    (the "engine-loop" thread and torch's workers, which inherit the name "python")."""
+    groups = {"event loop": 0.0, "grpc threads": 0.0, "engine + torch threads": 0.0}
+    for tid, seconds in thread_cpu_seconds(pid).items():
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        except FileNotFoundError:
+            continue
+        if tid == pid:
+            groups["event loop"] += seconds
+        elif name in ("python", "engine-loop") or name.startswith("python"):
+            groups["engine + torch threads"] += seconds
+        else:
+            groups["grpc threads"] += seconds
+    return groups
+
+
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"

@@ -56,13 +56,16 @@ def workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
     ]
 
 
-def run_ours(path: Path, requests: list[tuple[list[int], int]], dtype: str) -> tuple[float, object]:
+def run_ours(
+    path: Path, requests: list[tuple[list[int], int]], dtype: str, device: str
+) -> tuple[float, object]:
     from lm_service import Engine, EngineConfig, SamplingParams
 
     engine = Engine(
         EngineConfig(
             model=str(path),
             dtype=dtype,
+            device=device,
             max_num_seqs=64,
             max_num_batched_tokens=1024,
             kv_cache_memory=4 << 30,
@@ -82,10 +85,10 @@ def run_hf(model: torch.nn.Module, requests: list[tuple[list[int], int]], batch:
     for i in range(0, len(requests), batch):
         chunk = requests[i : i + batch]
         width = max(len(p) for p, _ in chunk)
-        ids = torch.full((len(chunk), width), 2, dtype=torch.long)
+        ids = torch.full((len(chunk), width), 2, dtype=torch.long, device=model.device)
         mask = torch.zeros_like(ids)
         for row, (p, _) in enumerate(chunk):
-            ids[row, width - len(p) :] = torch.tensor(p)
+            ids[row, width - len(p) :] = torch.tensor(p, device=model.device)
             mask[row, width - len(p) :] = 1
         steps = max(m for _, m in chunk)
         with torch.inference_mode():
@@ -121,6 +124,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4, help="decoder layers (Qwen2-0.5B has 24)")
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (both engines)")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--hf-batch", type=int, default=16, help="HF static batch size")
     parser.add_argument(
@@ -143,9 +147,10 @@ def main() -> None:
             f"{len(requests)} requests, {sum(len(p) for p, _ in requests)} prompt tokens, "
             f"{num_out} output tokens; torch threads {torch.get_num_threads()}"
         )
-        ours_s, engine = run_ours(path, requests, args.dtype)
+        ours_s, engine = run_ours(path, requests, args.dtype, args.device)
         print(f"meshserve done in {ours_s:.1f}s; running HF...", flush=True)
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype))
+        hf = hf.to(args.device).eval()
         hf_s = run_hf(hf, requests, args.hf_batch)
         ours_tps, hf_tps = num_out / ours_s, num_out / hf_s
         print(
@@ -162,7 +167,7 @@ def main() -> None:
         def hf_gen(prompt_len: int, n: int) -> None:
             with torch.inference_mode():
                 hf.generate(
-                    input_ids=torch.full((1, prompt_len), 7),
+                    input_ids=torch.full((1, prompt_len), 7, device=hf.device),
                     max_new_tokens=n,
                     min_new_tokens=n,
                     do_sample=False,

@@ -199,6 +199,8 @@ async def _read_stream_requests(
             task = asyncio.create_task(connection.add(request.request_id, *args))
             adds.add(task)
             task.add_done_callback(adds.discard)
+    except Exception as exc:  # noqa: BLE001 - e.g. bytes that are no LMStreamRequest
+        connection.fail(exc)
     finally:
         connection.close_input()
 

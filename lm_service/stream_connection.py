@@ -45,6 +45,7 @@ class StreamConnection:
         self._ready: list[StreamItem] = []  # on the event loop, not yet taken
         self._waiter: asyncio.Future[None] | None = None
         self._is_closing = False
+        self._error: BaseException | None = None  # ends the whole stream
 
     # --- the engine thread's side (EngineLoop calls `deliver` of a stream's sink) ----
     def deliver(self, items: list[tuple[RequestStream, Any]]) -> None:
@@ -95,6 +96,12 @@ class StreamConnection:
         self._is_closing = True
         self._wake()
 
+    def fail(self, error: BaseException) -> None:
+        """The client broke the protocol (an undecodable message): the stream ends with
+        `error`'s status; its requests are aborted when the server closes it."""
+        self._error = error
+        self._wake()
+
     def abort_all(self) -> None:
         for request_id in self._live:
             self._engine_loop.abort(request_id)
@@ -103,6 +110,8 @@ class StreamConnection:
     async def next_items(self) -> list[StreamItem] | None:
         """Every item waiting (at least one); None once the stream has nothing more."""
         while not self._ready:
+            if self._error is not None:
+                raise self._error
             if self._is_closing and not self._live:
                 return None
             self._waiter = self._event_loop.create_future()
