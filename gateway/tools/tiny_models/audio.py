@@ -155,7 +155,5 @@ def build_whisper(out: Path) -> None:
     rescale_init(model, seed)
     silence_special_tokens(model, silenced_ids(tokenizer, [start], tied=True))
     model.generation_config = _whisper_generation_config(tokenizer)
-    processor = WhisperProcessor(
-        feature_extractor=whisper_feature_extractor(), tokenizer=tokenizer
-    )
+    processor = WhisperProcessor(feature_extractor=whisper_feature_extractor(), tokenizer=tokenizer)
     save_checkpoint(out, model, processor)
