@@ -3,6 +3,11 @@ fresh synthetic questions through the offline LLM, HF transformers and the mesh 
 
 A misplaced embedding, a swapped item or a prompt built unlike the training prompts gives
 wrong answers here, which random-weight models could never show.
+
+Slow (`make test-all`): the training needs all of the demo's steps to be right (shapes and
+motion are learned last; at 60% of the steps the loss is 0.23 and a third of the pictures are
+wrong), about 45 s of one core, and `meshserve up` starts four processes: 1-2 minutes in all
+on a shared 2-core machine. The fast tests beside this file cover the batches and the loop.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from gateway.tools.demo.batches import Qwen2AudioBatcher, Qwen2VLBatcher, chat_m
 from gateway.tools.demo.models import DemoModel, demo_models, scaled, trained_checkpoint
 from gateway.tools.demo.synthetic import Example, Task
 from gateway.tools.demo.training import examples
+
+pytestmark = pytest.mark.slow
 
 # NOTE: half the demo's synthetic examples, to save their preprocessing; all of its steps,
 # because shapes and motion are learned late (loss 0.23 at 60% of the steps, 0.07 at the end)
