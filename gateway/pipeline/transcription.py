@@ -14,6 +14,7 @@ each window, as vLLM's transcription endpoint applies them to each chunk.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import uuid
 import weakref
@@ -68,6 +69,8 @@ class DecoderPrompt:
     is_multilingual: bool
     lang_to_id: Mapping[str, int]
     task_to_id: Mapping[str, int]
+    # the first generated token may not be these (HF's SuppressTokensAtBeginLogitsProcessor)
+    begin_suppress_ids: tuple[int, ...] = ()
 
     @classmethod
     def from_pretrained(cls, model: str, architecture: str, revision: str | None) -> DecoderPrompt:
@@ -82,7 +85,15 @@ class DecoderPrompt:
             is_multilingual=bool(getattr(config, "is_multilingual", False)),
             lang_to_id=dict(getattr(config, "lang_to_id", None) or {}),
             task_to_id=dict(getattr(config, "task_to_id", None) or {}),
+            begin_suppress_ids=tuple(getattr(config, "begin_suppress_tokens", None) or ()),
         )
+
+    def sampling_params(self, params: SamplingParams) -> SamplingParams:
+        """The request's params with the checkpoint's begin_suppress_tokens added."""
+        if not self.begin_suppress_ids:
+            return params
+        ids = tuple(dict.fromkeys(params.begin_suppress_token_ids + self.begin_suppress_ids))
+        return dataclasses.replace(params, begin_suppress_token_ids=ids)
 
     def token_ids(self, language_id: int | None, task: str) -> list[int]:
         """The prompt for a language token id (multilingual checkpoints) and a task."""
@@ -219,7 +230,8 @@ class Transcriber:
     ) -> AsyncIterator[tuple[Any, str]]:
         """One window's LM stream: (step output, its text delta)."""
         detok = IncrementalDetokenizer(self.orchestrator.prompts.tokenizer, prompt, True)
-        outputs = self._outputs(request, prompt, states, start, request.sampling_params)
+        params = self.prompt.sampling_params(request.sampling_params)
+        outputs = self._outputs(request, prompt, states, start, params)
         async with contextlib.aclosing(outputs):
             async for out in outputs:
                 text = detok.push(list(out.new_token_ids))

@@ -4,8 +4,11 @@ audio encoder, its decoder batched in the engine, clips longer than one window."
 from __future__ import annotations
 
 import io
+import json
+import shutil
 import wave
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +154,38 @@ def test_a_client_gone_mid_stream_frees_the_engine_at_once(llm: LLM) -> None:
     engine = llm._lm.loop.engine
     pool = llm._lm.loop.call(lambda e: (e.scheduler.num_running, e.scheduler.encoder_pool.num_free))
     assert pool == (0, engine.scheduler.encoder_pool.num_blocks)
+
+
+def _hf_generate(path: str, samples: np.ndarray, max_tokens: int) -> list[int]:
+    processor = AutoProcessor.from_pretrained(path)
+    model = WhisperForConditionalGeneration.from_pretrained(path).eval()
+    features = processor.feature_extractor(
+        samples.astype(np.float32) / 32768, sampling_rate=RATE, return_tensors="pt"
+    ).input_features
+    with torch.inference_mode():
+        out = model.generate(features, language="en", task="transcribe", max_new_tokens=max_tokens)
+    return out[0].tolist()
+
+
+@pytest.mark.seed_row("Whisper", "transcription", impl="native")
+def test_begin_suppress_tokens_apply_to_the_first_token_as_in_hf(
+    whisper: str, tmp_path: Path
+) -> None:
+    """Real checkpoints set begin_suppress_tokens ([220, eos]); the tiny builder sets none, so
+    a copy of it suppresses the token HF would otherwise pick first (and EOS)."""
+    samples = _tone_int16()
+    plain = _hf_generate(whisper, samples, 6)  # the generated tokens (no decoder prompt)
+    shutil.copytree(whisper, tmp_path / "whisper")
+    config_path = tmp_path / "whisper" / "generation_config.json"
+    config = json.loads(config_path.read_text())
+    config["begin_suppress_tokens"] = [plain[0], config["eos_token_id"]]
+    config_path.write_text(json.dumps(config))
+    copy = str(tmp_path / "whisper")
+    expected = _hf_generate(copy, samples, 6)
+    assert expected[0] != plain[0] and plain[0] in expected  # banned only as the first token
+    llm = LLM(copy, task="transcription")
+    try:
+        output = llm.transcribe(_wav_bytes(samples), language="en", sampling_params=GREEDY_6)
+    finally:
+        llm.close()
+    assert list(output.outputs[0].token_ids) == expected
