@@ -226,7 +226,8 @@ class LLM:
     ) -> RequestOutput:
         """Speech to text on the engine: `audio` is the file bytes or (waveform,
         sampling_rate), cut into the model's 30 s windows and transcribed in order; `language`
-        e.g. "en" (required by multilingual checkpoints); `task` "transcribe" or "translate"."""
+        e.g. "en", or None to detect it from the first window as HF's `generate` does
+        (English-only checkpoints take none); `task` "transcribe" or "translate"."""
         self._require_task("transcribe", "transcription")
         request = TranscriptionRequest(
             f"offline-{next(self._ids)}",

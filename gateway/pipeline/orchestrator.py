@@ -17,6 +17,7 @@ from gateway.backends.base import EncoderBackend, LMBackend, LMRequest
 from gateway.pipeline.detokenizer import IncrementalDetokenizer
 from gateway.pipeline.media_store import MediaStore
 from gateway.pipeline.stop import StopChecker
+from gateway.pipeline.transcription import Transcriber
 from gateway.pipeline.types import (
     GenerationChunk,
     GenerationRequest,
@@ -65,6 +66,8 @@ class Orchestrator:
         self.media_store = media_store
         # tokens per streamed chunk (SGLang's --stream-interval); the last chunk may hold fewer
         self.stream_interval = stream_interval
+        # --task transcription: built here, at start-up (it reads the generation config)
+        self.transcriber = Transcriber.build(self) if served.task == "transcription" else None
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Streams the answer to one request; raises the core errors for bad input."""

@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +36,6 @@ from protos.model_source import CONFIG_PATTERNS, resolve_model
 from protos.sampling_params import SamplingParams
 
 TASKS = ("transcribe", "translate")
-_TRANSCRIBERS: weakref.WeakKeyDictionary[Any, Transcriber] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +76,11 @@ class DecoderPrompt:
 
         path = resolve_model(model, revision=revision, allow_patterns=CONFIG_PATTERNS)
         config = GenerationConfig.from_pretrained(path)
+        if config.decoder_start_token_id is None:
+            raise InvalidRequest(
+                f"{model}: the generation config sets no decoder_start_token_id, which "
+                "transcription starts every window with"
+            )
         return cls(
             architecture=architecture,
             start_id=int(config.decoder_start_token_id),
@@ -123,27 +126,35 @@ class DecoderPrompt:
 
 
 class Transcriber:
-    """The transcription side of a gateway Orchestrator (same encoders, LM and tokenizer)."""
+    """The transcription side of a gateway Orchestrator (same encoders, LM and tokenizer);
+    built with it at start-up (`build`), so a bad checkpoint fails there, not in a request.
+
+    Args:
+        window_positions: encoder states of one 30 s window (max_source_positions).
+    """
 
     def __init__(self, orchestrator: Any, prompt: DecoderPrompt, window_positions: int) -> None:
         self.orchestrator = orchestrator
         self.prompt = prompt
-        self.window_positions = window_positions  # encoder states of one window
+        self.window_positions = window_positions
 
     @classmethod
-    def of(cls, orchestrator: Any) -> Transcriber:
-        """The orchestrator's transcriber, built on first use; Unsupported unless the
-        gateway serves --task transcription."""
+    def build(cls, orchestrator: Any) -> Transcriber:
+        """Reads the checkpoint's generation config (file I/O: call it at start-up)."""
         served = orchestrator.served
-        if served.task != "transcription":
-            raise not_served(served, "transcription")
-        if orchestrator not in _TRANSCRIBERS:
-            prompt = DecoderPrompt.from_pretrained(
-                served.model, served.architecture, served.revision
-            )
-            positions = int(orchestrator.prompts.config.max_source_positions)
-            _TRANSCRIBERS[orchestrator] = cls(orchestrator, prompt, positions)
-        return _TRANSCRIBERS[orchestrator]
+        prompt = DecoderPrompt.from_pretrained(served.model, served.architecture, served.revision)
+        positions = getattr(orchestrator.prompts.config, "max_source_positions", None)
+        if not isinstance(positions, int) or positions < 1:
+            raise InvalidRequest(f"{served.model}: the config sets no max_source_positions")
+        return cls(orchestrator, prompt, positions)
+
+    @staticmethod
+    def of(orchestrator: Any) -> Transcriber:
+        """The orchestrator's transcriber; Unsupported unless the gateway serves
+        --task transcription."""
+        if orchestrator.transcriber is None:
+            raise not_served(orchestrator.served, "transcription")
+        return orchestrator.transcriber
 
     async def transcribe_all(self, request: TranscriptionRequest) -> GenerationChunk:
         """The whole transcription as one finished chunk (HTTP's and the offline API's)."""
@@ -176,8 +187,7 @@ class Transcriber:
         )
         (encoded,) = await self.orchestrator.encode([item], request.timeout)
         encode_ms = (time.perf_counter() - start) * 1e3
-        states = encoded.embeddings  # [num_windows * window_positions, d_model]
-        windows = states.view(-1, self.window_positions, states.shape[-1])
+        windows = self._windows(encoded.embeddings)
         if language_id is None and self.prompt.is_multilingual:
             language_id = await self._detect_language(request, windows[0], start)
         prompt = self.prompt.token_ids(language_id, request.task)
@@ -207,6 +217,17 @@ class Transcriber:
                         timings=timings,
                         media_cache_hits=(bool(encoded.cache_hit),),
                     )
+
+    def _windows(self, states: Any) -> Any:
+        """[num_windows * window_positions, d_model] -> [num_windows, window_positions, d_model];
+        InvalidRequest when the audio encoder answered a count that is not whole windows."""
+        num_rows, size = int(states.shape[0]), self.window_positions
+        if num_rows == 0 or num_rows % size:
+            raise InvalidRequest(
+                f"the audio encoder returned {num_rows} encoder states, not a whole number of "
+                f"{size}-position windows"
+            )
+        return states.view(-1, size, states.shape[-1])
 
     async def _detect_language(
         self, request: TranscriptionRequest, states: Any, start: float
