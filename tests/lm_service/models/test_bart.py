@@ -4,6 +4,8 @@ and through the offline `LLM`; a checkpoint missing a weight is refused."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -113,3 +115,17 @@ def test_a_full_queue_refuses_before_the_encoder_runs(bart: dict) -> None:
     engine.abort("queued")
     engine.add_request("next", ids, SamplingParams(temperature=0.0, max_tokens=2))
     assert len(calls) == 1  # an admitted request is encoded
+
+
+def test_final_logits_bias_is_read_from_the_checkpoint(bart: dict, tmp_path: Path) -> None:
+    """The tiny builder's bias is zeros (as HF initializes it): a copy with a random one."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig
+
+    shutil.copytree(bart["path"], tmp_path / "bart")
+    weights = load_file(tmp_path / "bart" / "model.safetensors")
+    bias = torch.randn_like(weights["final_logits_bias"])  # [1, vocab]
+    save_file({**weights, "final_logits_bias": bias}, tmp_path / "bart" / "model.safetensors")
+    config = AutoConfig.from_pretrained(tmp_path / "bart")
+    model = NativeBart.from_checkpoint(tmp_path / "bart", config, dtype=torch.float32, device="cpu")
+    assert torch.equal(model.final_logits_bias, bias)
