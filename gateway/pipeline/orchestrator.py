@@ -118,11 +118,16 @@ class Orchestrator:
             raise Unsupported(f"no {sorted(missing)[0]} encoder is configured for this gateway")
 
     async def media_prompt(
-        self, text: str, media: Sequence[MediaInput], timeout: float | None
+        self,
+        text: str,
+        media: Sequence[MediaInput],
+        timeout: float | None,
+        processor_kwargs: Mapping[str, Any] | None = None,
     ) -> tuple[BuiltPrompt, tuple[MultiModalSpan, ...]]:
         """A raw prompt's token ids with its (already checked) media encoded and spliced in,
-        and the spans that carry their embeddings (pooling inputs with media)."""
-        encoded = await self.encode(media, timeout)
+        and the spans that carry their embeddings (pooling inputs with media).
+        `processor_kwargs`: the request's mm_processor_kwargs, as in `encode`."""
+        encoded = await self.encode(media, timeout, processor_kwargs)
         built = self.prompts.build(text, _slots(media, encoded))
         return built, _spans(built, encoded)
 
