@@ -232,18 +232,16 @@ class Transcriber:
     async def _detect_language(
         self, request: TranscriptionRequest, states: Any, start: float
     ) -> int:
-        """HF's `detect_language`: one decoder step from `<|startoftranscript|>` over the
-        first window, the most likely language token winning. The step's logprobs cover the
-        whole vocabulary, so the best language token is among them."""
-        vocab = int(self.orchestrator.prompts.config.vocab_size)
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=vocab, ignore_eos=True)
-        languages = set(self.prompt.lang_to_id.values())
+        """HF's `detect_language`: one greedy decoder step from `<|startoftranscript|>` over
+        the first window, sampled among the language tokens only (their argmax)."""
+        languages = tuple(sorted(set(self.prompt.lang_to_id.values())))
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, ignore_eos=True, allowed_token_ids=languages
+        )
         outputs = self._outputs(request, [self.prompt.start_id], states, start, params)
         async with contextlib.aclosing(outputs):
             async for out in outputs:
-                entry = out.new_logprobs[0]
-                scored = zip(entry.top_token_ids, entry.top_logprobs, strict=True)
-                return max((lp, -t, t) for t, lp in scored if t in languages)[2]
+                return int(out.new_token_ids[0])
         raise RuntimeError("the LM ended the language detection step without a token")
 
     async def _window(

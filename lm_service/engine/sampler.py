@@ -4,8 +4,8 @@ One row per request that samples this step. The order of operations on each row:
   1. logprobs are taken from the RAW logits (log_softmax before any processing), like vLLM's
      default `logprobs_mode="raw_logprobs"`: what the model believes, not what was sampled from;
   2. min_tokens forbids EOS and stop token ids, begin_suppress_token_ids the first token's
-     choices (HF's SuppressTokensAtBeginLogitsProcessor); penalties (repetition, then frequency and
-     presence);
+     choices (HF's SuppressTokensAtBeginLogitsProcessor), allowed_token_ids all others;
+     penalties (repetition, then frequency and presence);
   3. greedy rows: argmax;
   4. random rows: temperature -> top-k -> top-p -> min-p -> an exponential race
      (argmax of probs / q, q ~ Exp(1)), which samples from probs without a host sync; a
@@ -23,6 +23,7 @@ import torch
 
 from lm_service.engine.counters import EngineCounters
 from lm_service.engine.request import LogprobEntry, Request
+from protos.sampling_params import SamplingParams
 
 
 class SamplerOutput(NamedTuple):
@@ -64,6 +65,7 @@ class SamplingMetadata:
         generators: row -> the seeded generator of that row's request.
         penalties: None when no row has a penalty.
         banned_mask: (rows [N], token ids [N]) to forbid, or None.
+        allowed_mask: [B, V] bool, True where a row may sample; None when no row restricts.
         num_logprobs: per row, SamplingParams.logprobs.
     """
 
@@ -76,6 +78,7 @@ class SamplingMetadata:
     generators: dict[int, torch.Generator]
     penalties: Penalties | None
     banned_mask: tuple[torch.Tensor, torch.Tensor] | None
+    allowed_mask: torch.Tensor | None
     num_logprobs: tuple[int | None, ...]
     vocab_size: int
 
@@ -85,7 +88,12 @@ class SamplingMetadata:
 
     @property
     def is_plain_greedy(self) -> bool:
-        return self.all_greedy and self.penalties is None and self.banned_mask is None
+        return (
+            self.all_greedy
+            and self.penalties is None
+            and self.banned_mask is None
+            and self.allowed_mask is None
+        )
 
     @classmethod
     def from_requests(
@@ -110,6 +118,7 @@ class SamplingMetadata:
             generators=_generators(requests, device),
             penalties=_penalties(requests, vocab_size, device),
             banned_mask=_banned_mask(requests, vocab_size, device),
+            allowed_mask=_allowed_mask(params, vocab_size, device),
             num_logprobs=tuple(p.logprobs for p in params),
             vocab_size=vocab_size,
         )
@@ -187,6 +196,20 @@ def _banned_mask(
     if not rows:
         return None
     return _ints(rows, device), _ints(token_ids, device)
+
+
+def _allowed_mask(
+    params: Sequence[SamplingParams], vocab_size: int, device: torch.device | str
+) -> torch.Tensor | None:
+    """[B, V] bool: True where a row may sample (rows without allowed_token_ids: all)."""
+    if not any(p.allowed_token_ids for p in params):
+        return None
+    mask = torch.ones(len(params), vocab_size, dtype=torch.bool)
+    for row, p in enumerate(params):
+        if p.allowed_token_ids:
+            mask[row] = False
+            mask[row, [t for t in p.allowed_token_ids if t < vocab_size]] = True
+    return mask.to(device)
 
 
 def _banned_ids(request: Request) -> set[int]:
@@ -272,6 +295,8 @@ class Sampler:
         if metadata.banned_mask is not None:
             logits = logits.clone()
             logits[metadata.banned_mask] = float("-inf")
+        if metadata.allowed_mask is not None:
+            logits = logits.masked_fill(~metadata.allowed_mask, float("-inf"))
         if metadata.penalties is not None:
             logits = apply_penalties(logits, metadata.penalties)
         return logits

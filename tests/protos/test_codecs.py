@@ -60,6 +60,8 @@ def test_a_pooling_input_keeps_its_media_and_mrope_positions() -> None:
     assert back[1] == PoolingInput((1, 2)) and back[1].mrope_positions is None
 
 
-def test_sampling_params_round_trip_with_begin_suppress_ids() -> None:
-    params = SamplingParams(max_tokens=3, stop_token_ids=(2,), begin_suppress_token_ids=(220, 2))
+def test_sampling_params_round_trip_with_token_restrictions() -> None:
+    params = SamplingParams(
+        max_tokens=3, stop_token_ids=(2,), begin_suppress_token_ids=(220, 2), allowed_token_ids=(7,)
+    )
     assert sampling_from_pb(sampling_to_pb(params)) == params

@@ -201,6 +201,18 @@ def test_begin_suppress_ids_are_banned_at_the_first_output_token_only() -> None:
     assert sample(logits[:1], [banned])[0] == [9]
 
 
+def test_allowed_token_ids_restrict_their_row_only() -> None:
+    logits = torch.zeros(2, VOCAB)
+    logits[:, 9] = 10.0
+    logits[:, 4] = 3.0
+    logits[:, 6] = 2.0
+    restricted = make_request("a", temperature=0.0, allowed_token_ids=[6, 4, VOCAB + 5])
+    tokens, _ = sample(logits, [restricted, make_request("b", temperature=0.0)])
+    assert tokens == [4, 9]
+    random_rows = [make_request(str(i), allowed_token_ids=[6]) for i in range(50)]
+    assert set(sample(torch.zeros(50, VOCAB), random_rows)[0]) == {6}
+
+
 def test_logprobs_are_raw_sorted_and_ranked() -> None:
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [0.0, 0.0, 4.0, 1.0]])
     raw = logits.log_softmax(dim=-1)
