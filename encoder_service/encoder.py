@@ -297,7 +297,15 @@ class Encoder:
         decoded = self.tower.decode(
             self.modality, miss.source, miss.index, miss.options, self.limits, miss.metadata
         )
-        return self.tower.prepare(self.modality, decoded, miss.index, miss.processor_kwargs)
+        try:
+            return self.tower.prepare(self.modality, decoded, miss.index, miss.processor_kwargs)
+        except MediaError:
+            raise
+        except Exception as error:  # noqa: BLE001 - e.g. the HF processor refusing a kwarg's
+            # value (StrictDataclassFieldValidationError): this item's fault, not the server's
+            raise MediaError(
+                self.modality, miss.index, f"the processor refused it: {error}"
+            ) from error
 
     def _run_tower(self, batch: list[tuple[str, TowerInput]]) -> list[torch.Tensor]:
         """The batcher's worker: one tower call for the distinct items of concurrent callers."""
@@ -331,7 +339,7 @@ class Encoder:
         if not kwargs:
             return None
         try:
-            return self.tower.check_request_kwargs(kwargs)
+            return self.tower.check_request_kwargs(kwargs, self.limits)
         except InvalidRequest as error:
             raise MediaError(self.modality, index, str(error)) from None
 

@@ -226,7 +226,8 @@ class LLM:
     ) -> RequestOutput:
         """Speech to text on the engine: `audio` is the file bytes or (waveform,
         sampling_rate), cut into the model's 30 s windows and transcribed in order; `language`
-        e.g. "en" (required by multilingual checkpoints); `task` "transcribe" or "translate"."""
+        e.g. "en", or None to detect it from the first window as HF's `generate` does
+        (English-only checkpoints take none); `task` "transcribe" or "translate"."""
         self._require_task("transcribe", "transcription")
         request = TranscriptionRequest(
             f"offline-{next(self._ids)}",
@@ -302,9 +303,7 @@ class LLM:
         if not isinstance(prompt, Mapping):
             raise InvalidRequest(f"a prompt is a str or a dict, got {type(prompt).__name__}")
         media = _media_from_data(prompt.get("multi_modal_data") or {})
-        kwargs = prompt.get("mm_processor_kwargs") or {}
-        if not isinstance(kwargs, Mapping):
-            raise InvalidRequest(f"mm_processor_kwargs must be a dict, got {type(kwargs).__name__}")
+        kwargs = _processor_kwargs(prompt)
         if "prompt_token_ids" in prompt:
             return GenerationRequest(
                 request_id,
@@ -375,12 +374,20 @@ def _pooling_prompts(prompts: Any) -> list[Prompt]:
             if "prompt" not in item:
                 raise InvalidRequest("multi_modal_data needs a text prompt with placeholders")
             media = _media_from_data(item["multi_modal_data"])
-            out.append(MediaPrompt(str(item["prompt"]), media))
+            out.append(MediaPrompt(str(item["prompt"]), media, False, _processor_kwargs(item)))
         elif "prompt_token_ids" in item:
             out.append([int(t) for t in item["prompt_token_ids"]])
         else:
             out.append(str(item["prompt"]))
     return out
+
+
+def _processor_kwargs(prompt: Mapping[str, Any]) -> dict[str, Any]:
+    """A prompt dict's mm_processor_kwargs (vLLM's), as a dict."""
+    kwargs = prompt.get("mm_processor_kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise InvalidRequest(f"mm_processor_kwargs must be a dict, got {type(kwargs).__name__}")
+    return dict(kwargs)
 
 
 def _media_from_data(data: Mapping[str, Any]) -> tuple[MediaInput, ...]:

@@ -165,8 +165,10 @@ class _TorchvisionStandIn(types.ModuleType):
     module that names tvF only in its annotations (Qwen2-VL's): any real use says why."""
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
+        # NOTE: dunder and private names are introspection (hasattr, getattr with a default,
+        # typing.get_type_hints, copy, pickle, inspect): they must see "no such attribute"
+        if name.startswith("_"):
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
         raise Unsupported(f"{self.__name__}.{name} needs torchvision, which is not installed")
 
 

@@ -31,6 +31,8 @@ def sampling_from_pb(msg: common_pb2.SamplingParams) -> SamplingParams:
         "stop_token_ids": tuple(msg.stop_token_ids),
         "ignore_eos": msg.ignore_eos,
         "stop": tuple(msg.stop),
+        "begin_suppress_token_ids": tuple(msg.begin_suppress_token_ids),
+        "allowed_token_ids": tuple(msg.allowed_token_ids),
     }
     for name in ("max_tokens", "temperature", "top_p", "seed", "repetition_penalty", "logprobs"):
         if msg.HasField(name):
@@ -51,6 +53,8 @@ def sampling_to_pb(params: SamplingParams) -> common_pb2.SamplingParams:
         stop_token_ids=list(params.stop_token_ids),
         ignore_eos=params.ignore_eos,
         stop=list(params.stop),
+        begin_suppress_token_ids=list(params.begin_suppress_token_ids),
+        allowed_token_ids=list(params.allowed_token_ids),
     )
     if params.max_tokens is not None:
         msg.max_tokens = params.max_tokens

@@ -43,6 +43,9 @@ class SamplingParams:
         stop_token_ids: token ids that end the request (the token is kept in the output).
         ignore_eos: keep generating past the EOS token.
         stop: stop strings; matched by the gateway's detokenizer, carried here untouched.
+        begin_suppress_token_ids: token ids the first generated token may not be (HF's
+            generation config `begin_suppress_tokens`, e.g. Whisper's blank and EOS).
+        allowed_token_ids: when set, the only tokens that may be sampled (vLLM's name).
     """
 
     max_tokens: int | None = 16
@@ -59,10 +62,14 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     stop: tuple[str, ...] = ()
+    begin_suppress_token_ids: tuple[int, ...] = ()
+    allowed_token_ids: tuple[int, ...] = ()  # empty: every token
 
     def __post_init__(self) -> None:
         # Accept lists (and a lone stop string) from callers; store tuples so params stay hashable.
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        object.__setattr__(self, "begin_suppress_token_ids", tuple(self.begin_suppress_token_ids))
+        object.__setattr__(self, "allowed_token_ids", tuple(self.allowed_token_ids))
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         object.__setattr__(self, "stop", stop)
         self._validate_lengths()
@@ -143,6 +150,12 @@ class SamplingParams:
             all(_is_int(token_id) and token_id >= 0 for token_id in self.stop_token_ids),
             f"stop_token_ids must be non-negative integers, got {list(self.stop_token_ids)}",
         )
+        for name in ("begin_suppress_token_ids", "allowed_token_ids"):
+            ids = getattr(self, name)
+            _check(
+                all(_is_int(token_id) and token_id >= 0 for token_id in ids),
+                f"{name} must be non-negative integers, got {list(ids)}",
+            )
         _check(
             all(isinstance(text, str) and text for text in self.stop),
             f"stop must be non-empty strings, got {list(self.stop)}",

@@ -22,7 +22,7 @@ from torch import nn
 
 from encoder_service import media
 from encoder_service.media import MediaLimits
-from encoder_service.towers.processor_kwargs import check_processor_kwargs
+from encoder_service.towers.processor_kwargs import check_processor_kwargs, check_request_values
 from encoder_service.weights import build_on_meta, load_tower_weights
 from protos.modality import Modality
 
@@ -58,6 +58,8 @@ class Tower(ABC):
     modalities: ClassVar[tuple[Modality, ...]]  # media only: never Modality.TEXT
     # checkpoint roots of the tower's weights, e.g. ("vision_tower", "multi_modal_projector")
     roots: ClassVar[tuple[str, ...]]
+    # the image processor's size.shortest_edge / longest_edge count pixels (Qwen2-VL)
+    size_is_pixel_count: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -80,11 +82,16 @@ class Tower(ABC):
             kwargs, self.hf_processors(), self.architecture
         )
 
-    def check_request_kwargs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """A request's own mm_processor_kwargs; InvalidRequest for keys no processor takes."""
-        return check_processor_kwargs(
+    def check_request_kwargs(
+        self, kwargs: Mapping[str, Any], limits: MediaLimits
+    ) -> dict[str, Any]:
+        """A request's own mm_processor_kwargs; InvalidRequest for keys no processor takes and
+        for sizes or counts that would make the processed item exceed `limits`."""
+        checked = check_processor_kwargs(
             kwargs, self.hf_processors(), self.architecture, "mm_processor_kwargs"
         )
+        check_request_values(checked, limits, size_is_pixel_count=self.size_is_pixel_count)
+        return checked
 
     def kwargs_for(self, request_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
         """The processor's arguments for one item: --mm-processor-kwargs, then the request's

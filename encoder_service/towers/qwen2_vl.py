@@ -27,6 +27,7 @@ class Qwen2VLTower(Tower):
     architecture = "Qwen2VLForConditionalGeneration"
     modalities = (Modality.IMAGE, Modality.VIDEO)
     roots = ("visual",)
+    size_is_pixel_count = True  # size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)

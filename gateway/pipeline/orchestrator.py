@@ -17,6 +17,7 @@ from gateway.backends.base import EncoderBackend, LMBackend, LMRequest
 from gateway.pipeline.detokenizer import IncrementalDetokenizer
 from gateway.pipeline.media_store import MediaStore
 from gateway.pipeline.stop import StopChecker
+from gateway.pipeline.transcription import Transcriber
 from gateway.pipeline.types import (
     GenerationChunk,
     GenerationRequest,
@@ -65,6 +66,8 @@ class Orchestrator:
         self.media_store = media_store
         # tokens per streamed chunk (SGLang's --stream-interval); the last chunk may hold fewer
         self.stream_interval = stream_interval
+        # --task transcription: built here, at start-up (it reads the generation config)
+        self.transcriber = Transcriber.build(self) if served.task == "transcription" else None
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Streams the answer to one request; raises the core errors for bad input."""
@@ -115,11 +118,16 @@ class Orchestrator:
             raise Unsupported(f"no {sorted(missing)[0]} encoder is configured for this gateway")
 
     async def media_prompt(
-        self, text: str, media: Sequence[MediaInput], timeout: float | None
+        self,
+        text: str,
+        media: Sequence[MediaInput],
+        timeout: float | None,
+        processor_kwargs: Mapping[str, Any] | None = None,
     ) -> tuple[BuiltPrompt, tuple[MultiModalSpan, ...]]:
         """A raw prompt's token ids with its (already checked) media encoded and spliced in,
-        and the spans that carry their embeddings (pooling inputs with media)."""
-        encoded = await self.encode(media, timeout)
+        and the spans that carry their embeddings (pooling inputs with media).
+        `processor_kwargs`: the request's mm_processor_kwargs, as in `encode`."""
+        encoded = await self.encode(media, timeout, processor_kwargs)
         built = self.prompts.build(text, _slots(media, encoded))
         return built, _spans(built, encoded)
 

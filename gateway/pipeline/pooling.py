@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -42,6 +42,8 @@ class MediaPrompt:
     prompt: str
     media: tuple[MediaInput, ...]
     has_text: bool = False
+    # vLLM's per-request mm_processor_kwargs, for this prompt's media files
+    mm_processor_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 Prompt = str | Sequence[int] | MediaPrompt  # text, token ids (special tokens included), media
@@ -189,7 +191,9 @@ class PoolingOrchestrator:
             raise InvalidRequest(f"input {index}: {error}") from error
 
     async def _media_input(self, prompt: MediaPrompt, timeout: float | None) -> PoolingInput:
-        built, spans = await self.media.media_prompt(prompt.prompt, prompt.media, timeout)
+        built, spans = await self.media.media_prompt(
+            prompt.prompt, prompt.media, timeout, prompt.mm_processor_kwargs
+        )
         return PoolingInput(
             tuple(built.token_ids), None, spans, mrope_positions=built.mrope_positions
         )

@@ -14,9 +14,9 @@ each window, as vLLM's transcription endpoint applies them to each chunk.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +36,6 @@ from protos.model_source import CONFIG_PATTERNS, resolve_model
 from protos.sampling_params import SamplingParams
 
 TASKS = ("transcribe", "translate")
-_TRANSCRIBERS: weakref.WeakKeyDictionary[Any, Transcriber] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +67,8 @@ class DecoderPrompt:
     is_multilingual: bool
     lang_to_id: Mapping[str, int]
     task_to_id: Mapping[str, int]
+    # the first generated token may not be these (HF's SuppressTokensAtBeginLogitsProcessor)
+    begin_suppress_ids: tuple[int, ...] = ()
 
     @classmethod
     def from_pretrained(cls, model: str, architecture: str, revision: str | None) -> DecoderPrompt:
@@ -75,6 +76,11 @@ class DecoderPrompt:
 
         path = resolve_model(model, revision=revision, allow_patterns=CONFIG_PATTERNS)
         config = GenerationConfig.from_pretrained(path)
+        if config.decoder_start_token_id is None:
+            raise InvalidRequest(
+                f"{model}: the generation config sets no decoder_start_token_id, which "
+                "transcription starts every window with"
+            )
         return cls(
             architecture=architecture,
             start_id=int(config.decoder_start_token_id),
@@ -82,7 +88,15 @@ class DecoderPrompt:
             is_multilingual=bool(getattr(config, "is_multilingual", False)),
             lang_to_id=dict(getattr(config, "lang_to_id", None) or {}),
             task_to_id=dict(getattr(config, "task_to_id", None) or {}),
+            begin_suppress_ids=tuple(getattr(config, "begin_suppress_tokens", None) or ()),
         )
+
+    def sampling_params(self, params: SamplingParams) -> SamplingParams:
+        """The request's params with the checkpoint's begin_suppress_tokens added."""
+        if not self.begin_suppress_ids:
+            return params
+        ids = tuple(dict.fromkeys(params.begin_suppress_token_ids + self.begin_suppress_ids))
+        return dataclasses.replace(params, begin_suppress_token_ids=ids)
 
     def token_ids(self, language_id: int | None, task: str) -> list[int]:
         """The prompt for a language token id (multilingual checkpoints) and a task."""
@@ -112,27 +126,35 @@ class DecoderPrompt:
 
 
 class Transcriber:
-    """The transcription side of a gateway Orchestrator (same encoders, LM and tokenizer)."""
+    """The transcription side of a gateway Orchestrator (same encoders, LM and tokenizer);
+    built with it at start-up (`build`), so a bad checkpoint fails there, not in a request.
+
+    Args:
+        window_positions: encoder states of one 30 s window (max_source_positions).
+    """
 
     def __init__(self, orchestrator: Any, prompt: DecoderPrompt, window_positions: int) -> None:
         self.orchestrator = orchestrator
         self.prompt = prompt
-        self.window_positions = window_positions  # encoder states of one window
+        self.window_positions = window_positions
 
     @classmethod
-    def of(cls, orchestrator: Any) -> Transcriber:
-        """The orchestrator's transcriber, built on first use; Unsupported unless the
-        gateway serves --task transcription."""
+    def build(cls, orchestrator: Any) -> Transcriber:
+        """Reads the checkpoint's generation config (file I/O: call it at start-up)."""
         served = orchestrator.served
-        if served.task != "transcription":
-            raise not_served(served, "transcription")
-        if orchestrator not in _TRANSCRIBERS:
-            prompt = DecoderPrompt.from_pretrained(
-                served.model, served.architecture, served.revision
-            )
-            positions = int(orchestrator.prompts.config.max_source_positions)
-            _TRANSCRIBERS[orchestrator] = cls(orchestrator, prompt, positions)
-        return _TRANSCRIBERS[orchestrator]
+        prompt = DecoderPrompt.from_pretrained(served.model, served.architecture, served.revision)
+        positions = getattr(orchestrator.prompts.config, "max_source_positions", None)
+        if not isinstance(positions, int) or positions < 1:
+            raise InvalidRequest(f"{served.model}: the config sets no max_source_positions")
+        return cls(orchestrator, prompt, positions)
+
+    @staticmethod
+    def of(orchestrator: Any) -> Transcriber:
+        """The orchestrator's transcriber; Unsupported unless the gateway serves
+        --task transcription."""
+        if orchestrator.transcriber is None:
+            raise not_served(orchestrator.served, "transcription")
+        return orchestrator.transcriber
 
     async def transcribe_all(self, request: TranscriptionRequest) -> GenerationChunk:
         """The whole transcription as one finished chunk (HTTP's and the offline API's)."""
@@ -165,8 +187,7 @@ class Transcriber:
         )
         (encoded,) = await self.orchestrator.encode([item], request.timeout)
         encode_ms = (time.perf_counter() - start) * 1e3
-        states = encoded.embeddings  # [num_windows * window_positions, d_model]
-        windows = states.view(-1, self.window_positions, states.shape[-1])
+        windows = self._windows(encoded.embeddings)
         if language_id is None and self.prompt.is_multilingual:
             language_id = await self._detect_language(request, windows[0], start)
         prompt = self.prompt.token_ids(language_id, request.task)
@@ -197,21 +218,30 @@ class Transcriber:
                         media_cache_hits=(bool(encoded.cache_hit),),
                     )
 
+    def _windows(self, states: Any) -> Any:
+        """[num_windows * window_positions, d_model] -> [num_windows, window_positions, d_model];
+        InvalidRequest when the audio encoder answered a count that is not whole windows."""
+        num_rows, size = int(states.shape[0]), self.window_positions
+        if num_rows == 0 or num_rows % size:
+            raise InvalidRequest(
+                f"the audio encoder returned {num_rows} encoder states, not a whole number of "
+                f"{size}-position windows"
+            )
+        return states.view(-1, size, states.shape[-1])
+
     async def _detect_language(
         self, request: TranscriptionRequest, states: Any, start: float
     ) -> int:
-        """HF's `detect_language`: one decoder step from `<|startoftranscript|>` over the
-        first window, the most likely language token winning. The step's logprobs cover the
-        whole vocabulary, so the best language token is among them."""
-        vocab = int(self.orchestrator.prompts.config.vocab_size)
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=vocab, ignore_eos=True)
-        languages = set(self.prompt.lang_to_id.values())
+        """HF's `detect_language`: one greedy decoder step from `<|startoftranscript|>` over
+        the first window, sampled among the language tokens only (their argmax)."""
+        languages = tuple(sorted(set(self.prompt.lang_to_id.values())))
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, ignore_eos=True, allowed_token_ids=languages
+        )
         outputs = self._outputs(request, [self.prompt.start_id], states, start, params)
         async with contextlib.aclosing(outputs):
             async for out in outputs:
-                entry = out.new_logprobs[0]
-                scored = zip(entry.top_token_ids, entry.top_logprobs, strict=True)
-                return max((lp, -t, t) for t, lp in scored if t in languages)[2]
+                return int(out.new_token_ids[0])
         raise RuntimeError("the LM ended the language detection step without a token")
 
     async def _window(
@@ -219,7 +249,8 @@ class Transcriber:
     ) -> AsyncIterator[tuple[Any, str]]:
         """One window's LM stream: (step output, its text delta)."""
         detok = IncrementalDetokenizer(self.orchestrator.prompts.tokenizer, prompt, True)
-        outputs = self._outputs(request, prompt, states, start, request.sampling_params)
+        params = self.prompt.sampling_params(request.sampling_params)
+        outputs = self._outputs(request, prompt, states, start, params)
         async with contextlib.aclosing(outputs):
             async for out in outputs:
                 text = detok.push(list(out.new_token_ids))

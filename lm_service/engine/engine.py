@@ -167,7 +167,7 @@ class Engine:
         prompt = [int(t) for t in prompt_token_ids]
         self._check_prompt(prompt, mm_spans, mrope_positions)
         if encoder_states is None and self.cross_spec is not None:
-            prompt, encoder_states, mm_spans = self._encode_prompt(prompt, mm_spans)
+            prompt, encoder_states, mm_spans = self._encode_prompt(request_id, prompt, mm_spans)
         self._check_encoder_states(encoder_states)
         params = self._effective_params(sampling_params or SamplingParams(), len(prompt))
         request = Request(
@@ -302,16 +302,18 @@ class Engine:
             )
 
     def _encode_prompt(
-        self, prompt: list[int], spans: Sequence[MultiModalSpan]
+        self, request_id: str, prompt: list[int], spans: Sequence[MultiModalSpan]
     ) -> tuple[list[int], torch.Tensor | None, Sequence[MultiModalSpan]]:
         """An encoder-decoder whose encoder reads the prompt (BART, Florence-2 with its media
         spans) encodes it here, in the engine's thread: the decoder then starts from the
-        model's decoder prompt, and the spans are spent."""
+        model's decoder prompt, and the spans are spent. The admission checks run first: a
+        request refused for a full queue costs no encoder pass."""
         if len(prompt) > self.cross_spec.max_encoder_len:
             raise InvalidRequest(
                 f"prompt of {len(prompt)} tokens is longer than {self.loaded.architecture}'s "
                 f"encoder takes ({self.cross_spec.max_encoder_len})"
             )
+        self.scheduler.check_admissible(request_id, num_encoder_tokens=len(prompt))  # [S] states
         encoded = self.loaded.model.encode_prompt(prompt, spans)
         return (prompt, None, spans) if encoded is None else (*encoded, ())
 

@@ -3,8 +3,9 @@
 One row per request that samples this step. The order of operations on each row:
   1. logprobs are taken from the RAW logits (log_softmax before any processing), like vLLM's
      default `logprobs_mode="raw_logprobs"`: what the model believes, not what was sampled from;
-  2. min_tokens forbids EOS and stop token ids; penalties (repetition, then frequency and
-     presence);
+  2. min_tokens forbids EOS and stop token ids, begin_suppress_token_ids the first token's
+     choices (HF's SuppressTokensAtBeginLogitsProcessor), allowed_token_ids all others;
+     penalties (repetition, then frequency and presence);
   3. greedy rows: argmax;
   4. random rows: temperature -> top-k -> top-p -> min-p -> an exponential race
      (argmax of probs / q, q ~ Exp(1)), which samples from probs without a host sync; a
@@ -22,6 +23,7 @@ import torch
 
 from lm_service.engine.counters import EngineCounters
 from lm_service.engine.request import LogprobEntry, Request
+from protos.sampling_params import SamplingParams
 
 
 class SamplerOutput(NamedTuple):
@@ -62,7 +64,8 @@ class SamplingMetadata:
         min_p: [B] float32, or None when no random row uses min-p.
         generators: row -> the seeded generator of that row's request.
         penalties: None when no row has a penalty.
-        min_tokens_mask: (rows [N], token ids [N]) to forbid, or None.
+        banned_mask: (rows [N], token ids [N]) to forbid, or None.
+        allowed_mask: [B, V] bool, True where a row may sample; None when no row restricts.
         num_logprobs: per row, SamplingParams.logprobs.
     """
 
@@ -74,7 +77,8 @@ class SamplingMetadata:
     min_p: torch.Tensor | None
     generators: dict[int, torch.Generator]
     penalties: Penalties | None
-    min_tokens_mask: tuple[torch.Tensor, torch.Tensor] | None
+    banned_mask: tuple[torch.Tensor, torch.Tensor] | None
+    allowed_mask: torch.Tensor | None
     num_logprobs: tuple[int | None, ...]
     vocab_size: int
 
@@ -84,7 +88,12 @@ class SamplingMetadata:
 
     @property
     def is_plain_greedy(self) -> bool:
-        return self.all_greedy and self.penalties is None and self.min_tokens_mask is None
+        return (
+            self.all_greedy
+            and self.penalties is None
+            and self.banned_mask is None
+            and self.allowed_mask is None
+        )
 
     @classmethod
     def from_requests(
@@ -108,7 +117,8 @@ class SamplingMetadata:
             min_p=_floats([p.min_p for p in params], device) if uses_min_p else None,
             generators=_generators(requests, device),
             penalties=_penalties(requests, vocab_size, device),
-            min_tokens_mask=_min_tokens_mask(requests, vocab_size, device),
+            banned_mask=_banned_mask(requests, vocab_size, device),
+            allowed_mask=_allowed_mask(params, vocab_size, device),
             num_logprobs=tuple(p.logprobs for p in params),
             vocab_size=vocab_size,
         )
@@ -172,24 +182,44 @@ def _penalties(
     )
 
 
-def _min_tokens_mask(
+def _banned_mask(
     requests: Sequence[Request], vocab_size: int, device: torch.device | str
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (row, token id) pairs no row may sample this step: EOS and stop ids before
+    min_tokens, begin_suppress_token_ids at the first output token."""
     rows: list[int] = []
     token_ids: list[int] = []
     for row, request in enumerate(requests):
-        params = request.sampling_params
-        if request.num_output_tokens >= params.min_tokens:
-            continue
-        stoppers = set(params.stop_token_ids)
-        if request.eos_token_id is not None and not params.ignore_eos:
-            stoppers.add(request.eos_token_id)
-        for token_id in sorted(t for t in stoppers if 0 <= t < vocab_size):
+        for token_id in sorted(t for t in _banned_ids(request) if 0 <= t < vocab_size):
             rows.append(row)
             token_ids.append(token_id)
     if not rows:
         return None
     return _ints(rows, device), _ints(token_ids, device)
+
+
+def _allowed_mask(
+    params: Sequence[SamplingParams], vocab_size: int, device: torch.device | str
+) -> torch.Tensor | None:
+    """[B, V] bool: True where a row may sample (rows without allowed_token_ids: all)."""
+    if not any(p.allowed_token_ids for p in params):
+        return None
+    mask = torch.ones(len(params), vocab_size, dtype=torch.bool)
+    for row, p in enumerate(params):
+        if p.allowed_token_ids:
+            mask[row] = False
+            mask[row, [t for t in p.allowed_token_ids if t < vocab_size]] = True
+    return mask.to(device)
+
+
+def _banned_ids(request: Request) -> set[int]:
+    params = request.sampling_params
+    banned = set(params.begin_suppress_token_ids) if request.num_output_tokens == 0 else set()
+    if request.num_output_tokens < params.min_tokens:
+        banned |= set(params.stop_token_ids)
+        if request.eos_token_id is not None and not params.ignore_eos:
+            banned.add(request.eos_token_id)
+    return banned
 
 
 def apply_penalties(logits: torch.Tensor, penalties: Penalties) -> torch.Tensor:
@@ -262,9 +292,11 @@ class Sampler:
 
     @staticmethod
     def _constrain(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
-        if metadata.min_tokens_mask is not None:
+        if metadata.banned_mask is not None:
             logits = logits.clone()
-            logits[metadata.min_tokens_mask] = float("-inf")
+            logits[metadata.banned_mask] = float("-inf")
+        if metadata.allowed_mask is not None:
+            logits = logits.masked_fill(~metadata.allowed_mask, float("-inf"))
         if metadata.penalties is not None:
             logits = apply_penalties(logits, metadata.penalties)
         return logits

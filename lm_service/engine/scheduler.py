@@ -178,14 +178,20 @@ class Scheduler:
 
     def add_request(self, request: Request) -> None:
         """Queue a request; raise Overloaded if its prompt can never fit."""
-        if request.request_id in self.requests:
-            raise InvalidRequest(f"request id {request.request_id!r} is already in use")
+        self.check_admissible(request.request_id, request.num_encoder_tokens)
         self._check_fits(request.num_prompt_tokens)
-        self._check_queue()
         self._check_ranges_fit(request)
-        self._check_encoder_fits(request)
         self.requests[request.request_id] = request
         self.waiting.append(request)
+
+    def check_admissible(self, request_id: str, num_encoder_tokens: int = 0) -> None:
+        """The checks that need no built request: a free id, room in the queue, enough
+        cross-attention blocks for `num_encoder_tokens`. The engine runs them before the
+        costly part of admitting a request (an encoder-decoder's encoder pass)."""
+        if request_id in self.requests:
+            raise InvalidRequest(f"request id {request_id!r} is already in use")
+        self._check_queue()
+        self._check_encoder_fits(num_encoder_tokens)
 
     def _check_queue(self) -> None:
         limit = self.config.max_queued_requests
@@ -222,16 +228,16 @@ class Scheduler:
                     f"is {budget}; raise it to at least {end - start}"
                 )
 
-    def _check_encoder_fits(self, request: Request) -> None:
-        if not request.num_encoder_tokens:
+    def _check_encoder_fits(self, num_encoder_tokens: int) -> None:
+        if not num_encoder_tokens:
             return
         pool = self.encoder_pool
         if not pool.enabled:
             raise InvalidRequest("this model has no cross-attention: it takes no encoder states")
-        needed = pool.blocks_needed(request.num_encoder_tokens)
+        needed = pool.blocks_needed(num_encoder_tokens)
         if needed > pool.num_blocks:
             raise Overloaded(
-                f"{request.num_encoder_tokens} encoder states need {needed} cross-attention "
+                f"{num_encoder_tokens} encoder states need {needed} cross-attention "
                 f"blocks; the cache has {pool.num_blocks}"
             )
 

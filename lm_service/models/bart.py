@@ -15,7 +15,7 @@ it is part of the decoder prompt, so it is not among the returned tokens).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,9 +202,8 @@ class BartForConditionalGeneration(BaseCausalLM):
         prompt = (start,) if forced is None else (start, int(forced))
         prefix = "model." if text is config else "model.language_model."
         model = cls(text, dtype=dtype, device=device, decoder_prompt=prompt, prefix=prefix)
-        weights = list(iterate_weights(model_path))
-        bias = [t for name, t in weights if name == "final_logits_bias"]
-        model.load_weights(weights)
+        bias: list[torch.Tensor] = []  # [1, vocab], caught as the weights stream past
+        model.load_weights(_catching(iterate_weights(model_path), "final_logits_bias", bias))
         # NOTE: HF too starts from zeros when a checkpoint has no final_logits_bias
         model.final_logits_bias = (bias[0] if bias else model.final_logits_bias).to(device, dtype)
         return model.eval()
@@ -276,3 +275,14 @@ class BartForConditionalGeneration(BaseCausalLM):
         if name == "lm_head.weight" and self.tied:
             return None
         return name
+
+
+def _catching(
+    weights: Iterable[tuple[str, torch.Tensor]], name: str, caught: list[torch.Tensor]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The weights, one at a time (a checkpoint is never held whole), with the tensor called
+    `name` also appended to `caught`."""
+    for weight_name, tensor in weights:
+        if weight_name == name:
+            caught.append(tensor)
+        yield weight_name, tensor

@@ -176,3 +176,15 @@ def test_gemma3_images_attend_both_ways_when_pooled() -> None:
     inputs = dict(load_processor(path)(text=prompt, images=[image], return_tensors="pt"))
     assert list(out.prompt_token_ids) == inputs["input_ids"][0].tolist()
     _assert_close(out.outputs.embedding, _last_token(path, inputs))
+
+
+def test_a_prompts_mm_processor_kwargs_reach_the_encoder_of_a_pooling_request(
+    qwen2_vl: LLM,
+) -> None:
+    image = ref.image((200, 30, 40), 112)  # the tiny Qwen2-VL's default: 16 tokens
+    request = {"prompt": QWEN_IMAGE, "multi_modal_data": {"image": image}}
+    plain, small = qwen2_vl.embed(
+        [request, {**request, "mm_processor_kwargs": {"max_pixels": 56 * 56}}]  # 4 tokens
+    )
+    assert len(plain.prompt_token_ids) - len(small.prompt_token_ids) == 16 - 4
+    assert small.outputs.embedding != pytest.approx(plain.outputs.embedding, abs=1e-3)

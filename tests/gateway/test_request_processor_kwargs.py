@@ -111,7 +111,12 @@ def test_grpc_requests_carry_the_kwargs(gateway: Any, qwen2_vl: LLM) -> None:
             mm_processor_kwargs=json.dumps(SMALL),
         )
         (last,) = [r for r in stub.Chat(chat, timeout=60) if r.HasField("usage")]
-        for bad, words in (("{", "must be a JSON object"), ('{"bogus": 1}', "takes no 'bogus'")):
+        for bad, words in (
+            ("{", "must be a JSON object"),
+            ('{"bogus": 1}', "takes no 'bogus'"),
+            ('{"max_pixels": "abc"}', "image 0: mm_processor_kwargs: max_pixels must be a posi"),
+            ('{"do_rescale": "abc"}', "image 0: the processor refused it"),  # HF's own check
+        ):
             with pytest.raises(grpc.RpcError) as refused:
                 generate(bad)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -4,8 +4,12 @@ audio encoder, its decoder batched in the engine, clips longer than one window."
 from __future__ import annotations
 
 import io
+import json
+import shutil
 import wave
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +17,8 @@ import torch
 from transformers import AutoProcessor, WhisperForConditionalGeneration
 
 from gateway import LLM
+from gateway.app import build_orchestrator, served_model
+from gateway.pipeline.transcription import Transcriber
 from gateway.tools.tiny_models import tiny_model_path
 from protos.errors import InvalidRequest, Unsupported
 from protos.sampling_params import SamplingParams
@@ -136,7 +142,7 @@ def test_the_engine_runs_the_decoder(llm: LLM) -> None:
 
 
 def test_a_client_gone_mid_stream_frees_the_engine_at_once(llm: LLM) -> None:
-    from gateway.pipeline.transcription import Transcriber, TranscriptionRequest
+    from gateway.pipeline.transcription import TranscriptionRequest
 
     params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
     request = TranscriptionRequest("gone", _wav_bytes(_tone_int16(3.0)), params, "en")
@@ -151,3 +157,65 @@ def test_a_client_gone_mid_stream_frees_the_engine_at_once(llm: LLM) -> None:
     engine = llm._lm.loop.engine
     pool = llm._lm.loop.call(lambda e: (e.scheduler.num_running, e.scheduler.encoder_pool.num_free))
     assert pool == (0, engine.scheduler.encoder_pool.num_blocks)
+
+
+def _hf_generate(path: str, samples: np.ndarray, max_tokens: int) -> list[int]:
+    processor = AutoProcessor.from_pretrained(path)
+    model = WhisperForConditionalGeneration.from_pretrained(path).eval()
+    features = processor.feature_extractor(
+        samples.astype(np.float32) / 32768, sampling_rate=RATE, return_tensors="pt"
+    ).input_features
+    with torch.inference_mode():
+        out = model.generate(features, language="en", task="transcribe", max_new_tokens=max_tokens)
+    return out[0].tolist()
+
+
+@pytest.mark.seed_row("Whisper", "transcription", impl="native")
+def test_begin_suppress_tokens_apply_to_the_first_token_as_in_hf(
+    whisper: str, tmp_path: Path
+) -> None:
+    """Real checkpoints set begin_suppress_tokens ([220, eos]); the tiny builder sets none, so
+    a copy of it suppresses the token HF would otherwise pick first (and EOS)."""
+    samples = _tone_int16()
+    plain = _hf_generate(whisper, samples, 6)  # the generated tokens (no decoder prompt)
+    eos = json.loads((Path(whisper) / "generation_config.json").read_text())["eos_token_id"]
+    copy = _checkpoint_copy(whisper, tmp_path, begin_suppress_tokens=[plain[0], eos])
+    expected = _hf_generate(copy, samples, 6)
+    assert expected[0] != plain[0] and plain[0] in expected  # banned only as the first token
+    llm = LLM(copy, task="transcription")
+    try:
+        output = llm.transcribe(_wav_bytes(samples), language="en", sampling_params=GREEDY_6)
+    finally:
+        llm.close()
+    assert list(output.outputs[0].token_ids) == expected
+
+
+def _checkpoint_copy(whisper: str, tmp_path: Path, **generation: Any) -> str:
+    """A copy of the tiny Whisper whose generation config has `generation` on top (None
+    deletes a key); the tiny builder's own output stays as it is."""
+    shutil.copytree(whisper, tmp_path / "whisper")
+    config_path = tmp_path / "whisper" / "generation_config.json"
+    config = json.loads(config_path.read_text())
+    for key, value in generation.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    config_path.write_text(json.dumps(config))
+    return str(tmp_path / "whisper")
+
+
+def test_the_transcriber_is_built_at_start_up(whisper: str, tmp_path: Path) -> None:
+    orchestrator = build_orchestrator(served_model(whisper, "transcription"), None, None)
+    assert isinstance(orchestrator.transcriber, Transcriber)  # no backend touched, no request
+    broken = _checkpoint_copy(whisper, tmp_path, decoder_start_token_id=None)
+    with pytest.raises(InvalidRequest, match="sets no decoder_start_token_id"):
+        build_orchestrator(served_model(broken, "transcription"), None, None)
+
+
+def test_encoder_states_that_are_not_whole_windows_are_refused(llm: LLM) -> None:
+    transcriber = Transcriber.of(llm._orchestrator)
+    size = transcriber.window_positions
+    with pytest.raises(InvalidRequest, match=rf"returned {size + 1} encoder states.* {size}-pos"):
+        transcriber._windows(torch.zeros(size + 1, 8))
+    assert transcriber._windows(torch.zeros(2 * size, 8)).shape == (2, size, 8)

@@ -6,9 +6,17 @@ import torch
 
 from protos.encoder_codec import encode_results_from_pb, result_to_pb
 from protos.encoder_messages import EncodeResult
-from protos.lm_codec import pool_inputs_from_pb, pool_request_to_pb, span_to_pb, spans_from_pb
+from protos.lm_codec import (
+    pool_inputs_from_pb,
+    pool_request_to_pb,
+    sampling_from_pb,
+    sampling_to_pb,
+    span_to_pb,
+    spans_from_pb,
+)
 from protos.lm_messages import MultiModalSpan, PoolingInput
 from protos.meshserve.v1 import encoder_pb2, lm_pb2
+from protos.sampling_params import SamplingParams
 
 
 def test_a_masked_span_round_trips() -> None:
@@ -50,3 +58,10 @@ def test_a_pooling_input_keeps_its_media_and_mrope_positions() -> None:
     assert torch.equal(got_span.embeddings, span.embeddings)
     assert torch.equal(back[0].mrope_positions, positions)
     assert back[1] == PoolingInput((1, 2)) and back[1].mrope_positions is None
+
+
+def test_sampling_params_round_trip_with_token_restrictions() -> None:
+    params = SamplingParams(
+        max_tokens=3, stop_token_ids=(2,), begin_suppress_token_ids=(220, 2), allowed_token_ids=(7,)
+    )
+    assert sampling_from_pb(sampling_to_pb(params)) == params

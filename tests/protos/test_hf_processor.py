@@ -93,6 +93,26 @@ def test_a_video_module_importing_torchvision_for_its_annotations_runs_its_own_c
         import torchvision  # noqa: F401
 
 
+def test_the_torchvision_stand_in_answers_introspection_with_attribute_error() -> None:
+    """hasattr, getattr with a default and get_type_hints must not see the refusal."""
+    import typing
+
+    from protos.hf_processor import _TorchvisionStandIn
+
+    stand_in = _TorchvisionStandIn("torchvision.transforms.v2.functional")
+    assert not hasattr(stand_in, "_is_protocol") and not hasattr(stand_in, "__wrapped__")
+    assert getattr(stand_in, "_private", None) is None
+
+    def annotated(x: tvF) -> None: ...  # noqa: F821 - a string annotation (future import)
+
+    assert typing.get_type_hints(annotated, localns={"tvF": stand_in}) == {
+        "x": stand_in,
+        "return": type(None),
+    }
+    with pytest.raises(Unsupported, match="needs torchvision"):
+        stand_in.resize  # noqa: B018 - a real use still says why
+
+
 def test_a_processor_without_video_is_hf_own() -> None:
     from transformers import LlavaNextProcessor
 

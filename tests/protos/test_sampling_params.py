@@ -39,6 +39,7 @@ def test_defaults_match_vllm() -> None:
         ({"seed": "7"}, "seed must be an integer, got '7'"),
         ({"stop_token_ids": [3, -1]}, "stop_token_ids must be non-negative integers, got [3, -1]"),
         ({"stop": ["ok", ""]}, "stop must be non-empty strings"),
+        ({"begin_suppress_token_ids": [-2]}, "begin_suppress_token_ids must be non-negative"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs: dict, message: str) -> None:

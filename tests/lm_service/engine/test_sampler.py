@@ -49,7 +49,7 @@ def test_fast_path_metadata_has_nothing_to_apply() -> None:
     metadata = SamplingMetadata.from_requests([make_request(temperature=0.0)], VOCAB, "cpu")
     assert metadata.is_plain_greedy
     assert metadata.top_k is None and metadata.top_p is None and metadata.min_p is None
-    assert metadata.penalties is None and metadata.min_tokens_mask is None
+    assert metadata.penalties is None and metadata.banned_mask is None
 
 
 def test_top_k_one_equals_greedy_in_a_mixed_batch() -> None:
@@ -187,6 +187,30 @@ def test_min_tokens_also_applies_to_random_rows() -> None:
     requests = [make_request(str(i), min_tokens=1, temperature=1.0) for i in range(500)]
     tokens, _ = sample(logits, requests)
     assert EOS not in tokens
+
+
+def test_begin_suppress_ids_are_banned_at_the_first_output_token_only() -> None:
+    logits = torch.zeros(2, VOCAB)
+    logits[:, 9] = 10.0
+    logits[:, EOS] = 9.0
+    logits[:, 5] = 8.0
+    banned = make_request("a", temperature=0.0, begin_suppress_token_ids=[9, EOS])
+    plain = make_request("b", temperature=0.0)
+    assert sample(logits, [banned, plain])[0] == [5, 9]  # the batch-mate is not affected
+    banned.append_output_token(5)
+    assert sample(logits[:1], [banned])[0] == [9]
+
+
+def test_allowed_token_ids_restrict_their_row_only() -> None:
+    logits = torch.zeros(2, VOCAB)
+    logits[:, 9] = 10.0
+    logits[:, 4] = 3.0
+    logits[:, 6] = 2.0
+    restricted = make_request("a", temperature=0.0, allowed_token_ids=[6, 4, VOCAB + 5])
+    tokens, _ = sample(logits, [restricted, make_request("b", temperature=0.0)])
+    assert tokens == [4, 9]
+    random_rows = [make_request(str(i), allowed_token_ids=[6]) for i in range(50)]
+    assert set(sample(torch.zeros(50, VOCAB), random_rows)[0]) == {6}
 
 
 def test_logprobs_are_raw_sorted_and_ranked() -> None:

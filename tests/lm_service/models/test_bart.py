@@ -4,6 +4,8 @@ and through the offline `LLM`; a checkpoint missing a weight is refused."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from lm_service.config import EngineConfig
 from lm_service.engine.engine import Engine
 from lm_service.models.bart import BartForConditionalGeneration as NativeBart
 from lm_service.models.loader import iterate_weights
-from protos.errors import InvalidRequest
+from protos.errors import InvalidRequest, Overloaded
 from protos.sampling_params import SamplingParams
 from tests.parity import TOP_N, assert_greedy_matches
 
@@ -96,3 +98,34 @@ def test_a_missing_weight_or_an_overlong_prompt_is_refused(bart: dict) -> None:
     engine = Engine(EngineConfig(model=bart["path"], block_size=4, num_blocks=8))
     with pytest.raises(InvalidRequest, match="longer than BartForConditionalGeneration's encoder"):
         engine.add_request(None, [5] * 129)
+
+
+def test_a_full_queue_refuses_before_the_encoder_runs(bart: dict) -> None:
+    config = EngineConfig(model=bart["path"], block_size=4, num_blocks=64, max_queued_requests=1)
+    engine = Engine(config)
+    ids = bart["cases"][0][0]
+    engine.add_request("queued", ids, SamplingParams(temperature=0.0, max_tokens=2))
+    calls = []
+    model = engine.loaded.model
+    encode = model.encode_prompt
+    model.encode_prompt = lambda *args: calls.append(args) or encode(*args)  # counts passes
+    with pytest.raises(Overloaded, match="queue is full"):
+        engine.add_request("refused", ids, SamplingParams(temperature=0.0, max_tokens=2))
+    assert calls == []  # the refusal paid for no encoder pass
+    engine.abort("queued")
+    engine.add_request("next", ids, SamplingParams(temperature=0.0, max_tokens=2))
+    assert len(calls) == 1  # an admitted request is encoded
+
+
+def test_final_logits_bias_is_read_from_the_checkpoint(bart: dict, tmp_path: Path) -> None:
+    """The tiny builder's bias is zeros (as HF initializes it): a copy with a random one."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig
+
+    shutil.copytree(bart["path"], tmp_path / "bart")
+    weights = load_file(tmp_path / "bart" / "model.safetensors")
+    bias = torch.randn_like(weights["final_logits_bias"])  # [1, vocab]
+    save_file({**weights, "final_logits_bias": bias}, tmp_path / "bart" / "model.safetensors")
+    config = AutoConfig.from_pretrained(tmp_path / "bart")
+    model = NativeBart.from_checkpoint(tmp_path / "bart", config, dtype=torch.float32, device="cpu")
+    assert torch.equal(model.final_logits_bias, bias)
