@@ -195,9 +195,10 @@ def print_memory_bound(engine: object, decode_ms: float) -> None:
         f"{bandwidth / 1e9:.1f} GB/s = {bound_ms:.2f} ms/token; batch-1 decode is "
         f"{decode_ms / bound_ms:.2f}x the bound"
     )
+    budget = engine.config.kv_cache_memory
     print(
         f"KV cache        {kv_per_token} bytes per token; {engine.num_blocks} blocks, "
-        f"{kv_total / 2**20:.0f} MiB of --kv-cache-memory {engine.config.kv_cache_memory / 2**20:.0f} MiB"
+        f"{kv_total / 2**20:.0f} MiB of --kv-cache-memory {budget / 2**20:.0f} MiB"
     )
 
 

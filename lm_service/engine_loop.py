@@ -78,6 +78,8 @@ class LoopSink:
 
     def deliver(self, items: list[tuple[AsyncRequestStream, Any]]) -> None:
         """From the engine thread; raises RuntimeError once the loop has closed."""
+        if self._loop.is_closed():  # before queueing: later items would wait forever
+            raise RuntimeError("the reader's event loop is closed")
         with self._lock:
             is_first = not self._pending
             self._pending.extend(items)

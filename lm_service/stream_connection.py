@@ -50,6 +50,8 @@ class StreamConnection:
     # --- the engine thread's side (EngineLoop calls `deliver` of a stream's sink) ----
     def deliver(self, items: list[tuple[RequestStream, Any]]) -> None:
         """From the engine thread; raises RuntimeError once the event loop has closed."""
+        if self._event_loop.is_closed():  # before queueing: later items would wait forever
+            raise RuntimeError("the reader's event loop is closed")
         with self._lock:
             is_first = not self._handed
             self._handed.extend(items)

@@ -64,6 +64,17 @@ def positive_seconds(text: str) -> float:
     return seconds
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
+    return value
+
+
 BACKEND_FLAGS: tuple[Flag, ...] = (
     flag(
         "--stall-timeout",
@@ -74,7 +85,7 @@ BACKEND_FLAGS: tuple[Flag, ...] = (
     ),
     flag(
         "--stream-interval",
-        type=int,
+        type=positive_int,
         default=1,
         help="tokens per streamed message (default 1: every token as it comes; more saves "
         "the gateway CPU per token, as SGLang's --stream-interval)",

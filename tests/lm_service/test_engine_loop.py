@@ -86,3 +86,34 @@ def test_cancel_while_submitting_still_aborts(loop: EngineLoop) -> None:
     asyncio.run(cancel_at_once())
     free = loop.call(lambda engine: engine.scheduler.block_pool.num_free_blocks)
     assert free == 128
+
+
+def test_one_wake_up_of_the_event_loop_per_step_not_per_token(loop: EngineLoop) -> None:
+    """Counters, not clocks: N concurrent streams wake their reader's event loop about once
+    per engine step (plus the hand-over of each submit), not once per token per request."""
+    num_requests, max_tokens = 8, 12
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+
+    async def run() -> tuple[int, int, int]:
+        event_loop = asyncio.get_running_loop()
+        wake_ups = 0
+        call_soon_threadsafe = event_loop.call_soon_threadsafe
+
+        def counted(*args: object, **kwargs: object) -> object:
+            nonlocal wake_ups
+            wake_ups += 1
+            return call_soon_threadsafe(*args, **kwargs)
+
+        event_loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        steps0 = loop.engine.counters.num_steps
+
+        async def consume(i: int) -> int:
+            stream = stream_outputs(loop, f"wake-{i}", [1, 30 + i, 31], params)
+            return sum([len(o.new_token_ids) async for outs in stream for o in outs])
+
+        tokens = await asyncio.gather(*(consume(i) for i in range(num_requests)))
+        return sum(tokens), wake_ups, loop.engine.counters.num_steps - steps0
+
+    num_tokens, wake_ups, num_steps = asyncio.run(run())
+    assert num_tokens == num_requests * max_tokens
+    assert wake_ups <= num_steps + 2 * num_requests < num_tokens

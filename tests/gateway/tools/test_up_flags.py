@@ -9,7 +9,7 @@ import argparse
 import pytest
 
 from gateway.tools.cli import build_parser
-from gateway.tools.gateway_command import positive_seconds
+from gateway.tools.gateway_command import positive_int, positive_seconds
 from gateway.tools.launcher import plan_stack
 from gateway.tools.stack_flags import stack_flags
 from gateway.tools.up import stack_options
@@ -45,6 +45,7 @@ SAMPLE_VALUES = {
     parse_bytes: "3MiB",
     json_object: '{"sample": 1}',
     positive_seconds: "2.5",
+    positive_int: "3",
     None: "sample",
 }
 
