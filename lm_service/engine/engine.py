@@ -246,16 +246,19 @@ class Engine:
         prompts: Sequence[Sequence[int]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         encoder_states: Sequence[torch.Tensor | None] | None = None,
+        cross_windows: Sequence[Sequence[CrossWindow]] | None = None,
     ) -> list[RequestOutput]:
         """Runs every prompt to completion; outputs come back in prompt order.
 
-        `encoder_states`: per prompt, what an encoder-decoder model's cross-attention reads.
+        `encoder_states`: per prompt, what an encoder-decoder model's cross-attention reads;
+        `cross_windows`: per prompt, which of them its tokens attend (see `add_request`).
         """
         params = per_prompt(sampling_params, len(prompts))
         states = list(encoder_states) if encoder_states is not None else [None] * len(prompts)
+        windows = list(cross_windows) if cross_windows is not None else [()] * len(prompts)
         ids = [
-            self.add_request(None, p, sp, encoder_states=es)
-            for p, sp, es in zip(prompts, params, states, strict=True)
+            self.add_request(None, p, sp, encoder_states=es, cross_windows=w)
+            for p, sp, es, w in zip(prompts, params, states, windows, strict=True)
         ]
         requests = [self._requests[rid] for rid in ids]
         while any(rid in self._requests for rid in ids):
