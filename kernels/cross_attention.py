@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from kernels import flash
 from kernels.attention import write_kv_cache
-from kernels.cross_attention_mask import CrossWindow, cross_token_masks
+from kernels.cross_attention_mask import cross_token_masks
 from kernels.forward_context import get_forward_context
+from protos.cross_windows import CrossWindow
 
 
 @dataclass(frozen=True, slots=True)

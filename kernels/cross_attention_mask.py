@@ -4,9 +4,9 @@ Most encoder-decoder models let every decoder token attend to every encoder posi
 does not: a token attends only to the images whose window holds it (HF's processor builds
 that `cross_attention_mask`), and a token before the first image attends to none — HF then
 lets it attend to ALL encoder positions and zeroes its MLP output in each cross-attention
-layer (`full_text_row_masked_out_mask`). A request's windows are `(first position, encoder
-ranges [start, end))`, sorted by position; a window holds every later token, generated ones
-too (HF repeats the mask's last row while generating). No windows: attend everything.
+layer (`full_text_row_masked_out_mask`). The windows are `protos.cross_windows`; a window
+holds every later token, generated ones too (HF repeats the mask's last row while
+generating). No windows: attend everything.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-# (first decoder position, encoder ranges it attends from there on)
-CrossWindow = tuple[int, tuple[tuple[int, int], ...]]
+from protos.cross_windows import CrossWindow
 
 
 def cross_token_masks(

@@ -13,7 +13,6 @@ import torch
 
 from kernels.attention import AttentionBackend, backend_for
 from kernels.cpu_allocator import tune_cpu_allocator
-from kernels.cross_attention_mask import CrossWindow
 from lm_service.config import EngineConfig
 from lm_service.engine.counters import EngineCounters
 from lm_service.engine.cross_kv_cache import allocate_cross_kv_caches, num_encoder_blocks_for
@@ -26,6 +25,7 @@ from lm_service.engine.scheduler import Scheduler, SchedulerConfig
 from lm_service.engine.state_cache import allocate_state_caches, num_state_slots_for
 from lm_service.models.prompt_attention import bidirectional_ranges, prompt_attention_of
 from lm_service.models.registry import load_model
+from protos.cross_windows import CrossWindow
 from protos.errors import InvalidRequest
 from protos.lm_messages import MultiModalSpan, StepOutput
 from protos.sampling_params import SamplingParams, per_prompt

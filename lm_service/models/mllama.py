@@ -6,7 +6,7 @@ Follows HF's modeling_mllama: a cross-attention layer is pre-norm cross-attentio
 norms, no rotary) scaled by `tanh(cross_attn_attn_gate)`, then a SwiGLU MLP scaled by
 `tanh(cross_attn_mlp_gate)` and zeroed for tokens that attend no image
 (`full_text_row_masked_out_mask`); which image tiles a token attends is its request's
-`cross_windows` (`mllama_cross_windows`, HF's processor mask). A text-only request has no
+`cross_windows` (`protos.cross_windows`, HF's processor mask). A text-only request has no
 encoder states: its cross-attention output is zero and its MLP masked, so the layer leaves it
 unchanged, as HF skips the layer. The vision tower and projector weights are the encoder
 service's; the token embeddings have 8 rows beyond the vocabulary, as HF's.
@@ -23,7 +23,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from kernels.cross_attention import CrossAttention
-from kernels.cross_attention_mask import CrossWindow
 from kernels.forward_context import get_forward_context
 from kernels.rotary import RotaryEmbedding
 from lm_service.models.base import BaseCausalLM, CrossAttentionSpec, KVCacheSpec
@@ -62,50 +61,6 @@ _TOWER_PREFIXES = (
 def mllama_num_patches(vision_config: Any) -> int:
     """Encoder states per tile: the patches and a class token (HF's `num_patches`)."""
     return (int(vision_config.image_size) // int(vision_config.patch_size)) ** 2 + 1
-
-
-def mllama_cross_windows(
-    prompt: Sequence[int],
-    image_token_id: int,
-    num_tiles: Sequence[int],
-    max_num_tiles: int,
-    num_patches: int,
-) -> tuple[CrossWindow, ...]:
-    """Which encoder states each prompt token attends, as HF's MllamaProcessor masks them.
-
-    Image i's states are one block of `max_num_tiles x num_patches` rows of the request's
-    encoder states (padding tiles included, as HF's tower outputs them); only its first
-    `num_tiles[i]` tiles are attended. Image i is attended from its <|image|> token up to the
-    next image's (consecutive image tokens share the later end; the last image runs to the
-    end, generated tokens included).
-
-    Args:
-        prompt: the prompt's token ids, one <|image|> token per image.
-        num_tiles: per image, its real (not padding) tiles.
-        num_patches: encoder states per tile (`mllama_num_patches`).
-    """
-    locations = [i for i, token in enumerate(prompt) if token == image_token_id]
-    if len(locations) != len(num_tiles):
-        raise InvalidRequest(
-            f"the prompt has {len(locations)} <|image|> token(s) for {len(num_tiles)} image(s)"
-        )
-    if not locations:
-        return ()
-    ends = [*locations[1:], len(prompt)]
-    for i in range(len(locations) - 2, -1, -1):  # consecutive images share the later end
-        if ends[i] == locations[i] + 1:
-            ends[i] = ends[i + 1]
-    block = max_num_tiles * num_patches
-    windows: list[CrossWindow] = []
-    for position in sorted(set(locations) | set(ends) - {len(prompt)}):
-        ranges = tuple(
-            (i * block, i * block + num_tiles[i] * num_patches)
-            for i, (start, end) in enumerate(zip(locations, ends, strict=True))
-            if start <= position < end
-        )
-        if not windows or windows[-1][1] != ranges:
-            windows.append((position, ranges))
-    return tuple(windows)
 
 
 class MllamaCrossAttention(nn.Module):

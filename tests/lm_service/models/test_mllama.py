@@ -18,7 +18,8 @@ from lm_service.config import EngineConfig
 from lm_service.engine.engine import Engine
 from lm_service.models.loader import iterate_weights
 from lm_service.models.mllama import MllamaForConditionalGeneration as NativeMllama
-from lm_service.models.mllama import mllama_cross_windows, mllama_num_patches
+from lm_service.models.mllama import mllama_num_patches
+from protos.cross_windows import image_cross_windows
 from protos.errors import InvalidRequest
 from protos.sampling_params import SamplingParams
 from tests.parity import TOP_N, assert_greedy_matches
@@ -55,13 +56,7 @@ def _case(hf: Any, processor: Any, text: str, images: list, max_tokens: int) -> 
             ).last_hidden_state  # [1, images, tiles, patches, vision_output_dim]
             projected = hf.model.multi_modal_projector(vision)
             states = projected.reshape(-1, config.text_config.hidden_size)  # [S, hidden]
-            windows = mllama_cross_windows(
-                ids,
-                config.image_token_index,
-                inputs["aspect_ratio_mask"][0].sum(-1).tolist(),
-                config.vision_config.max_num_tiles,
-                mllama_num_patches(config.vision_config),
-            )
+            windows = image_cross_windows(ids, config.image_token_index, _attended(config, inputs))
     tops = [set(step[0].topk(TOP_N).indices.tolist()) for step in out.logits]
     reference = (out.sequences[0, len(ids) :].tolist(), tops)
     mask = inputs.get("cross_attention_mask")
@@ -73,6 +68,14 @@ def _case(hf: Any, processor: Any, text: str, images: list, max_tokens: int) -> 
         reference=reference,
         hf_mask=mask,
     )
+
+
+def _attended(config: Any, inputs: Any) -> list[tuple[int, int]]:
+    """Per image its real tiles' rows among the request's states (padding tiles after)."""
+    patches = mllama_num_patches(config.vision_config)
+    block = config.vision_config.max_num_tiles * patches
+    tiles = inputs["aspect_ratio_mask"][0].sum(-1).tolist()
+    return [(i * block, i * block + n * patches) for i, n in enumerate(tiles)]
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +150,8 @@ def test_a_missing_gate_or_bad_windows_are_refused(mllama: dict) -> None:
     weights = [(n, t) for n, t in iterate_weights(path) if "1.cross_attn_mlp_gate" not in n]
     with pytest.raises(InvalidRequest, match="lacks weights for: model.layers.1.cross_attn_mlp"):
         model.load_weights(weights)
-    with pytest.raises(InvalidRequest, match="2 <|image|> token"):
-        mllama_cross_windows([5, 6, 5], 5, [1], 2, 5)
+    with pytest.raises(ValueError, match="2 image token"):
+        image_cross_windows([5, 6, 5], 5, [(0, 5)])
     engine = Engine(EngineConfig(model=mllama["path"], block_size=4, num_blocks=16))
     case = mllama["cases"][1]
     with pytest.raises(InvalidRequest, match="outside the request's 10 encoder states"):
