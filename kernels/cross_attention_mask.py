@@ -40,16 +40,20 @@ def cross_token_masks(
     for query_len, first, enc_len, request_windows in zip(
         query_lens, first_positions, enc_lens, windows, strict=True
     ):
+        if not request_windows:  # every token alike: attends all its states, or none
+            no_image.extend([not enc_len] * query_len)
+            if any_windows:
+                row = torch.arange(width) < enc_len
+                rows.extend([row] * query_len)
+            continue
         starts = [start for start, _ in request_windows]
         for position in range(first, first + query_len):
             index = bisect.bisect_right(starts, position) - 1
             ranges = request_windows[index][1] if index >= 0 else ()
-            empty = not enc_len or (bool(request_windows) and not ranges)
+            empty = not enc_len or not ranges
             no_image.append(empty)
-            if not any_windows:
-                continue
             row = torch.zeros(width, dtype=torch.bool)
-            if empty or not request_windows:
+            if empty:
                 row[:enc_len] = True
             for start, end in ranges:
                 row[start:end] = True
