@@ -248,7 +248,8 @@ class CrossAttention(torch.nn.Module):
             self.use_flash = flash.is_supported(
                 query.device, query.dtype, self.head_dim, k_cache.shape[1]
             )
-        # NOTE: flash-attn takes no per-token mask: masked steps (Mllama) use the reference
-        use_flash = self.use_flash and meta.attend_mask is None
+        # NOTE: flash-attn takes no per-token mask: masked steps (Mllama) use the reference,
+        # as do steps without any encoder states (Mllama's text-only prompts): all zeros
+        use_flash = self.use_flash and meta.attend_mask is None and any(meta.enc_lens_cpu)
         attend = flash_cross_attention if use_flash else cross_attention
         return attend(query, k_cache, v_cache, meta, scale=self.scale)

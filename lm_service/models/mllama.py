@@ -167,7 +167,7 @@ class MllamaForConditionalGeneration(BaseCausalLM):
         self.args = LlamaArgs.from_config(text)
         self.cross_layers = [int(i) for i in text.cross_attention_layers]
         self.dtype, self.device = dtype, torch.device(device)
-        self.tile_len = int(config.vision_config.max_num_tiles) * mllama_num_patches(
+        self.image_len = int(config.vision_config.max_num_tiles) * mllama_num_patches(
             config.vision_config
         )
         rotary = RotaryEmbedding.from_config(text, device=self.device)
@@ -213,7 +213,7 @@ class MllamaForConditionalGeneration(BaseCausalLM):
             head_dim=self.args.hidden_size // self.args.num_heads,
             dtype=self.dtype,
             encoder_hidden_size=self.args.hidden_size,
-            max_encoder_len=MAX_IMAGES_PER_REQUEST * self.tile_len,
+            max_encoder_len=MAX_IMAGES_PER_REQUEST * self.image_len,
             requires_encoder_states=False,  # a text-only prompt runs without images
         )
 
