@@ -3,7 +3,7 @@ gRPC client: two PNG images in one prompt cross the wire as the request's cross-
 states and windows; greedy tokens equal HF `generate` (same prompt ids as the in-process test).
 
 NOTE: marked slow (`make test-all`): the same cores are tested in process in
-tests/gateway/test_mllama.py; this proves the wire (encoder.proto's cross_attention facts,
+tests/gateway/test_mllama_images.py; this proves the wire (encoder.proto's cross_attention facts,
 lm.proto's cross_windows), whose loss would make every token attend every image silently.
 """
 
@@ -18,7 +18,7 @@ from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from protos.ports import free_port
 from tests.e2e.test_gateway import _collect, _sampling
 from tests.gateway.api.http_gateway import png
-from tests.gateway.test_mllama import MAX_TOKENS, PROMPTS, _hf_generate
+from tests.gateway.test_mllama_images import MAX_TOKENS, PROMPTS, _hf_generate
 from tests.gateway.tools.test_up import start_up  # noqa: F401 - the fixture
 
 
