@@ -162,7 +162,7 @@ class Engine:
 
         `encoder_states` [num_encoder_tokens, encoder_hidden]: what an encoder-decoder model's
         cross-attention reads (e.g. Whisper's audio encoder output). `cross_windows`: which
-        of them each token attends (Mllama's images; `kernels.cross_attention_mask`).
+        of them each token attends (Mllama's images; `protos.cross_windows`).
         """
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self._requests:
