@@ -11,6 +11,7 @@ import torch
 from encoder_service.towers import (
     GenericTower,
     LlavaTower,
+    MllamaTower,
     Qwen2_5_VLTower,
     Qwen2AudioTower,
     Qwen2VLTower,
@@ -24,7 +25,14 @@ from protos.model_source import ALL_PATTERNS, resolve_model
 
 TOWERS: dict[str, type[Tower]] = {
     tower.architecture: tower
-    for tower in (LlavaTower, Qwen2VLTower, Qwen2_5_VLTower, Qwen2AudioTower, WhisperTower)
+    for tower in (
+        LlavaTower,
+        MllamaTower,
+        Qwen2VLTower,
+        Qwen2_5_VLTower,
+        Qwen2AudioTower,
+        WhisperTower,
+    )
 }
 
 

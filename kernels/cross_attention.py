@@ -24,7 +24,9 @@ import torch.nn.functional as F
 
 from kernels import flash
 from kernels.attention import write_kv_cache
+from kernels.cross_attention_mask import cross_token_masks
 from kernels.forward_context import get_forward_context
+from protos.cross_windows import CrossWindow
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,9 @@ class CrossAttentionMetadata:
     block_table: torch.Tensor  # [B, max_blocks] int32, padded with 0
     encoder_states: torch.Tensor | None  # [N, encoder_hidden], None when N == 0
     slot_mapping: torch.Tensor  # [N] int64: where each new encoder row's K/V goes
+    # Mllama's per-token masks (kernels.cross_attention_mask); None: every token attends all
+    attend_mask: torch.Tensor | None = None  # [T, max_enc_len] bool, True: attend
+    no_image: torch.Tensor | None = None  # [T] bool, True: the token attends no image
 
     @property
     def num_reqs(self) -> int:
@@ -57,10 +62,12 @@ class CrossAttentionMetadata:
         block_size: int,
         new_states: Sequence[torch.Tensor | None],
         device: torch.device | str | None = None,
+        windows: Sequence[Sequence[CrossWindow]] | None = None,
+        first_positions: Sequence[int] | None = None,
     ) -> CrossAttentionMetadata:
         """Per request: its new decoder tokens, its encoder length, its cross block ids, and
         its encoder states `[enc_len, hidden]` when its K/V are to be written this step
-        (else None)."""
+        (else None); with `windows`, also the position of its first new token (the masks)."""
         if not len(query_lens) == len(enc_lens) == len(block_tables) == len(new_states):
             raise ValueError("one query_len, enc_len, block table and state entry per request")
         slots: list[torch.Tensor] = []
@@ -80,6 +87,11 @@ class CrossAttentionMetadata:
             rows.append(states)
         width = max((len(t) for t in block_tables), default=0) or 1
         table = [list(t) + [0] * (width - len(t)) for t in block_tables]
+        attend_mask = no_image = None
+        if windows is not None and first_positions is not None:
+            attend_mask, no_image = cross_token_masks(
+                query_lens, first_positions, enc_lens, windows, device
+            )
         return cls(
             query_start_loc_cpu=(0, *itertools.accumulate(query_lens)),
             enc_lens_cpu=tuple(int(n) for n in enc_lens),
@@ -89,6 +101,8 @@ class CrossAttentionMetadata:
             slot_mapping=torch.cat(slots).to(device)
             if slots
             else torch.empty(0, dtype=torch.int64, device=device),
+            attend_mask=attend_mask,
+            no_image=no_image,
         )
 
 
@@ -119,6 +133,9 @@ def cross_attention(
         lens = meta.enc_lens.index_select(0, reqs).long()  # [n]
         mask = torch.arange(keys.shape[2], device=query.device) < lens[:, None]  # [n, S]
         rows = torch.tensor([bounds[i] for i in decodes], device=query.device)
+        if meta.attend_mask is not None:
+            allowed = meta.attend_mask.index_select(0, rows)[:, : keys.shape[2]]  # [n, <=S]
+            mask = mask & F.pad(allowed, (0, keys.shape[2] - allowed.shape[1]))
         n = len(decodes)
         q = query.index_select(0, rows).view(n, num_kv_heads, num_heads // num_kv_heads, head_dim)
         result = F.scaled_dot_product_attention(
@@ -133,8 +150,16 @@ def cross_attention(
         keys = _gather(k_cache, table)[:enc_len].transpose(0, 1)  # [Hkv, S, D]
         values = _gather(v_cache, table)[:enc_len].transpose(0, 1)  # [Hkv, S, D]
         q = query[start:end].transpose(0, 1)  # [H, L, D]
+        allowed = None
+        if meta.attend_mask is not None:
+            allowed = meta.attend_mask[start:end, :enc_len][None, None]  # [1, 1, L, S]
         result = F.scaled_dot_product_attention(
-            q[None], keys[None], values[None], scale=scale, enable_gqa=num_heads != num_kv_heads
+            q[None],
+            keys[None],
+            values[None],
+            attn_mask=allowed,
+            scale=scale,
+            enable_gqa=num_heads != num_kv_heads,
         )[0]  # [H, L, D]
         out[start:end] = result.transpose(0, 1)
     return out
@@ -223,5 +248,8 @@ class CrossAttention(torch.nn.Module):
             self.use_flash = flash.is_supported(
                 query.device, query.dtype, self.head_dim, k_cache.shape[1]
             )
-        attend = flash_cross_attention if self.use_flash else cross_attention
+        # NOTE: flash-attn takes no per-token mask: masked steps (Mllama) use the reference,
+        # as do steps without any encoder states (Mllama's text-only prompts): all zeros
+        use_flash = self.use_flash and meta.attend_mask is None and any(meta.enc_lens_cpu)
+        attend = flash_cross_attention if use_flash else cross_attention
         return attend(query, k_cache, v_cache, meta, scale=self.scale)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from lm_service.engine.engine import Engine
+from protos.cross_windows import CrossWindow
 from protos.lm_messages import MultiModalSpan, StepOutput
 from protos.sampling_params import SamplingParams
 
@@ -173,10 +174,13 @@ class EngineLoop:
         mrope_positions: torch.Tensor | None = None,
         stream: RequestStream | None = None,
         encoder_states: torch.Tensor | None = None,
+        cross_windows: Sequence[CrossWindow] = (),
     ) -> RequestStream:
         """Queues a request; raises the engine's validation error synchronously."""
         args = (request_id, prompt_token_ids, sampling_params, mm_spans, mrope_positions)
-        return self.submit_nowait(*args, stream=stream, encoder_states=encoder_states).result()
+        return self.submit_nowait(
+            *args, stream=stream, encoder_states=encoder_states, cross_windows=cross_windows
+        ).result()
 
     def submit_nowait(
         self,
@@ -187,6 +191,7 @@ class EngineLoop:
         mrope_positions: torch.Tensor | None = None,
         stream: RequestStream | None = None,
         encoder_states: torch.Tensor | None = None,
+        cross_windows: Sequence[CrossWindow] = (),
     ) -> Future[RequestStream]:
         """Queues a request without waiting: the future holds its stream, or the engine's
         validation error. Commands run in order, so an abort queued after it finds it in."""
@@ -200,6 +205,7 @@ class EngineLoop:
                 mm_spans,
                 mrope_positions,
                 encoder_states=encoder_states,
+                cross_windows=cross_windows,
             )
             self._streams[request_id] = stream
             return stream
@@ -304,6 +310,7 @@ async def stream_outputs(
     timeout: float | None = None,
     *,
     encoder_states: torch.Tensor | None = None,
+    cross_windows: Sequence[CrossWindow] = (),
 ) -> AsyncIterator[list[StepOutput]]:
     """Runs one request on `loop` from asyncio, yielding its outputs in batches.
 
@@ -323,6 +330,7 @@ async def stream_outputs(
             mrope_positions,
             stream,
             encoder_states,
+            cross_windows,
         )
     )
     finished = False

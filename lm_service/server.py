@@ -17,6 +17,7 @@ from lm_service.metrics import lm_metrics
 from lm_service.stream_connection import StreamConnection
 from protos.errors import Unavailable, Unsupported
 from protos.lm_codec import (
+    cross_windows_from_pb,
     encoder_states_from_pb,
     mrope_from_pb,
     pool_inputs_from_pb,
@@ -110,6 +111,7 @@ class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
             spans_from_pb(request.mm_spans),
             mrope_from_pb(request),
             encoder_states=encoder_states_from_pb(request),
+            cross_windows=cross_windows_from_pb(request),
         )
         with self.metrics.stream() as tracker:
             async with contextlib.aclosing(outputs):
@@ -192,6 +194,7 @@ async def _read_stream_requests(
                     spans_from_pb(request.mm_spans),
                     mrope_from_pb(request),
                     encoder_states_from_pb(request),
+                    cross_windows_from_pb(request),
                 )
             except Exception as exc:  # noqa: BLE001 - this request's status only
                 connection.refuse(request.request_id, exc)

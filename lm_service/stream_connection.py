@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from lm_service.engine_loop import EngineLoop, RequestStream
+from protos.cross_windows import CrossWindow
 from protos.lm_messages import MultiModalSpan, StepOutput
 from protos.sampling_params import SamplingParams
 
@@ -72,13 +73,14 @@ class StreamConnection:
         mm_spans: Sequence[MultiModalSpan] = (),
         mrope_positions: torch.Tensor | None = None,
         encoder_states: torch.Tensor | None = None,
+        cross_windows: Sequence[CrossWindow] = (),
     ) -> None:
         """Queues the request on the engine; a refusal becomes that request's last item."""
         self._live.add(request_id)
         stream = _ConnectionStream(request_id, self)
         args = (request_id, prompt_token_ids, sampling_params, mm_spans, mrope_positions)
         submitted = self._engine_loop.submit_nowait(
-            *args, stream=stream, encoder_states=encoder_states
+            *args, stream=stream, encoder_states=encoder_states, cross_windows=cross_windows
         )
         try:
             await asyncio.wrap_future(submitted)

@@ -108,6 +108,9 @@ def result_to_pb(result: EncodeResult) -> encoder_pb2.EncodedItem:
     if result.metadata.get("embed_token_id") is not None:
         message.embed_token_id = int(result.metadata["embed_token_id"])
     message.token_ids.extend(int(t) for t in result.token_ids)
+    if result.metadata.get("cross_attention"):
+        message.cross_attention = True
+        message.cross_attention_rows = int(result.metadata.get("cross_attention_rows") or 0)
     return message
 
 
@@ -124,6 +127,9 @@ def encode_results_from_pb(reply: encoder_pb2.EncodeResponse) -> list[EncodeResu
             metadata["replacement"] = item.replacement
         if item.HasField("embed_token_id"):
             metadata["embed_token_id"] = int(item.embed_token_id)
+        if item.cross_attention:
+            metadata["cross_attention"] = True
+            metadata["cross_attention_rows"] = int(item.cross_attention_rows)
         results.append(
             EncodeResult(
                 embeddings=tensor_from_proto(item.embeddings),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from protos.cross_windows import CrossWindow
 from protos.errors import InvalidRequest
 from protos.lm_messages import MultiModalSpan, PoolingInput, StepOutput
 from protos.meshserve.v1 import common_pb2, lm_pb2
@@ -104,6 +106,22 @@ def encoder_states_from_pb(msg: lm_pb2.LMGenerateRequest) -> Any:
         raise InvalidRequest(f"encoder_states: {exc}") from exc
 
 
+def cross_windows_from_pb(msg: lm_pb2.LMGenerateRequest) -> tuple[CrossWindow, ...]:
+    return tuple(
+        (int(w.start), tuple((int(r.start), int(r.end)) for r in w.ranges))
+        for w in msg.cross_windows
+    )
+
+
+def cross_windows_to_pb(windows: Sequence[CrossWindow]) -> list[lm_pb2.CrossWindow]:
+    return [
+        lm_pb2.CrossWindow(
+            start=start, ranges=[lm_pb2.EncoderRange(start=a, end=b) for a, b in ranges]
+        )
+        for start, ranges in windows
+    ]
+
+
 def span_to_pb(span: MultiModalSpan) -> lm_pb2.MultiModalSpan:
     return lm_pb2.MultiModalSpan(
         offset=span.offset,
@@ -165,6 +183,7 @@ def lm_request_to_pb(request: Any) -> lm_pb2.LMGenerateRequest:
         message.mrope_positions.CopyFrom(tensor_to_proto(request.mrope_positions))
     if request.encoder_states is not None:
         message.encoder_states.CopyFrom(tensor_to_proto(request.encoder_states))
+    message.cross_windows.extend(cross_windows_to_pb(request.cross_windows))
     return message
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from protos.cross_windows import CrossWindow
 from protos.errors import Unsupported
 from protos.lm_messages import MultiModalSpan, StepOutput
 from protos.sampling_params import SamplingParams
@@ -26,6 +27,7 @@ class LMRequest:
     mm_spans: tuple[MultiModalSpan, ...] = ()
     mrope_positions: torch.Tensor | None = None  # [3, num_prompt_tokens]
     encoder_states: torch.Tensor | None = None  # [num_encoder_tokens, hidden]: cross-attention
+    cross_windows: tuple[CrossWindow, ...] = ()  # which states each token attends (Mllama)
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,6 +78,7 @@ class LocalLMBackend(LMBackend):
             request.mrope_positions,
             timeout,
             encoder_states=request.encoder_states,
+            cross_windows=request.cross_windows,
         )
         # aclosing: when our caller stops early, the inner stream must abort now, not at GC
         async with contextlib.aclosing(outputs_stream):

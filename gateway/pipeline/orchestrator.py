@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.backends.base import EncoderBackend, LMBackend, LMRequest
+from gateway.pipeline.cross_attention import cross_attention_inputs
 from gateway.pipeline.detokenizer import IncrementalDetokenizer
 from gateway.pipeline.media_store import MediaStore
 from gateway.pipeline.stop import StopChecker
@@ -80,13 +81,16 @@ class Orchestrator:
         encode_ms = clock.lap()
         built = self._build_prompt(request, encoded)
         prompt_ms = clock.lap()
+        states, windows = cross_attention_inputs(built, encoded)
         lm_request = LMRequest(
             # unique per call: clients may reuse their own ids, the LM must not see clashes
             request_id=f"{request.request_id}-{uuid.uuid4().hex[:12]}",
             prompt_token_ids=built.token_ids,
             sampling_params=request.sampling_params,
-            mm_spans=_spans(built, encoded),
+            mm_spans=() if states is not None else _spans(built, encoded),
             mrope_positions=built.mrope_positions,
+            encoder_states=states,
+            cross_windows=windows,
         )
         timings = StageTimings(validate_ms=validate_ms, encode_ms=encode_ms, prompt_ms=prompt_ms)
         hits = tuple(bool(e.cache_hit) for e in encoded)
@@ -320,7 +324,8 @@ def _slots(media: Sequence[MediaInput], encoded: list[Any]) -> list[MediaSlot]:
     return [
         MediaSlot(
             modality=item.modality,
-            num_tokens=int(result.num_tokens),
+            # NOTE: cross-attention states take no prompt rows: the item is its one token
+            num_tokens=1 if result.metadata.get("cross_attention") else int(result.num_tokens),
             content_hash=result.content_hash,
             grid_thw=_grid(result),
             second_per_grid_t=result.metadata.get("second_per_grid_t"),

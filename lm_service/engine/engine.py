@@ -25,6 +25,7 @@ from lm_service.engine.scheduler import Scheduler, SchedulerConfig
 from lm_service.engine.state_cache import allocate_state_caches, num_state_slots_for
 from lm_service.models.prompt_attention import bidirectional_ranges, prompt_attention_of
 from lm_service.models.registry import load_model
+from protos.cross_windows import CrossWindow
 from protos.errors import InvalidRequest
 from protos.lm_messages import MultiModalSpan, StepOutput
 from protos.sampling_params import SamplingParams, per_prompt
@@ -155,20 +156,24 @@ class Engine:
         mm_spans: Sequence[MultiModalSpan] = (),
         mrope_positions: torch.Tensor | None = None,
         encoder_states: torch.Tensor | None = None,
+        cross_windows: Sequence[CrossWindow] = (),
     ) -> str:
         """Queues a request; raises InvalidRequest / Overloaded for what can never run.
 
         `encoder_states` [num_encoder_tokens, encoder_hidden]: what an encoder-decoder model's
-        cross-attention reads (e.g. Whisper's audio encoder output).
+        cross-attention reads (e.g. Whisper's audio encoder output). `cross_windows`: which
+        of them each token attends (Mllama's images; `protos.cross_windows`).
         """
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self._requests:
             raise InvalidRequest(f"request id {request_id!r} is already running")
         prompt = [int(t) for t in prompt_token_ids]
         self._check_prompt(prompt, mm_spans, mrope_positions)
-        if encoder_states is None and self.cross_spec is not None:
+        needs_states = self.cross_spec is not None and self.cross_spec.requires_encoder_states
+        if encoder_states is None and needs_states:
             prompt, encoder_states, mm_spans = self._encode_prompt(request_id, prompt, mm_spans)
         self._check_encoder_states(encoder_states)
+        windows = check_cross_windows(cross_windows, encoder_states)
         params = self._effective_params(sampling_params or SamplingParams(), len(prompt))
         request = Request(
             request_id=request_id,
@@ -182,6 +187,7 @@ class Engine:
                 self.prompt_attention, len(prompt), mm_spans, self.sliding_window
             ),
             encoder_states=encoder_states,
+            cross_windows=windows,
         )
         self.scheduler.add_request(request)
         self._requests[request_id] = request
@@ -240,16 +246,19 @@ class Engine:
         prompts: Sequence[Sequence[int]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         encoder_states: Sequence[torch.Tensor | None] | None = None,
+        cross_windows: Sequence[Sequence[CrossWindow]] | None = None,
     ) -> list[RequestOutput]:
         """Runs every prompt to completion; outputs come back in prompt order.
 
-        `encoder_states`: per prompt, what an encoder-decoder model's cross-attention reads.
+        `encoder_states`: per prompt, what an encoder-decoder model's cross-attention reads;
+        `cross_windows`: per prompt, which of them its tokens attend (see `add_request`).
         """
         params = per_prompt(sampling_params, len(prompts))
         states = list(encoder_states) if encoder_states is not None else [None] * len(prompts)
+        windows = list(cross_windows) if cross_windows is not None else [()] * len(prompts)
         ids = [
-            self.add_request(None, p, sp, encoder_states=es)
-            for p, sp, es in zip(prompts, params, states, strict=True)
+            self.add_request(None, p, sp, encoder_states=es, cross_windows=w)
+            for p, sp, es, w in zip(prompts, params, states, windows, strict=True)
         ]
         requests = [self._requests[rid] for rid in ids]
         while any(rid in self._requests for rid in ids):
@@ -404,3 +413,23 @@ def _reason_str(reason: object) -> str | None:
     if reason is None:
         return None
     return str(getattr(reason, "value", reason))
+
+
+def check_cross_windows(
+    windows: Sequence[CrossWindow], states: torch.Tensor | None
+) -> tuple[CrossWindow, ...]:
+    """Windows sorted by position, each range inside the request's encoder states."""
+    if not windows:
+        return ()
+    num_states = 0 if states is None else int(states.shape[0])
+    starts = [int(start) for start, _ in windows]
+    if starts != sorted(set(starts)) or starts[0] < 0:
+        raise InvalidRequest("cross-attention windows must start at increasing positions >= 0")
+    for _, ranges in windows:
+        for start, end in ranges:
+            if not 0 <= start < end <= num_states:
+                raise InvalidRequest(
+                    f"cross-attention range [{start}, {end}) is outside the request's "
+                    f"{num_states} encoder states"
+                )
+    return tuple((int(s), tuple((int(a), int(b)) for a, b in r)) for s, r in windows)

@@ -84,6 +84,8 @@ class Request:
         encoder_states: [num_encoder_tokens, encoder_hidden] what the decoder's cross-attention
             reads (Whisper's audio encoder output); None for decoder-only requests. Its K/V
             are computed at the request's first step into `cross_block_ids`.
+        cross_windows: which encoder positions its tokens attend, from which position on
+            (`kernels.cross_attention_mask`; Mllama's images); empty: all of them.
     """
 
     request_id: str
@@ -96,6 +98,7 @@ class Request:
     adapter_id: str | None = None
     bidirectional_ranges: tuple[tuple[int, int], ...] = ()
     encoder_states: Any = field(default=None, repr=False)
+    cross_windows: tuple[Any, ...] = ()
     # --- state, owned by the engine ---
     output_token_ids: list[int] = field(default_factory=list, init=False)
     output_logprobs: list[LogprobEntry | None] = field(default_factory=list, init=False)

@@ -90,6 +90,8 @@ class ModelRunner:
                 for item in scheduled
             ],
             device=self.device,
+            windows=[item.request.cross_windows for item in scheduled],
+            first_positions=[item.num_computed_tokens for item in scheduled],
         )
 
     def _state_step(self, scheduled: Sequence[object]) -> StateStep | None:

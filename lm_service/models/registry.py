@@ -46,6 +46,7 @@ _ENCODER_DECODER_MODELS: dict[str, tuple[str, str]] = {
     "WhisperForConditionalGeneration": ("whisper", "WhisperForConditionalGeneration"),
     "BartForConditionalGeneration": ("bart", "BartForConditionalGeneration"),
     "Florence2ForConditionalGeneration": ("bart", "BartForConditionalGeneration"),
+    "MllamaForConditionalGeneration": ("mllama", "MllamaForConditionalGeneration"),
 }
 ENCODER_DECODER_ARCHITECTURES: frozenset[str] = frozenset(_ENCODER_DECODER_MODELS)
 NATIVE_ARCHITECTURES: frozenset[str] = frozenset(_NATIVE_MODELS) | ENCODER_DECODER_ARCHITECTURES

@@ -127,3 +127,57 @@ def test_reference_is_dense_sdpa_for_one_request() -> None:
         enable_gqa=True,
     )[0].transpose(0, 1)
     torch.testing.assert_close(out[:1], alone)
+
+
+def _masked_dense(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """As `_dense`, each query row `l` seeing only the keys `allowed[l]` marks."""
+    k = k.repeat_interleave(H // HKV, dim=1)
+    v = v.repeat_interleave(H // HKV, dim=1)
+    scores = torch.einsum("lhd,shd->hls", q, k) * scale
+    scores = scores.masked_fill(~allowed[None], float("-inf"))
+    return torch.einsum("hls,shd->lhd", scores.softmax(-1), v)
+
+
+@pytest.mark.parametrize("query_lens", [[1, 1, 1], [4, 1, 3]])
+def test_windows_mask_each_token_as_dense_attention(query_lens: list[int]) -> None:
+    """Mllama's windows: tokens before the first window attend everything (and are flagged
+    no_image), later ones only their window's ranges; a request without windows attends
+    all of its states, one without states gets zeros."""
+    torch.manual_seed(1)
+    enc_lens = [12, 7, 0]
+    firsts = [2, 5, 0]  # the position of each request's first new token
+    windows = [((3, ((0, 4),)), (5, ((4, 8), (10, 12)))), (), ()]
+    tables = [[1, 2, 3], [4, 5], []]
+    keys = [torch.randn(n, HKV, D) for n in enc_lens]
+    values = [torch.randn(n, HKV, D) for n in enc_lens]
+    q = torch.randn(sum(query_lens), H, D)
+    k_cache = torch.zeros(6, BS, HKV, D)
+    v_cache = torch.zeros_like(k_cache)
+    meta = CrossAttentionMetadata.build(
+        query_lens, enc_lens, tables, BS, keys[:2] + [None], windows=windows, first_positions=firsts
+    )
+    xattn.write_kv_cache(
+        torch.cat(keys[:2]), torch.cat(values[:2]), k_cache, v_cache, meta.slot_mapping
+    )
+
+    out = xattn.cross_attention(q, k_cache, v_cache, meta, scale=D**-0.5)
+
+    starts = meta.query_start_loc_cpu
+    for j in range(query_lens[0]):  # request 0: positions 2, 3, 4, 5
+        position, allowed = firsts[0] + j, torch.zeros(12, dtype=torch.bool)
+        if position < 3:
+            allowed[:] = True
+        elif position < 5:
+            allowed[0:4] = True
+        else:
+            allowed[4:8] = allowed[10:12] = True
+        expected = _masked_dense(q[j : j + 1], keys[0], values[0], allowed[None], D**-0.5)
+        torch.testing.assert_close(out[j : j + 1], expected)
+        assert bool(meta.no_image[j]) == (position < 3)
+    rows = slice(starts[1], starts[2])
+    torch.testing.assert_close(out[rows], _dense(q[rows], keys[1], values[1], D**-0.5))
+    assert not meta.no_image[rows].any()
+    assert torch.equal(out[starts[2] :], torch.zeros_like(out[starts[2] :]))
+    assert meta.no_image[starts[2] :].all()

@@ -65,3 +65,35 @@ def test_sampling_params_round_trip_with_token_restrictions() -> None:
         max_tokens=3, stop_token_ids=(2,), begin_suppress_token_ids=(220, 2), allowed_token_ids=(7,)
     )
     assert sampling_from_pb(sampling_to_pb(params)) == params
+
+
+def test_cross_attention_media_and_windows_cross_the_wire() -> None:
+    """Mllama: the encoder's cross-attention facts and the LM request's windows round-trip
+    (a lost window would let every token attend every image, silently)."""
+    from gateway.backends.base import LMRequest
+    from protos.lm_codec import cross_windows_from_pb, lm_request_to_pb
+    from protos.sampling_params import SamplingParams
+
+    metadata = {
+        "placeholder": "<|image|>",
+        "replacement": "<|image|>",
+        "embed_token_id": 6,
+        "cross_attention": True,
+        "cross_attention_rows": 5,
+    }
+    result = EncodeResult(torch.ones(10, 4), 10, "hash", False, metadata)
+    reply = encoder_pb2.EncodeResponse(items=[result_to_pb(result)])
+    (back,) = encode_results_from_pb(
+        encoder_pb2.EncodeResponse.FromString(reply.SerializeToString())
+    )
+    assert dict(back.metadata) == metadata
+    windows = ((1, ((0, 5),)), (4, ((0, 5), (10, 20))), (9, ()))
+    states = torch.ones(20, 4)
+    request = LMRequest("r", [1, 6, 2], SamplingParams(), encoder_states=states)
+    assert cross_windows_from_pb(lm_request_to_pb(request)) == ()
+    windowed = LMRequest(
+        "r", [1, 6, 2], SamplingParams(), encoder_states=states, cross_windows=windows
+    )
+    message = lm_request_to_pb(windowed)
+    wire = lm_pb2.LMGenerateRequest.FromString(message.SerializeToString())
+    assert cross_windows_from_pb(wire) == windows

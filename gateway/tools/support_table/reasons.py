@@ -7,18 +7,12 @@ support-table check fails naming it. A reason goes away when a test proves the r
 
 from __future__ import annotations
 
-ENCODER_DECODER = (
-    "encoder-decoder with media: the engine's cross-attention runs Whisper, BART and "
-    "Florence-2; Mllama's tiled vision tower and gated cross-attention layers are not built "
-    "yet (issue 13)"
-)
 GENERIC_TOWER = "no parity test yet for the generic processor-driven tower (issue 10)"
 MM_EMBED = "multimodal pooling (media in embed prompts) is not built yet (issue 10)"
 
 REASONS: dict[str, str] = {
     # --- text, generate
     # --- multimodal, generate (the generic tower's rows are issue 10's)
-    "MllamaForConditionalGeneration": ENCODER_DECODER,
 }
 # multimodal embed rows: media in pooling prompts
 MULTIMODAL_EMBED_REASON = MM_EMBED

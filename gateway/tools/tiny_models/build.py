@@ -25,6 +25,7 @@ from gateway.tools.tiny_models.encoder_decoder import (
     build_florence2,
 )
 from gateway.tools.tiny_models.generic_vlm import GENERIC_VLM_BUILDERS, GENERIC_VLM_MODELS
+from gateway.tools.tiny_models.mllama import MLLAMA_MODELS, build_mllama
 from gateway.tools.tiny_models.more_text import MORE_TEXT_MODELS, build_more_text
 from gateway.tools.tiny_models.pooling import build_bert, build_qwen2_cls
 from gateway.tools.tiny_models.text import TEXT_MODELS, build_text
@@ -63,6 +64,7 @@ ALL_MODELS: tuple[str, ...] = (
     + GENERIC_VLM_MODELS
     + OTHER_MODELS
     + ENCODER_DECODER_MODELS
+    + MLLAMA_MODELS
 )
 
 
@@ -89,6 +91,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "whisper": build_whisper,
     "bart": build_bart,
     "florence2": build_florence2,
+    "mllama": build_mllama,
     "bert": lambda out: build_bert("bert", out),
     "bert_cls": lambda out: build_bert("bert_cls", out),
     "qwen2_cls": build_qwen2_cls,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.meshserve.v1 import common_pb2 as meshserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ameshserve/v1/encoder.proto\x12\x0cmeshserve.v1\x1a\x19meshserve/v1/common.proto\"P\n\x0cMediaOptions\x12\x10\n\x03\x66ps\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nnum_frames\x18\x02 \x01(\rH\x01\x88\x01\x01\x42\x06\n\x04_fpsB\r\n\x0b_num_frames\"\xab\x01\n\nEncodeItem\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12*\n\nembeddings\x18\x02 \x01(\x0b\x32\x14.meshserve.v1.TensorH\x00\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.meshserve.v1.MediaOptions\x12\x10\n\x08grid_thw\x18\x04 \x03(\x03\x12\x18\n\x10processor_kwargs\x18\x05 \x01(\tB\x08\n\x06source\"b\n\rEncodeRequest\x12(\n\x08modality\x18\x01 \x01(\x0e\x32\x16.meshserve.v1.Modality\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.meshserve.v1.EncodeItem\"\xa9\x02\n\x0b\x45ncodedItem\x12\x14\n\x0c\x63ontent_hash\x18\x01 \x01(\t\x12(\n\nembeddings\x18\x02 \x01(\x0b\x32\x14.meshserve.v1.Tensor\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x11\n\tcache_hit\x18\x04 \x01(\x08\x12\x10\n\x08grid_thw\x18\x05 \x03(\x03\x12\x1e\n\x11second_per_grid_t\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x13\n\x0bplaceholder\x18\x07 \x01(\t\x12\x13\n\x0breplacement\x18\x08 \x01(\t\x12\x1b\n\x0e\x65mbed_token_id\x18\t \x01(\x03H\x01\x88\x01\x01\x12\x11\n\ttoken_ids\x18\n \x03(\x03\x42\x14\n\x12_second_per_grid_tB\x11\n\x0f_embed_token_id\":\n\x0e\x45ncodeResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.meshserve.v1.EncodedItem\"\x17\n\x15GetEncoderInfoRequest\"\xe7\x01\n\x0b\x45ncoderInfo\x12(\n\x08modality\x18\x01 \x01(\x0e\x32\x16.meshserve.v1.Modality\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x13\n\x0bhidden_size\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\'\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x18.meshserve.v1.CacheStats\x12\x14\n\x0cnum_requests\x18\x07 \x01(\x04\x12\x11\n\tnum_items\x18\x08 \x01(\x04\x12\x13\n\x0bnum_encoded\x18\t \x01(\x04\x32\x99\x01\n\x07\x45ncoder\x12\x43\n\x06\x45ncode\x12\x1b.meshserve.v1.EncodeRequest\x1a\x1c.meshserve.v1.EncodeResponse\x12I\n\x07GetInfo\x12#.meshserve.v1.GetEncoderInfoRequest\x1a\x19.meshserve.v1.EncoderInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ameshserve/v1/encoder.proto\x12\x0cmeshserve.v1\x1a\x19meshserve/v1/common.proto\"P\n\x0cMediaOptions\x12\x10\n\x03\x66ps\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nnum_frames\x18\x02 \x01(\rH\x01\x88\x01\x01\x42\x06\n\x04_fpsB\r\n\x0b_num_frames\"\xab\x01\n\nEncodeItem\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12*\n\nembeddings\x18\x02 \x01(\x0b\x32\x14.meshserve.v1.TensorH\x00\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.meshserve.v1.MediaOptions\x12\x10\n\x08grid_thw\x18\x04 \x03(\x03\x12\x18\n\x10processor_kwargs\x18\x05 \x01(\tB\x08\n\x06source\"b\n\rEncodeRequest\x12(\n\x08modality\x18\x01 \x01(\x0e\x32\x16.meshserve.v1.Modality\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.meshserve.v1.EncodeItem\"\xe0\x02\n\x0b\x45ncodedItem\x12\x14\n\x0c\x63ontent_hash\x18\x01 \x01(\t\x12(\n\nembeddings\x18\x02 \x01(\x0b\x32\x14.meshserve.v1.Tensor\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x11\n\tcache_hit\x18\x04 \x01(\x08\x12\x10\n\x08grid_thw\x18\x05 \x03(\x03\x12\x1e\n\x11second_per_grid_t\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x13\n\x0bplaceholder\x18\x07 \x01(\t\x12\x13\n\x0breplacement\x18\x08 \x01(\t\x12\x1b\n\x0e\x65mbed_token_id\x18\t \x01(\x03H\x01\x88\x01\x01\x12\x11\n\ttoken_ids\x18\n \x03(\x03\x12\x17\n\x0f\x63ross_attention\x18\x0b \x01(\x08\x12\x1c\n\x14\x63ross_attention_rows\x18\x0c \x01(\rB\x14\n\x12_second_per_grid_tB\x11\n\x0f_embed_token_id\":\n\x0e\x45ncodeResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.meshserve.v1.EncodedItem\"\x17\n\x15GetEncoderInfoRequest\"\xe7\x01\n\x0b\x45ncoderInfo\x12(\n\x08modality\x18\x01 \x01(\x0e\x32\x16.meshserve.v1.Modality\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x13\n\x0bhidden_size\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\'\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x18.meshserve.v1.CacheStats\x12\x14\n\x0cnum_requests\x18\x07 \x01(\x04\x12\x11\n\tnum_items\x18\x08 \x01(\x04\x12\x13\n\x0bnum_encoded\x18\t \x01(\x04\x32\x99\x01\n\x07\x45ncoder\x12\x43\n\x06\x45ncode\x12\x1b.meshserve.v1.EncodeRequest\x1a\x1c.meshserve.v1.EncodeResponse\x12I\n\x07GetInfo\x12#.meshserve.v1.GetEncoderInfoRequest\x1a\x19.meshserve.v1.EncoderInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,13 +39,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENCODEREQUEST']._serialized_start=327
   _globals['_ENCODEREQUEST']._serialized_end=425
   _globals['_ENCODEDITEM']._serialized_start=428
-  _globals['_ENCODEDITEM']._serialized_end=725
-  _globals['_ENCODERESPONSE']._serialized_start=727
-  _globals['_ENCODERESPONSE']._serialized_end=785
-  _globals['_GETENCODERINFOREQUEST']._serialized_start=787
-  _globals['_GETENCODERINFOREQUEST']._serialized_end=810
-  _globals['_ENCODERINFO']._serialized_start=813
-  _globals['_ENCODERINFO']._serialized_end=1044
-  _globals['_ENCODER']._serialized_start=1047
-  _globals['_ENCODER']._serialized_end=1200
+  _globals['_ENCODEDITEM']._serialized_end=780
+  _globals['_ENCODERESPONSE']._serialized_start=782
+  _globals['_ENCODERESPONSE']._serialized_end=840
+  _globals['_GETENCODERINFOREQUEST']._serialized_start=842
+  _globals['_GETENCODERINFOREQUEST']._serialized_end=865
+  _globals['_ENCODERINFO']._serialized_start=868
+  _globals['_ENCODERINFO']._serialized_end=1099
+  _globals['_ENCODER']._serialized_start=1102
+  _globals['_ENCODER']._serialized_end=1255
 # @@protoc_insertion_point(module_scope)

@@ -38,7 +38,7 @@ class EncodeRequest(_message.Message):
     def __init__(self, modality: _Optional[_Union[_common_pb2.Modality, str]] = ..., items: _Optional[_Iterable[_Union[EncodeItem, _Mapping]]] = ...) -> None: ...
 
 class EncodedItem(_message.Message):
-    __slots__ = ("content_hash", "embeddings", "num_tokens", "cache_hit", "grid_thw", "second_per_grid_t", "placeholder", "replacement", "embed_token_id", "token_ids")
+    __slots__ = ("content_hash", "embeddings", "num_tokens", "cache_hit", "grid_thw", "second_per_grid_t", "placeholder", "replacement", "embed_token_id", "token_ids", "cross_attention", "cross_attention_rows")
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,8 @@ class EncodedItem(_message.Message):
     REPLACEMENT_FIELD_NUMBER: _ClassVar[int]
     EMBED_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    CROSS_ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    CROSS_ATTENTION_ROWS_FIELD_NUMBER: _ClassVar[int]
     content_hash: str
     embeddings: _common_pb2.Tensor
     num_tokens: int
@@ -59,7 +61,9 @@ class EncodedItem(_message.Message):
     replacement: str
     embed_token_id: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, content_hash: _Optional[str] = ..., embeddings: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., num_tokens: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., grid_thw: _Optional[_Iterable[int]] = ..., second_per_grid_t: _Optional[float] = ..., placeholder: _Optional[str] = ..., replacement: _Optional[str] = ..., embed_token_id: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    cross_attention: bool
+    cross_attention_rows: int
+    def __init__(self, content_hash: _Optional[str] = ..., embeddings: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., num_tokens: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., grid_thw: _Optional[_Iterable[int]] = ..., second_per_grid_t: _Optional[float] = ..., placeholder: _Optional[str] = ..., replacement: _Optional[str] = ..., embed_token_id: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., cross_attention: _Optional[bool] = ..., cross_attention_rows: _Optional[int] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("items",)

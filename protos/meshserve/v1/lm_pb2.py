@@ -25,41 +25,45 @@ _sym_db = _symbol_database.Default()
 from protos.meshserve.v1 import common_pb2 as meshserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15meshserve/v1/lm.proto\x12\x0cmeshserve.v1\x1a\x19meshserve/v1/common.proto\"r\n\x0eMultiModalSpan\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12(\n\nembeddings\x18\x02 \x01(\x0b\x32\x14.meshserve.v1.Tensor\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12\x10\n\x08is_embed\x18\x04 \x03(\x08\"\xfe\x01\n\x11LMGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12.\n\x08mm_spans\x18\x03 \x03(\x0b\x32\x1c.meshserve.v1.MultiModalSpan\x12-\n\x0fmrope_positions\x18\x04 \x01(\x0b\x32\x14.meshserve.v1.Tensor\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.meshserve.v1.SamplingParams\x12,\n\x0e\x65ncoder_states\x18\x06 \x01(\x0b\x32\x14.meshserve.v1.Tensor\"l\n\x0fLMStreamRequest\x12\x33\n\x08generate\x18\x01 \x01(\x0b\x32\x1f.meshserve.v1.LMGenerateRequestH\x00\x12\x1a\n\x10\x61\x62ort_request_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x61\x63tion\"\x7f\n\x0eLMStreamOutput\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\x04step\x18\x02 \x01(\x0b\x32 .meshserve.v1.LMGenerateResponse\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\"A\n\x10LMStreamResponse\x12-\n\x07outputs\x18\x01 \x03(\x0b\x32\x1c.meshserve.v1.LMStreamOutput\"\xc2\x01\n\x12LMGenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x30\n\x08logprobs\x18\x02 \x03(\x0b\x32\x1e.meshserve.v1.PositionLogprobs\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.meshserve.v1.FinishReason\x12\x19\n\x11num_prompt_tokens\x18\x04 \x01(\r\x12\x19\n\x11num_cached_tokens\x18\x05 \x01(\r\"\x95\x01\n\tPoolInput\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x16\n\x0etoken_type_ids\x18\x02 \x03(\r\x12.\n\x08mm_spans\x18\x03 \x03(\x0b\x32\x1c.meshserve.v1.MultiModalSpan\x12-\n\x0fmrope_positions\x18\x04 \x01(\x0b\x32\x14.meshserve.v1.Tensor\"_\n\x0bPoolRequest\x12\'\n\x04task\x18\x01 \x01(\x0e\x32\x19.meshserve.v1.PoolingTask\x12\'\n\x06inputs\x18\x02 \x03(\x0b\x32\x17.meshserve.v1.PoolInput\"5\n\x0cPoolResponse\x12%\n\x07outputs\x18\x01 \x03(\x0b\x32\x14.meshserve.v1.Tensor\"\x12\n\x10GetLMInfoRequest\"\xdb\x01\n\x06LMInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x12\n\nmodel_impl\x18\x03 \x01(\t\x12\x15\n\rmax_model_len\x18\x04 \x01(\r\x12\x12\n\nblock_size\x18\x05 \x01(\r\x12\x12\n\nnum_blocks\x18\x06 \x01(\r\x12\x12\n\nvocab_size\x18\x07 \x01(\r\x12\x13\n\x0bhidden_size\x18\x08 \x01(\r\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x12\n\nuses_mrope\x18\n \x01(\x08\x12\r\n\x05tasks\x18\x0b \x03(\t\"\x10\n\x0eGetLoadRequest\"\xb1\x01\n\x08LoadInfo\x12\x13\n\x0bnum_running\x18\x01 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\x17\n\x0fnum_free_blocks\x18\x04 \x01(\r\x12\x12\n\nnum_blocks\x18\x05 \x01(\r\x12\x17\n\x0fnum_preemptions\x18\x06 \x01(\x04\x12\x1d\n\x15prefix_cache_hit_rate\x18\x07 \x01(\x02*\x8f\x01\n\x0bPoolingTask\x12\x1c\n\x18POOLING_TASK_UNSPECIFIED\x10\x00\x12\x16\n\x12POOLING_TASK_EMBED\x10\x01\x12\x19\n\x15POOLING_TASK_CLASSIFY\x10\x02\x12\x16\n\x12POOLING_TASK_SCORE\x10\x03\x12\x17\n\x13POOLING_TASK_REWARD\x10\x04\x32\xf6\x02\n\rLanguageModel\x12O\n\x08Generate\x12\x1f.meshserve.v1.LMGenerateRequest\x1a .meshserve.v1.LMGenerateResponse0\x01\x12S\n\x0eGenerateStream\x12\x1d.meshserve.v1.LMStreamRequest\x1a\x1e.meshserve.v1.LMStreamResponse(\x01\x30\x01\x12=\n\x04Pool\x12\x19.meshserve.v1.PoolRequest\x1a\x1a.meshserve.v1.PoolResponse\x12?\n\x07GetInfo\x12\x1e.meshserve.v1.GetLMInfoRequest\x1a\x14.meshserve.v1.LMInfo\x12?\n\x07GetLoad\x12\x1c.meshserve.v1.GetLoadRequest\x1a\x16.meshserve.v1.LoadInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15meshserve/v1/lm.proto\x12\x0cmeshserve.v1\x1a\x19meshserve/v1/common.proto\"r\n\x0eMultiModalSpan\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12(\n\nembeddings\x18\x02 \x01(\x0b\x32\x14.meshserve.v1.Tensor\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12\x10\n\x08is_embed\x18\x04 \x03(\x08\"\xb0\x02\n\x11LMGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12.\n\x08mm_spans\x18\x03 \x03(\x0b\x32\x1c.meshserve.v1.MultiModalSpan\x12-\n\x0fmrope_positions\x18\x04 \x01(\x0b\x32\x14.meshserve.v1.Tensor\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.meshserve.v1.SamplingParams\x12,\n\x0e\x65ncoder_states\x18\x06 \x01(\x0b\x32\x14.meshserve.v1.Tensor\x12\x30\n\rcross_windows\x18\x07 \x03(\x0b\x32\x19.meshserve.v1.CrossWindow\"H\n\x0b\x43rossWindow\x12\r\n\x05start\x18\x01 \x01(\r\x12*\n\x06ranges\x18\x02 \x03(\x0b\x32\x1a.meshserve.v1.EncoderRange\"*\n\x0c\x45ncoderRange\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\"l\n\x0fLMStreamRequest\x12\x33\n\x08generate\x18\x01 \x01(\x0b\x32\x1f.meshserve.v1.LMGenerateRequestH\x00\x12\x1a\n\x10\x61\x62ort_request_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x61\x63tion\"\x7f\n\x0eLMStreamOutput\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\x04step\x18\x02 \x01(\x0b\x32 .meshserve.v1.LMGenerateResponse\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\"A\n\x10LMStreamResponse\x12-\n\x07outputs\x18\x01 \x03(\x0b\x32\x1c.meshserve.v1.LMStreamOutput\"\xc2\x01\n\x12LMGenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x30\n\x08logprobs\x18\x02 \x03(\x0b\x32\x1e.meshserve.v1.PositionLogprobs\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.meshserve.v1.FinishReason\x12\x19\n\x11num_prompt_tokens\x18\x04 \x01(\r\x12\x19\n\x11num_cached_tokens\x18\x05 \x01(\r\"\x95\x01\n\tPoolInput\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x16\n\x0etoken_type_ids\x18\x02 \x03(\r\x12.\n\x08mm_spans\x18\x03 \x03(\x0b\x32\x1c.meshserve.v1.MultiModalSpan\x12-\n\x0fmrope_positions\x18\x04 \x01(\x0b\x32\x14.meshserve.v1.Tensor\"_\n\x0bPoolRequest\x12\'\n\x04task\x18\x01 \x01(\x0e\x32\x19.meshserve.v1.PoolingTask\x12\'\n\x06inputs\x18\x02 \x03(\x0b\x32\x17.meshserve.v1.PoolInput\"5\n\x0cPoolResponse\x12%\n\x07outputs\x18\x01 \x03(\x0b\x32\x14.meshserve.v1.Tensor\"\x12\n\x10GetLMInfoRequest\"\xdb\x01\n\x06LMInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x12\n\nmodel_impl\x18\x03 \x01(\t\x12\x15\n\rmax_model_len\x18\x04 \x01(\r\x12\x12\n\nblock_size\x18\x05 \x01(\r\x12\x12\n\nnum_blocks\x18\x06 \x01(\r\x12\x12\n\nvocab_size\x18\x07 \x01(\r\x12\x13\n\x0bhidden_size\x18\x08 \x01(\r\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x12\n\nuses_mrope\x18\n \x01(\x08\x12\r\n\x05tasks\x18\x0b \x03(\t\"\x10\n\x0eGetLoadRequest\"\xb1\x01\n\x08LoadInfo\x12\x13\n\x0bnum_running\x18\x01 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\x17\n\x0fnum_free_blocks\x18\x04 \x01(\r\x12\x12\n\nnum_blocks\x18\x05 \x01(\r\x12\x17\n\x0fnum_preemptions\x18\x06 \x01(\x04\x12\x1d\n\x15prefix_cache_hit_rate\x18\x07 \x01(\x02*\x8f\x01\n\x0bPoolingTask\x12\x1c\n\x18POOLING_TASK_UNSPECIFIED\x10\x00\x12\x16\n\x12POOLING_TASK_EMBED\x10\x01\x12\x19\n\x15POOLING_TASK_CLASSIFY\x10\x02\x12\x16\n\x12POOLING_TASK_SCORE\x10\x03\x12\x17\n\x13POOLING_TASK_REWARD\x10\x04\x32\xf6\x02\n\rLanguageModel\x12O\n\x08Generate\x12\x1f.meshserve.v1.LMGenerateRequest\x1a .meshserve.v1.LMGenerateResponse0\x01\x12S\n\x0eGenerateStream\x12\x1d.meshserve.v1.LMStreamRequest\x1a\x1e.meshserve.v1.LMStreamResponse(\x01\x30\x01\x12=\n\x04Pool\x12\x19.meshserve.v1.PoolRequest\x1a\x1a.meshserve.v1.PoolResponse\x12?\n\x07GetInfo\x12\x1e.meshserve.v1.GetLMInfoRequest\x1a\x14.meshserve.v1.LMInfo\x12?\n\x07GetLoad\x12\x1c.meshserve.v1.GetLoadRequest\x1a\x16.meshserve.v1.LoadInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshserve.v1.lm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POOLINGTASK']._serialized_start=1687
-  _globals['_POOLINGTASK']._serialized_end=1830
+  _globals['_POOLINGTASK']._serialized_start=1855
+  _globals['_POOLINGTASK']._serialized_end=1998
   _globals['_MULTIMODALSPAN']._serialized_start=66
   _globals['_MULTIMODALSPAN']._serialized_end=180
   _globals['_LMGENERATEREQUEST']._serialized_start=183
-  _globals['_LMGENERATEREQUEST']._serialized_end=437
-  _globals['_LMSTREAMREQUEST']._serialized_start=439
-  _globals['_LMSTREAMREQUEST']._serialized_end=547
-  _globals['_LMSTREAMOUTPUT']._serialized_start=549
-  _globals['_LMSTREAMOUTPUT']._serialized_end=676
-  _globals['_LMSTREAMRESPONSE']._serialized_start=678
-  _globals['_LMSTREAMRESPONSE']._serialized_end=743
-  _globals['_LMGENERATERESPONSE']._serialized_start=746
-  _globals['_LMGENERATERESPONSE']._serialized_end=940
-  _globals['_POOLINPUT']._serialized_start=943
-  _globals['_POOLINPUT']._serialized_end=1092
-  _globals['_POOLREQUEST']._serialized_start=1094
-  _globals['_POOLREQUEST']._serialized_end=1189
-  _globals['_POOLRESPONSE']._serialized_start=1191
-  _globals['_POOLRESPONSE']._serialized_end=1244
-  _globals['_GETLMINFOREQUEST']._serialized_start=1246
-  _globals['_GETLMINFOREQUEST']._serialized_end=1264
-  _globals['_LMINFO']._serialized_start=1267
-  _globals['_LMINFO']._serialized_end=1486
-  _globals['_GETLOADREQUEST']._serialized_start=1488
-  _globals['_GETLOADREQUEST']._serialized_end=1504
-  _globals['_LOADINFO']._serialized_start=1507
-  _globals['_LOADINFO']._serialized_end=1684
-  _globals['_LANGUAGEMODEL']._serialized_start=1833
-  _globals['_LANGUAGEMODEL']._serialized_end=2207
+  _globals['_LMGENERATEREQUEST']._serialized_end=487
+  _globals['_CROSSWINDOW']._serialized_start=489
+  _globals['_CROSSWINDOW']._serialized_end=561
+  _globals['_ENCODERRANGE']._serialized_start=563
+  _globals['_ENCODERRANGE']._serialized_end=605
+  _globals['_LMSTREAMREQUEST']._serialized_start=607
+  _globals['_LMSTREAMREQUEST']._serialized_end=715
+  _globals['_LMSTREAMOUTPUT']._serialized_start=717
+  _globals['_LMSTREAMOUTPUT']._serialized_end=844
+  _globals['_LMSTREAMRESPONSE']._serialized_start=846
+  _globals['_LMSTREAMRESPONSE']._serialized_end=911
+  _globals['_LMGENERATERESPONSE']._serialized_start=914
+  _globals['_LMGENERATERESPONSE']._serialized_end=1108
+  _globals['_POOLINPUT']._serialized_start=1111
+  _globals['_POOLINPUT']._serialized_end=1260
+  _globals['_POOLREQUEST']._serialized_start=1262
+  _globals['_POOLREQUEST']._serialized_end=1357
+  _globals['_POOLRESPONSE']._serialized_start=1359
+  _globals['_POOLRESPONSE']._serialized_end=1412
+  _globals['_GETLMINFOREQUEST']._serialized_start=1414
+  _globals['_GETLMINFOREQUEST']._serialized_end=1432
+  _globals['_LMINFO']._serialized_start=1435
+  _globals['_LMINFO']._serialized_end=1654
+  _globals['_GETLOADREQUEST']._serialized_start=1656
+  _globals['_GETLOADREQUEST']._serialized_end=1672
+  _globals['_LOADINFO']._serialized_start=1675
+  _globals['_LOADINFO']._serialized_end=1852
+  _globals['_LANGUAGEMODEL']._serialized_start=2001
+  _globals['_LANGUAGEMODEL']._serialized_end=2375
 # @@protoc_insertion_point(module_scope)

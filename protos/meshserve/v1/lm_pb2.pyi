@@ -34,20 +34,38 @@ class MultiModalSpan(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., embeddings: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., content_hash: _Optional[str] = ..., is_embed: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class LMGenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_token_ids", "mm_spans", "mrope_positions", "sampling", "encoder_states")
+    __slots__ = ("request_id", "prompt_token_ids", "mm_spans", "mrope_positions", "sampling", "encoder_states", "cross_windows")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     MM_SPANS_FIELD_NUMBER: _ClassVar[int]
     MROPE_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     ENCODER_STATES_FIELD_NUMBER: _ClassVar[int]
+    CROSS_WINDOWS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     mm_spans: _containers.RepeatedCompositeFieldContainer[MultiModalSpan]
     mrope_positions: _common_pb2.Tensor
     sampling: _common_pb2.SamplingParams
     encoder_states: _common_pb2.Tensor
-    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., mm_spans: _Optional[_Iterable[_Union[MultiModalSpan, _Mapping]]] = ..., mrope_positions: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., encoder_states: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    cross_windows: _containers.RepeatedCompositeFieldContainer[CrossWindow]
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., mm_spans: _Optional[_Iterable[_Union[MultiModalSpan, _Mapping]]] = ..., mrope_positions: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., encoder_states: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., cross_windows: _Optional[_Iterable[_Union[CrossWindow, _Mapping]]] = ...) -> None: ...
+
+class CrossWindow(_message.Message):
+    __slots__ = ("start", "ranges")
+    START_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    ranges: _containers.RepeatedCompositeFieldContainer[EncoderRange]
+    def __init__(self, start: _Optional[int] = ..., ranges: _Optional[_Iterable[_Union[EncoderRange, _Mapping]]] = ...) -> None: ...
+
+class EncoderRange(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class LMStreamRequest(_message.Message):
     __slots__ = ("generate", "abort_request_id")
