@@ -160,8 +160,8 @@ class RemoteLMBackend(LMBackend):
                     if step.finished:
                         return
             except grpc.aio.AioRpcError as exc:
-                # Retrying is safe only before the first token reached the client.
-                outputs.is_done = True  # refused by the LM, or its stream failed
+                # Retrying is safe only before the first token reached the client. NOTE: a
+                # local deadline or stall leaves outputs.is_done False: `end` aborts it.
                 tried.append(replica)
                 if got_any or not _retry(self.replicas, replica, exc, tried):
                     _raise_failure(self.replicas, replica, exc, got_any)
