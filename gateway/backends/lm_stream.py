@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 
 from protos.channels import MAX_MESSAGE_BYTES
-from protos.meshserve.v1 import lm_pb2
+from protos.meshserve.v1 import common_pb2, lm_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class RequestOutputs:
         if item.error_code:
             self.is_done = True
             raise rpc_error(_CODES[item.error_code], item.error_message)
+        self.is_done = item.step.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
         return item
 
 

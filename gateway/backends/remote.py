@@ -155,7 +155,6 @@ class RemoteLMBackend(LMBackend):
                     output = await self._next(outputs, replica, deadline)
                     got_any = True
                     step = step_from_pb(request.request_id, output.step)
-                    outputs.is_done = step.finished
                     yield step
                     if step.finished:
                         return
