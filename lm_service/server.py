@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from lm_service.engine_loop import EngineLoop, stream_outputs
 from lm_service.metrics import lm_metrics
-from lm_service.stream_connection import StreamConnection
+from lm_service.stream_connection import DuplicateRequestId, StreamConnection
 from protos.errors import Unavailable, Unsupported
 from protos.lm_codec import (
     encoder_states_from_pb,
@@ -177,13 +177,15 @@ async def _read_stream_requests(
     trackers: StreamTrackers,
 ) -> None:
     """Adds and aborts as they come; a bad request fails alone, the stream goes on."""
-    adds: set[asyncio.Task[None]] = set()  # NOTE: kept referenced until done
     try:
         async for message in requests:
             if message.WhichOneof("action") == "abort_request_id":
                 connection.abort(message.abort_request_id)
                 continue
             request = message.generate
+            if connection.is_live(request.request_id):  # refused before it touches anything
+                connection.refuse(request.request_id, DuplicateRequestId(request.request_id))
+                continue
             trackers.open(request.request_id)
             try:
                 args = (
@@ -196,9 +198,7 @@ async def _read_stream_requests(
             except Exception as exc:  # noqa: BLE001 - this request's status only
                 connection.refuse(request.request_id, exc)
                 continue
-            task = asyncio.create_task(connection.add(request.request_id, *args))
-            adds.add(task)
-            task.add_done_callback(adds.discard)
+            connection.add(request.request_id, *args)
     except Exception as exc:  # noqa: BLE001 - e.g. bytes that are no LMStreamRequest
         connection.fail(exc)
     finally:
@@ -220,8 +220,9 @@ class StreamTrackers:
     def on_items(self, items: list[tuple[str, object]]) -> None:
         for request_id, item in items:
             entry = self._open.get(request_id)
-            if entry is None:  # e.g. the "abort" output of a request already ended
-                continue
+            # NOTE: a refused duplicate's id names another request, whose tracker goes on
+            if entry is None or isinstance(item, DuplicateRequestId):
+                continue  # e.g. the "abort" output of a request already ended
             if isinstance(item, BaseException):
                 entry[1].discard()
             else:
