@@ -75,7 +75,8 @@ class StreamLM(lm_pb2_grpc.LanguageModelServicer):
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "message too large")
                 yield message
         finally:
-            reader.cancel()
+            for task in (reader, *live.values()):
+                task.cancel()
 
 
 def _response(request_id: str, step: lm_pb2.LMGenerateResponse) -> lm_pb2.LMStreamResponse:
