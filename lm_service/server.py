@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 import grpc
 from prometheus_client import CollectorRegistry
 
-from lm_service.engine_loop import EngineLoop, stream_outputs
+from lm_service.engine_loop import EngineLoop
 from lm_service.metrics import lm_metrics
-from lm_service.stream_connection import StreamConnection
+from lm_service.stream_connection import DuplicateRequestId, StreamConnection
 from protos.errors import Unavailable, Unsupported
 from protos.lm_codec import (
     cross_windows_from_pb,
@@ -101,24 +101,27 @@ class LanguageModelServicer(lm_pb2_grpc.LanguageModelServicer):
     async def Generate(
         self, request: lm_pb2.LMGenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[lm_pb2.LMGenerateResponse]:
-        # A cancelled client or an expired deadline cancels this task: the stream's finally
+        # One request on a StreamConnection of its own: GenerateStream's admission, abort and
+        # metrics. A cancelled client or an expired deadline cancels this task: the finally
         # aborts the request and frees its KV blocks.
-        outputs = stream_outputs(
-            self.loop,
-            request.request_id or uuid.uuid4().hex,
-            list(request.prompt_token_ids),
-            sampling_from_pb(request.sampling),
-            spans_from_pb(request.mm_spans),
-            mrope_from_pb(request),
-            encoder_states=encoder_states_from_pb(request),
-            cross_windows=cross_windows_from_pb(request),
-        )
-        with self.metrics.stream() as tracker:
-            async with contextlib.aclosing(outputs):
-                async for batch in outputs:
-                    num_tokens = sum(len(out.new_token_ids) for out in batch)
-                    tracker.on_tokens(num_tokens, batch[-1].finish_reason)
-                    yield step_to_pb(batch)
+        request_id = request.request_id or uuid.uuid4().hex
+        args = _engine_args(request)  # a bad message raises its status before anything runs
+        connection = StreamConnection(self.loop, asyncio.get_running_loop())
+        trackers = StreamTrackers(self.metrics)
+        trackers.open(request_id)
+        try:
+            connection.add(request_id, *args)
+            connection.close_input()
+            while (items := await connection.next_items()) is not None:
+                trackers.on_items(items)
+                outputs = [item for _, item in items]
+                for item in outputs:
+                    if isinstance(item, BaseException):
+                        raise item
+                yield step_to_pb(outputs)
+        finally:
+            connection.abort_all()
+            trackers.close()
 
     async def GenerateStream(
         self, requests: AsyncIterator[lm_pb2.LMStreamRequest], context: grpc.aio.ServicerContext
@@ -179,33 +182,38 @@ async def _read_stream_requests(
     trackers: StreamTrackers,
 ) -> None:
     """Adds and aborts as they come; a bad request fails alone, the stream goes on."""
-    adds: set[asyncio.Task[None]] = set()  # NOTE: kept referenced until done
     try:
         async for message in requests:
             if message.WhichOneof("action") == "abort_request_id":
                 connection.abort(message.abort_request_id)
                 continue
             request = message.generate
+            if connection.is_live(request.request_id):  # refused before it touches anything
+                connection.refuse(request.request_id, DuplicateRequestId(request.request_id))
+                continue
             trackers.open(request.request_id)
             try:
-                args = (
-                    list(request.prompt_token_ids),
-                    sampling_from_pb(request.sampling),
-                    spans_from_pb(request.mm_spans),
-                    mrope_from_pb(request),
-                    encoder_states_from_pb(request),
-                    cross_windows_from_pb(request),
-                )
+                args = _engine_args(request)
             except Exception as exc:  # noqa: BLE001 - this request's status only
                 connection.refuse(request.request_id, exc)
                 continue
-            task = asyncio.create_task(connection.add(request.request_id, *args))
-            adds.add(task)
-            task.add_done_callback(adds.discard)
+            connection.add(request.request_id, *args)
     except Exception as exc:  # noqa: BLE001 - e.g. bytes that are no LMStreamRequest
         connection.fail(exc)
     finally:
         connection.close_input()
+
+
+def _engine_args(request: lm_pb2.LMGenerateRequest) -> tuple:
+    """StreamConnection.add's arguments after the request id; a bad field raises its status."""
+    return (
+        list(request.prompt_token_ids),
+        sampling_from_pb(request.sampling),
+        spans_from_pb(request.mm_spans),
+        mrope_from_pb(request),
+        encoder_states_from_pb(request),
+        cross_windows_from_pb(request),
+    )
 
 
 class StreamTrackers:
@@ -223,8 +231,9 @@ class StreamTrackers:
     def on_items(self, items: list[tuple[str, object]]) -> None:
         for request_id, item in items:
             entry = self._open.get(request_id)
-            if entry is None:  # e.g. the "abort" output of a request already ended
-                continue
+            # NOTE: a refused duplicate's id names another request, whose tracker goes on
+            if entry is None or isinstance(item, DuplicateRequestId):
+                continue  # e.g. the "abort" output of a request already ended
             if isinstance(item, BaseException):
                 entry[1].discard()
             else:

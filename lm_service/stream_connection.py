@@ -17,10 +17,21 @@ import torch
 
 from lm_service.engine_loop import EngineLoop, RequestStream
 from protos.cross_windows import CrossWindow
+from protos.errors import InvalidRequest
 from protos.lm_messages import MultiModalSpan, StepOutput
 from protos.sampling_params import SamplingParams
 
 StreamItem = tuple[str, StepOutput | BaseException]
+
+
+class DuplicateRequestId(InvalidRequest):
+    """A request whose id is live on the stream already; it ends only itself."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"request id {request_id!r} is already running on this stream: give each "
+            "request an id of its own"
+        )
 
 
 class _ConnectionStream(RequestStream):
@@ -65,7 +76,7 @@ class StreamConnection:
         self._push([(stream.request_id, item) for stream, item in items])
 
     # --- the event loop's side -------------------------------------------------------
-    async def add(
+    def add(
         self,
         request_id: str,
         prompt_token_ids: Sequence[int],
@@ -75,21 +86,32 @@ class StreamConnection:
         encoder_states: torch.Tensor | None = None,
         cross_windows: Sequence[CrossWindow] = (),
     ) -> None:
-        """Queues the request on the engine; a refusal becomes that request's last item."""
+        """Queues the request on the engine; a refusal becomes that request's last item.
+
+        Live from here on, synchronously: an abort or a close handled right after it reaches
+        the engine after it (the engine loop runs commands in order). The caller refuses an
+        id already live here (`is_live`, DuplicateRequestId) before it touches anything."""
         self._live.add(request_id)
         stream = _ConnectionStream(request_id, self)
         args = (request_id, prompt_token_ids, sampling_params, mm_spans, mrope_positions)
         submitted = self._engine_loop.submit_nowait(
             *args, stream=stream, encoder_states=encoder_states, cross_windows=cross_windows
         )
-        try:
-            await asyncio.wrap_future(submitted)
-        except Exception as exc:  # noqa: BLE001 - this request's status, the stream goes on
-            self._push([(request_id, exc)])
+        admitted = asyncio.wrap_future(submitted, loop=self._event_loop)
+        admitted.add_done_callback(lambda future: self._on_admitted(request_id, future))
+
+    def is_live(self, request_id: str) -> bool:
+        return request_id in self._live
+
+    def _on_admitted(self, request_id: str, admitted: asyncio.Future[Any]) -> None:
+        if not admitted.cancelled() and (error := admitted.exception()) is not None:
+            self._push([(request_id, error)])  # this request's status, the stream goes on
 
     def refuse(self, request_id: str, error: BaseException) -> None:
-        """Ends a request that never reached the engine (its message was bad)."""
-        self._push([(request_id, error)])
+        """Ends a request that never reached the engine (its message was bad, its id taken):
+        the error goes out without touching the live requests."""
+        self._ready.append((request_id, error))
+        self._wake()
 
     def abort(self, request_id: str) -> None:
         if request_id in self._live:

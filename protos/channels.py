@@ -27,8 +27,9 @@ RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_reconnect_backoff_ms", 2_000),
 )
 
-# For `dns:///name:port` targets: balance over every address behind the name, and let gRPC's
-# client-side health checking skip replicas whose grpc.health.v1 status is not SERVING.
+# For `dns:///name:port` targets (and `ipv4:a,b` lists): balance over every address behind the
+# name, and let gRPC's client-side health checking skip replicas whose grpc.health.v1 status is
+# not SERVING.
 BALANCED_SERVICE_CONFIG = json.dumps(
     {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
 )
@@ -36,7 +37,7 @@ BALANCED_SERVICE_CONFIG = json.dumps(
 
 def channel_options(target: str) -> list[tuple[str, int | str]]:
     options: list[tuple[str, int | str]] = [*CHANNEL_OPTIONS, *RECONNECT_OPTIONS]
-    if target.startswith("dns:"):
+    if target.startswith(("dns:", "ipv4:", "ipv6:")):
         options.append(("grpc.service_config", BALANCED_SERVICE_CONFIG))
     return options
 

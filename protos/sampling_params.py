@@ -9,6 +9,11 @@ from dataclasses import dataclass
 from protos.errors import InvalidRequest
 
 _GREEDY_EPSILON = 1e-5
+# The most top logprobs a client may ask per token (vLLM's default max_logprobs): every step's
+# message carries them for all of a stream's requests, toward the gRPC message limit. Only
+# what clients ask is capped: the gateway's own steps (Whisper's language detection) may score
+# the whole vocabulary.
+MAX_LOGPROBS = 20
 
 
 def _check(condition: bool, message: str) -> None:
@@ -171,3 +176,11 @@ def per_prompt(
     if len(params) != n:
         raise InvalidRequest(f"got {len(params)} sampling params for {n} prompts")
     return list(params)
+
+
+def check_client_logprobs(logprobs: int | None, name: str = "logprobs") -> None:
+    """InvalidRequest for a client asking more than MAX_LOGPROBS top logprobs per token."""
+    _check(
+        logprobs is None or not _is_int(logprobs) or 0 <= logprobs <= MAX_LOGPROBS,
+        f"{name} must be between 0 and {MAX_LOGPROBS}, got {logprobs}",
+    )

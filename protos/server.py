@@ -30,7 +30,10 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     *CHANNEL_OPTIONS,
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     # Clients re-resolve DNS names (compose --scale, k8s headless services) when a connection
-    # ends; recycling connections lets a gateway find new replicas. Open streams may finish.
+    # ends; recycling connections lets a gateway find new replicas. Open streams may finish
+    # within the grace: the gateway's GenerateStream calls take new requests for less than the
+    # max age (gateway/backends/lm_stream.py MAX_CALL_AGE_SECONDS), so only a request running
+    # longer than age + grace is cut.
     ("grpc.max_connection_age_ms", 60_000),
     ("grpc.max_connection_age_grace_ms", 600_000),
     ("grpc.so_reuseport", 0),

@@ -10,6 +10,7 @@ from protos.encoder_codec import kwargs_from_json
 from protos.errors import InvalidRequest
 from protos.lm_codec import FINISH_CODES, logprobs_to_pb, sampling_from_pb
 from protos.meshserve.v1 import common_pb2, gateway_pb2
+from protos.sampling_params import SamplingParams, check_client_logprobs
 from protos.tensor_codec import tensor_from_proto
 
 MODALITY_NAMES = {
@@ -51,13 +52,20 @@ def _options(part: gateway_pb2.MediaPart) -> dict[str, Any]:
     return options
 
 
+def client_sampling_from_pb(sampling: common_pb2.SamplingParams) -> SamplingParams:
+    """A client's sampling params, within what a client may ask (MAX_LOGPROBS)."""
+    params = sampling_from_pb(sampling)
+    check_client_logprobs(params.logprobs)
+    return params
+
+
 def generate_from_pb(
     message: gateway_pb2.GenerateRequest, timeout: float | None
 ) -> GenerationRequest:
     sampling = message.sampling
     return GenerationRequest(
         request_id=message.request_id or uuid.uuid4().hex,
-        sampling_params=sampling_from_pb(sampling),
+        sampling_params=client_sampling_from_pb(sampling),
         prompt=message.prompt,
         media=tuple(media_from_pb(i, m) for i, m in enumerate(message.media)),
         skip_special_tokens=_skip_special(sampling),
@@ -85,7 +93,7 @@ def chat_from_pb(message: gateway_pb2.ChatRequest, timeout: float | None) -> Gen
     sampling = message.sampling
     return GenerationRequest(
         request_id=message.request_id or uuid.uuid4().hex,
-        sampling_params=sampling_from_pb(sampling),
+        sampling_params=client_sampling_from_pb(sampling),
         messages=messages,
         media=tuple(media),
         add_generation_prompt=(

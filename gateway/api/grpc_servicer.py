@@ -8,7 +8,13 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 from prometheus_client import CollectorRegistry
 
-from gateway.api.grpc_convert import chat_from_pb, chunk_to_pb, generate_from_pb, media_from_pb
+from gateway.api.grpc_convert import (
+    chat_from_pb,
+    chunk_to_pb,
+    client_sampling_from_pb,
+    generate_from_pb,
+    media_from_pb,
+)
 from gateway.pipeline.orchestrator import Orchestrator
 from gateway.pipeline.pooling import (
     MediaPrompt,
@@ -18,7 +24,6 @@ from gateway.pipeline.pooling import (
 )
 from gateway.pipeline.transcription import Transcriber, TranscriptionRequest
 from gateway.pipeline.types import GenerationRequest, Usage
-from protos.lm_codec import sampling_from_pb
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from protos.metrics import StreamMetrics
 
@@ -157,7 +162,7 @@ def _transcription_from_pb(
     return TranscriptionRequest(
         request_id=request.request_id,
         audio=request.audio,
-        sampling_params=sampling_from_pb(request.sampling),
+        sampling_params=client_sampling_from_pb(request.sampling),
         language=request.language or None,
         task=request.task or "transcribe",
         timeout=timeout,

@@ -1,21 +1,40 @@
-"""Every request the gateway sends one LM replica, over ONE GenerateStream call.
+"""Every request the gateway sends one LM replica, over a few GenerateStream calls.
 
-The LM answers with one message per engine step for all of them, so the gateway wakes and
-parses once per step rather than once per token per request. The call opens on the first
-request and again after it failed; when it fails (the replica gone, cut, stopped), every
-request still on it fails with that call's error, as each one's own call would have.
+The LM answers each call with one message per engine step for all of its requests, so the
+gateway wakes and parses once per step rather than once per token per request.
+
+The calls rotate (`LMStreamMux`): a new request goes on the next of `num_calls` calls, and a
+call older than `max_call_age` takes no new requests (a fresh call takes its place) and is
+half-closed once its last request ended (until then aborts still reach the LM on it). That does two things:
+- a `dns:///lm:50061` target (compose, Kubernetes) spreads over the pods behind it: the
+  channel's round_robin balances per call, so one never-ending call would stick to one pod;
+- no call outlives the server's `grpc.max_connection_age_ms` (protos/server.py): after the
+  GOAWAY a connection's calls get the age grace to finish, and no new request joins them.
+
+A call that fails (the replica gone, cut, stopped) fails every request still on it with
+UNAVAILABLE, the call's own status in the sentence, as a call of their own would have.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from protos.meshserve.v1 import lm_pb2
+from protos.channels import MAX_MESSAGE_BYTES
+from protos.meshserve.v1 import common_pb2, lm_pb2
+
+logger = logging.getLogger(__name__)
+
+NUM_CALLS = 4  # per replica target: how many pods behind one dns target new requests reach
+MAX_CALL_AGE_SECONDS = 30.0  # < the server's max_connection_age_ms (60 s)
+# An LMStreamRequest wraps the LMGenerateRequest: a few bytes of framing on top of it.
+MAX_REQUEST_BYTES = MAX_MESSAGE_BYTES - 1024
 
 
 class RequestOutputs:
@@ -24,7 +43,8 @@ class RequestOutputs:
     def __init__(self) -> None:
         self._items: collections.deque[Any] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
-        self.is_done = False  # finished, failed or ended by its reader
+        self.call: _Call | None = None  # the call that carries it (None: never sent)
+        self.is_done = False  # the LM ended it (finished, refused) or its call failed
 
     def push(self, item: lm_pb2.LMStreamOutput | BaseException) -> None:
         self._items.append(item)
@@ -47,9 +67,12 @@ class RequestOutputs:
                     timer.cancel()
         item = self._items.popleft()
         if isinstance(item, BaseException):
+            self.is_done = True
             raise item
         if item.error_code:
+            self.is_done = True
             raise rpc_error(_CODES[item.error_code], item.error_message)
+        self.is_done = item.step.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
         return item
 
 
@@ -62,8 +85,11 @@ class _Call:
     """One GenerateStream call: its outgoing messages and the requests it carries."""
 
     def __init__(self, stub: Any) -> None:
+        self.opened_at = asyncio.get_running_loop().time()
         self.outbox: asyncio.Queue[lm_pb2.LMStreamRequest | None] = asyncio.Queue()
         self.requests: dict[str, RequestOutputs] = {}
+        self.is_retiring = False  # takes no new requests; half-closed once it carries none
+        self.is_half_closed = False
         self.call = stub.GenerateStream(self._messages())
         self.reader = asyncio.create_task(self._read())
 
@@ -81,49 +107,107 @@ class _Call:
                         outputs.push(output)
             error = rpc_error(grpc.StatusCode.UNAVAILABLE, "the LM ended the stream")
         except grpc.aio.AioRpcError as exc:
+            # The whole call failed (e.g. RESOURCE_EXHAUSTED for another request's message):
+            # for the requests on it, the replica failed; retried elsewhere if they can be.
             error = exc
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                details = f"the stream failed ({exc.code().name}: {exc.details()})"
+                error = rpc_error(grpc.StatusCode.UNAVAILABLE, details)
         except asyncio.CancelledError:
             error = rpc_error(grpc.StatusCode.CANCELLED, "the gateway closed the stream")
+        except Exception as exc:  # noqa: BLE001 - no request may wait out the stall timeout
+            logger.exception("reading an LM stream failed")
+            error = rpc_error(grpc.StatusCode.UNAVAILABLE, f"reading the stream failed: {exc}")
         for outputs in self.requests.values():
             outputs.push(error)
         self.requests.clear()
 
-    @property
-    def is_alive(self) -> bool:
-        return not self.reader.done()
+    def takes_new_requests(self, now: float, max_age: float) -> bool:
+        return not self.reader.done() and not self.is_retiring and now - self.opened_at < max_age
+
+    def retire(self) -> None:
+        self.is_retiring = True
+        if not self.requests:
+            self.half_close()
+
+    def half_close(self) -> None:
+        """No more messages: the LM ends the call once its live requests have finished."""
+        if not self.is_half_closed:
+            self.is_half_closed = True
+            self.outbox.put_nowait(None)
 
 
 class LMStreamMux:
-    """The GenerateStream of one replica, shared by its requests."""
+    """The GenerateStream calls of one replica target, shared by its requests.
 
-    def __init__(self, stub: Any) -> None:
+    Args:
+        num_calls: new requests rotate over this many calls (each opened when first needed).
+        max_call_age: seconds a call takes new requests; then it is half-closed and replaced.
+    """
+
+    def __init__(
+        self,
+        stub: Any,
+        num_calls: int = NUM_CALLS,
+        max_call_age: float = MAX_CALL_AGE_SECONDS,
+    ) -> None:
         self._stub = stub
-        self._call: _Call | None = None
+        self._max_call_age = max_call_age
+        self._slots: list[_Call | None] = [None] * num_calls
+        self._turn = itertools.cycle(range(num_calls))
+        self._retiring: set[_Call] = set()  # replaced, still finishing their requests
 
     def start(self, message: lm_pb2.LMGenerateRequest) -> RequestOutputs:
-        """Sends the request; its outputs arrive in the returned object."""
-        if self._call is None or not self._call.is_alive:
-            self._call = _Call(self._stub)
+        """Sends the request; its outputs arrive in the returned object. A request too big
+        for one gRPC message is refused here, alone: sent, it would fail the whole call."""
         outputs = RequestOutputs()
-        self._call.requests[message.request_id] = outputs
-        self._call.outbox.put_nowait(lm_pb2.LMStreamRequest(generate=message))
+        size = message.ByteSize()
+        if size > MAX_REQUEST_BYTES:
+            outputs.push(
+                rpc_error(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the request is {size} bytes, over the {MAX_REQUEST_BYTES} bytes one LM "
+                    "request may take (its images, audio or prompt are too large): send less",
+                )
+            )
+            return outputs
+        call = self._call_for_new_request()
+        outputs.call = call
+        call.requests[message.request_id] = outputs
+        call.outbox.put_nowait(lm_pb2.LMStreamRequest(generate=message))
         return outputs
 
+    def _call_for_new_request(self) -> _Call:
+        index = next(self._turn)
+        call = self._slots[index]
+        now = asyncio.get_running_loop().time()
+        if call is not None and not call.takes_new_requests(now, self._max_call_age):
+            call.retire()
+            self._retiring.add(call)
+            call.reader.add_done_callback(lambda _, done=call: self._retiring.discard(done))
+            call = None
+        if call is None:
+            call = self._slots[index] = _Call(self._stub)
+        return call
+
     def end(self, request_id: str, outputs: RequestOutputs) -> None:
-        """The reader is done with the request: abort it on the LM unless it had finished."""
-        call = self._call
+        """The reader is done with the request: abort it on the LM unless the LM ended it."""
+        call = outputs.call
         if call is None or call.requests.get(request_id) is not outputs:
-            return  # its call failed (nothing left to abort) or it was never sent there
+            return  # its call failed (nothing left to abort) or it was never sent
         del call.requests[request_id]
-        if not outputs.is_done:
+        if not outputs.is_done and not call.reader.done():
             call.outbox.put_nowait(lm_pb2.LMStreamRequest(abort_request_id=request_id))
+        if call.is_retiring and not call.requests:
+            call.half_close()
 
     async def close(self) -> None:
-        call, self._call = self._call, None
-        if call is not None:
-            call.outbox.put_nowait(None)
+        calls = {*self._retiring, *(call for call in self._slots if call is not None)}
+        self._slots = [None] * len(self._slots)
+        for call in calls:
+            call.half_close()
             call.call.cancel()
-            await asyncio.gather(call.reader, return_exceptions=True)
+        await asyncio.gather(*(call.reader for call in calls), return_exceptions=True)
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}

@@ -97,7 +97,7 @@ class RemoteLMBackend(LMBackend):
     ) -> None:
         self.replicas = ReplicaSet("language model", targets, lm_pb2_grpc.LanguageModelStub)
         self.stall_timeout = stall_timeout
-        self._muxes: dict[str, LMStreamMux] = {}  # replica target -> its shared stream
+        self._muxes: dict[str, LMStreamMux] = {}  # replica target -> its GenerateStream calls
 
     def start(self) -> None:
         self.replicas.start()
@@ -140,8 +140,9 @@ class RemoteLMBackend(LMBackend):
     async def generate(
         self, request: LMRequest, timeout: float | None = None
     ) -> AsyncIterator[StepOutput]:
-        """Streams one request over its replica's shared GenerateStream (one LM message per
-        engine step for all of them); the client's deadline is enforced here."""
+        """Streams one request over one of its replica's shared GenerateStream calls (one LM
+        message per engine step for all of a call's requests); the client's deadline is
+        enforced here, and a request given up on (deadline, stall, closed) is aborted."""
         message = lm_request_to_pb(request)
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         tried: list[Replica] = []
@@ -155,13 +156,12 @@ class RemoteLMBackend(LMBackend):
                     output = await self._next(outputs, replica, deadline)
                     got_any = True
                     step = step_from_pb(request.request_id, output.step)
-                    outputs.is_done = step.finished
                     yield step
                     if step.finished:
                         return
             except grpc.aio.AioRpcError as exc:
-                # Retrying is safe only before the first token reached the client.
-                outputs.is_done = True  # refused by the LM, or its stream failed
+                # Retrying is safe only before the first token reached the client. NOTE: a
+                # local deadline or stall leaves outputs.is_done False: `end` aborts it.
                 tried.append(replica)
                 if got_any or not _retry(self.replicas, replica, exc, tried):
                     _raise_failure(self.replicas, replica, exc, got_any)

@@ -148,20 +148,51 @@ def test_one_generate_stream_carries_many_requests_one_message_per_step(
     assert _idle_free_blocks(stub) == NUM_BLOCKS
 
 
-def test_cancel_frees_every_block(stub: lm_pb2_grpc.LanguageModelStub) -> None:
+def _generate_stream(
+    stub: lm_pb2_grpc.LanguageModelStub, request: lm_pb2.LMGenerateRequest, **kwargs: object
+) -> Iterator[lm_pb2.LMGenerateResponse]:
+    """One request over GenerateStream (the gateway's path), its steps as Generate's replies;
+    closing the generator cancels the call."""
+    request.request_id = "one"
+    call = stub.GenerateStream(iter([lm_pb2.LMStreamRequest(generate=request)]), **kwargs)
+    try:
+        for reply in call:
+            for output in reply.outputs:
+                yield output.step
+    finally:
+        call.cancel()
+
+
+def _generate(
+    stub: lm_pb2_grpc.LanguageModelStub, request: lm_pb2.LMGenerateRequest, **kwargs: object
+) -> Iterator[lm_pb2.LMGenerateResponse]:
+    call = stub.Generate(request, **kwargs)
+    try:
+        yield from call
+    finally:
+        call.cancel()
+
+
+# Generate is one request on a StreamConnection of its own: both RPCs abort the same way.
+BOTH_RPCS = pytest.mark.parametrize("rpc", [_generate_stream, _generate], ids=["stream", "one"])
+
+
+@BOTH_RPCS
+def test_cancel_frees_every_block(stub: lm_pb2_grpc.LanguageModelStub, rpc: object) -> None:
     idle = _idle_free_blocks(stub)
-    call = stub.Generate(_request([1] + list(range(20, 60)), 200, ignore_eos=True))
+    call = rpc(stub, _request([1] + list(range(20, 60)), 200, ignore_eos=True))
     first = next(call)
     assert first.token_ids
     assert stub.GetLoad(lm_pb2.GetLoadRequest()).num_free_blocks < idle
-    call.cancel()
+    call.close()  # the generator's close cancels its call
     assert _idle_free_blocks(stub) == idle
 
 
-def test_deadline_aborts_and_frees_blocks(stub: lm_pb2_grpc.LanguageModelStub) -> None:
+@BOTH_RPCS
+def test_deadline_aborts_and_frees_blocks(stub: lm_pb2_grpc.LanguageModelStub, rpc: object) -> None:
     idle = _idle_free_blocks(stub)
     with pytest.raises(grpc.RpcError) as info:
-        for _ in stub.Generate(_request([1, 5, 6], 240, ignore_eos=True), timeout=0.05):
+        for _ in rpc(stub, _request([1, 5, 6], 240, ignore_eos=True), timeout=0.05):
             pass
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert _idle_free_blocks(stub) == idle

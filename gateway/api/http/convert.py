@@ -14,9 +14,8 @@ from gateway.api.http.content import conversation
 from gateway.api.http.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from gateway.pipeline.types import GenerationRequest
 from protos.errors import InvalidRequest, Unsupported
-from protos.sampling_params import SamplingParams
+from protos.sampling_params import SamplingParams, check_client_logprobs
 
-MAX_TOP_LOGPROBS = 20
 MAX_CHOICES = 128
 
 
@@ -96,10 +95,7 @@ def _chat_logprobs(body: ChatCompletionRequest) -> int | None:
     if body.top_logprobs is not None:
         if not body.logprobs:
             raise InvalidRequest("top_logprobs needs logprobs: true")
-        if not 0 <= body.top_logprobs <= MAX_TOP_LOGPROBS:
-            raise InvalidRequest(
-                f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {body.top_logprobs}"
-            )
+        check_client_logprobs(body.top_logprobs, "top_logprobs")
     return _or(body.top_logprobs, 0) if body.logprobs else None
 
 
@@ -139,8 +135,7 @@ def completion_request(
     body: CompletionRequest, prompt: str | list[int], request_id: str
 ) -> GenerationRequest:
     logprobs = body.logprobs
-    if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
-        raise InvalidRequest(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {logprobs}")
+    check_client_logprobs(logprobs)
     if body.echo and logprobs is not None:
         raise Unsupported("echo with logprobs (prompt logprobs) is not supported")
     params = sampling_params(body, _or(body.max_tokens, 16), logprobs)

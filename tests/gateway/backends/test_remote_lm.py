@@ -26,6 +26,7 @@ class FakeLM(lm_pb2_grpc.LanguageModelServicer):
     def __init__(self) -> None:
         self.then = "finish"
         self.num_cancelled = 0  # requests aborted by the gateway, or cut with the stream
+        self.aborted: list[str] = []  # the abort messages received, by request id
         self.stop_server: asyncio.Event | None = None
 
     async def GenerateStream(
@@ -42,6 +43,7 @@ class FakeLM(lm_pb2_grpc.LanguageModelServicer):
                 if self.then == "hang":
                     async for later in requests:
                         if later.abort_request_id == request_id:
+                            self.aborted.append(request_id)
                             break
                     self.num_cancelled += 1  # aborted, or the gateway closed the stream
                     return
@@ -73,8 +75,15 @@ def lm() -> Iterator[Replica]:
     replica.close()
 
 
-def _generate(address: str, stall_timeout: float, timeout: float | None = 10.0) -> list:
-    """The tokens received, then the exception that ended the stream (or None)."""
+def _generate(
+    address: str,
+    stall_timeout: float,
+    timeout: float | None = 10.0,
+    fake: FakeLM | None = None,
+) -> list:
+    """The tokens received, then the exception that ended the stream (or None). With `fake`,
+    waits (briefly) for its abort message BEFORE closing the backend: closing cuts the stream,
+    which would hide a missing abort."""
     backend = RemoteLMBackend([address], stall_timeout=stall_timeout)
     request = LMRequest("r", [1, 2], SamplingParams(max_tokens=4))
 
@@ -87,6 +96,9 @@ def _generate(address: str, stall_timeout: float, timeout: float | None = 10.0) 
             received.append(exc)
         else:
             received.append(None)
+        deadline = time.monotonic() + 5.0
+        while fake is not None and not fake.aborted and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         await backend.close()
         return received
 
@@ -95,22 +107,18 @@ def _generate(address: str, stall_timeout: float, timeout: float | None = 10.0) 
 
 def test_a_stream_silent_past_the_stall_timeout_fails_unavailable(lm: Replica) -> None:
     lm.fake.then = "hang"
-    *tokens, error = _generate(lm.address, stall_timeout=0.3)
+    *tokens, error = _generate(lm.address, stall_timeout=0.3, fake=lm.fake)
     assert tokens == [7] and isinstance(error, Unavailable)
     assert f"the language model service at {lm.address} sent nothing for 0.3s" in str(error)
-    # The request was aborted on the LM, not left hanging. NOTE: the server learns of the
-    # abort over the wire, after the client returned: wait for it, briefly.
-    deadline = time.monotonic() + 5.0
-    while lm.fake.num_cancelled == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert lm.fake.num_cancelled == 1
+    assert lm.fake.aborted == ["r"]  # aborted on the LM, not left running to max_tokens
 
 
 def test_the_clients_deadline_is_no_stall(lm: Replica) -> None:
     lm.fake.then = "hang"
-    *tokens, error = _generate(lm.address, stall_timeout=30, timeout=0.3)
+    *tokens, error = _generate(lm.address, stall_timeout=30, timeout=0.3, fake=lm.fake)
     assert isinstance(error, grpc.aio.AioRpcError)
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert lm.fake.aborted == ["r"]  # its KV blocks are freed now, not at max_tokens
 
 
 def test_a_stream_cut_by_the_server_names_the_service_then_the_transport(lm: Replica) -> None:
