@@ -121,9 +121,9 @@ def test_one_generate_stream_carries_many_requests_one_message_per_step(
 
     tokens: dict[str, list[int]] = {}
     endings: dict[str, object] = {}
-    num_messages = 0
+    num_good_messages = 0  # messages carrying mux-0 or mux-1 (mux-long's count on timing)
     for reply in stub.GenerateStream(messages(), timeout=60):
-        num_messages += 1
+        num_good_messages += any(o.request_id in ("mux-0", "mux-1") for o in reply.outputs)
         for output in reply.outputs:
             if output.error_code:
                 endings[output.request_id] = grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -144,7 +144,7 @@ def test_one_generate_stream_carries_many_requests_one_message_per_step(
     assert tokens["mux-0"] == alone and len(tokens["mux-1"]) == 8
     assert len(tokens["mux-long"]) < 200
     # both good requests decode in the same steps: one message carried both, not one each
-    assert num_messages < 2 * 8
+    assert num_good_messages < 2 * 8
     assert _idle_free_blocks(stub) == NUM_BLOCKS
 
 
