@@ -338,7 +338,14 @@ def test_a_client_that_gives_up_on_a_whole_answer_frees_its_blocks(
     gateway: RunningGateway,
 ) -> None:
     idle = gateway.lm_load()
-    body = {"model": gateway.model, "prompt": "Go on and on", "max_tokens": 600, "ignore_eos": True}
+    # NOTE: the answer must outlast the client's patience: with one torch thread the tiny model
+    # streamed 600 tokens in under 1 s, so ask for nearly max_model_len (1024) and wait 0.2 s.
+    body = {
+        "model": gateway.model,
+        "prompt": "Go on and on",
+        "max_tokens": 1000,
+        "ignore_eos": True,
+    }
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{gateway.http_url}/v1/completions", json=body, timeout=1.0)
+        httpx.post(f"{gateway.http_url}/v1/completions", json=body, timeout=0.2)
     assert _wait_idle(gateway, idle[2]) == (0, 0, idle[2])
