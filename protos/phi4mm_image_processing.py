@@ -161,8 +161,9 @@ class Phi4MultimodalImageProcessorTorch(ImageProcessingMixin):
         return torch.cat([global_crop, tiles]), masks, list(normal.shape[-2:]), count
 
     def to_dict(self) -> dict[str, Any]:
-        """Saved as HF's class, so a user with torchvision loads HF's own."""
-        return {**super().to_dict(), "image_processor_type": "Phi4MultimodalImageProcessor"}
+        """Saved as HF's class with HF's keys only, so a user with torchvision loads HF's own."""
+        saved = {k: v for k, v in super().to_dict().items() if k != "crop"}  # `crop`: ours
+        return {**saved, "image_processor_type": "Phi4MultimodalImageProcessor"}
 
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """torchvision backend's fused rescale + normalize, in float32."""

@@ -69,6 +69,12 @@ def test_images_with_fewer_crops_are_padded_like_hf() -> None:
     assert out["image_attention_mask"][0, 2].all()
 
 
+def test_it_saves_as_hf_class_with_hf_keys() -> None:
+    saved = _processor().to_dict()
+    assert saved["image_processor_type"] == "Phi4MultimodalImageProcessor"
+    assert "crop" not in saved and saved["size"] == {"height": CROP, "width": CROP}
+
+
 def test_an_extreme_aspect_ratio_is_refused() -> None:
     with pytest.raises(ValueError, match="aspect ratio is very extreme"):
         _processor(dynamic_hd=1)([Image.new("RGB", (4000, 40))])
