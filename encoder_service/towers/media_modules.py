@@ -17,11 +17,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from encoder_service.towers.phi4mm_features import Phi4MultimodalFeatures
 from encoder_service.weights import build_on_meta, load_tower_weights
 from protos.errors import Unsupported
 
 _LANGUAGE_MODEL_CHILDREN = ("language_model", "text_model")
 _FEATURE_METHODS = ("get_image_features", "get_video_features", "get_audio_features")
+# HF classes without feature functions -> the module that gives their media modules some
+_FEATURE_ADAPTERS: dict[str, type[nn.Module]] = {
+    "Phi4MultimodalForCausalLM": Phi4MultimodalFeatures,
+}
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -65,6 +70,8 @@ def _model_class(architecture: str) -> type[nn.Module]:
 def _feature_module(model: nn.Module, architecture: str) -> nn.Module:
     """The module that defines the feature functions and holds the media children."""
     inner = getattr(model, "model", None)
+    if architecture in _FEATURE_ADAPTERS:
+        return _FEATURE_ADAPTERS[architecture](inner)
     for candidate in (inner, model):
         if isinstance(candidate, nn.Module) and _children_defining_features(candidate):
             return candidate
@@ -80,6 +87,8 @@ def _children_defining_features(module: nn.Module) -> bool:
 
 def media_roots(base: nn.Module, config: Any = None) -> tuple[str, ...]:
     """The base's direct children and parameters that are not the language model."""
+    if declared := getattr(base, "media_roots", None):  # a feature adapter names its own
+        return tuple(declared)
     language = [name for name in _LANGUAGE_MODEL_CHILDREN if hasattr(base, name)]
     if not language:
         return _sub_config_children(base, config)

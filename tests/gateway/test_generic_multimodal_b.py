@@ -4,7 +4,7 @@ equal HF `generate` on an image the test makes, and our prompt ids equal the HF 
 Gemma 3 (bidirectional attention inside each image), PaliGemma (bidirectional prefix),
 Mistral 3 and LLaVA with a Pixtral tower ([IMG_BREAK] rows), BLIP-2 (image tokens before the
 prompt) and Chameleon (images become VQ token ids). Fuyu skips, with the reason, where HF's own
-processor cannot run here; Phi-4-multimodal where its model has no feature functions.
+processor cannot run here. Phi-4-multimodal: test_generic_multimodal_phi4mm.py.
 """
 
 from __future__ import annotations
@@ -251,17 +251,3 @@ def test_fuyu_skips_while_hf_processor_is_broken() -> None:
             f"(FuyuImageProcessorPil.patchify_image: {error}); the torchvision one cannot load"
         )
     pytest.fail("HF's Fuyu processor runs now: add Fuyu to ROWS")
-
-
-def test_phi4_multimodal_skips_without_feature_functions() -> None:
-    """Its processor runs here (our image processor: tests/protos/test_phi4mm_image_processing.py)
-    but its model embeds media inside `embed_tokens_extend`, with no feature function."""
-    from transformers import Phi4MultimodalForCausalLM
-
-    if not hasattr(Phi4MultimodalForCausalLM, "get_image_features"):
-        pytest.skip(
-            "Phi4MultimodalForCausalLM defines no get_image_features / get_audio_features "
-            "(transformers 5.24 embeds media inside model.embed_tokens_extend), so the "
-            "generic tower refuses it at load"
-        )
-    pytest.fail("Phi4MultimodalForCausalLM has feature functions now: add it to ROWS")
