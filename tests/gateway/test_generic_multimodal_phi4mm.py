@@ -1,6 +1,11 @@
 """Phi-4-multimodal on the generic path: offline `LLM.generate` greedy equals HF `generate`
 for T + I (dynamic HD crops, padded crop masked) and T + A, and the gateway's prompt ids equal
-the HF processor's (built with our torch image processor: HF's needs torchvision)."""
+the HF processor's (built with our torch image processor: HF's needs torchvision).
+
+NOTE: one item per prompt. With two images (or two clips) of different sizes HF runs them as
+one padded batch, and its own vision tower (and audio encoder) then gives an item other
+features than when it runs alone (0.08 on a crop with no masked patch); we encode each item
+alone, as HF does for a one-item prompt, so multi-item prompts do not match HF's batched ones."""
 
 from __future__ import annotations
 
