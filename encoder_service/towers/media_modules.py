@@ -5,7 +5,9 @@ The language model is found from the model class (its `language_model` / `text_m
 not from a list of weight prefixes, and stays on the meta device: it is never run here, and a
 feature function that touched it would fail loudly instead of using random weights. A base that
 IS the decoder (Chameleon: its layers sit next to its VQ model) has no such child: its media
-modules are then the children built from one of the config's media sub-configs.
+modules are then the children built from one of the config's media sub-configs. A class with
+no feature functions at all (Phi-4-multimodal) gets an adapter (`_FEATURE_ADAPTERS`) that
+defines them over HF's own media modules and names its roots (`media_roots`).
 """
 
 from __future__ import annotations
