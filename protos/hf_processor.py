@@ -17,6 +17,10 @@ processor class, whose pixel operations are replaced by Pillow / torch ones:
 Frame sampling, sizes and the processor's replacement text stay the class's own. A user with
 torchvision gets HF's processor unchanged.
 
+Image processors that are torchvision backends with no PIL twin (Phi-4-multimodal's) are
+replaced by our own torch ones (`_OWN_IMAGE_PROCESSORS`), computing the same outputs; the
+processor is then built from its parts, as for video.
+
 Other processor classes (PixtralProcessor) are marked as needing torchvision only because
 their module imports a helper from the torchvision image processor's module, while the same
 helper lives in the PIL image processor's module: `processor_class` imports them with that
@@ -39,27 +43,37 @@ import torch
 from protos.errors import Unsupported
 
 _VIDEO_CONFIG = "video_preprocessor_config.json"
+_PREPROCESSOR = "preprocessor_config.json"
 _MODELS = "transformers.models"
+# HF image processor (torchvision only) -> (module, class) of ours that computes the same
+_OWN_IMAGE_PROCESSORS = {
+    "Phi4MultimodalImageProcessor": (
+        "protos.phi4mm_image_processing",
+        "Phi4MultimodalImageProcessorTorch",
+    ),
+}
 
 
 def load_processor(path: str | Path, **kwargs: Any) -> Any:
     """`AutoProcessor.from_pretrained(path)`, else (torchvision missing) the same processor:
-    with its video processor's pixel operations done by Pillow and torch, or its class
-    imported beside the PIL image processor."""
+    with its video processor's pixel operations done by Pillow and torch, our own image
+    processor, or its class imported beside the PIL image processor."""
     from transformers import AutoProcessor
 
     try:
         return AutoProcessor.from_pretrained(path, **kwargs)
-    except ImportError as error:
+    # NOTE: AutoImageProcessor says "missing torchvision" with a ValueError, the others with
+    # an ImportError
+    except (ImportError, ValueError) as error:
         if "torchvision" not in str(error).lower():
             raise
-        refused = error
-    if (Path(path) / _VIDEO_CONFIG).is_file():
-        return _processor_with_pil_video(Path(path))
+        refused = ImportError(str(error))
+    if (Path(path) / _VIDEO_CONFIG).is_file() or _own_image_processor(Path(path)):
+        return _processor_from_parts(Path(path))
     return processor_class(_processor_class_name(path), refused).from_pretrained(path, **kwargs)
 
 
-def _processor_with_pil_video(path: Path) -> Any:
+def _processor_from_parts(path: Path) -> Any:
     processor_class = _processor_class(path)
     processor_dict, _ = processor_class.get_processor_dict(str(path))
     parts = [_sub_processor(attribute, path) for attribute in processor_class.get_attributes()]
@@ -93,6 +107,19 @@ def _processor_class(path: Path) -> type:
     return PROCESSOR_MAPPING[type(AutoConfig.from_pretrained(path))]
 
 
+def _own_image_processor(path: Path) -> type | None:
+    """Our class standing in for the checkpoint's image processor, if it needs one."""
+    name = None
+    for file, key in (("processor_config.json", "image_processor"), (_PREPROCESSOR, None)):
+        if (path / file).is_file():
+            config = json.loads((path / file).read_text())
+            name = name or (config.get(key, {}) if key else config).get("image_processor_type")
+    if name not in _OWN_IMAGE_PROCESSORS:
+        return None
+    module, class_name = _OWN_IMAGE_PROCESSORS[name]
+    return getattr(importlib.import_module(module), class_name)
+
+
 def _sub_processor(attribute: str, path: Path) -> Any:
     from transformers import AutoImageProcessor, AutoTokenizer
     from transformers.models.auto.feature_extraction_auto import AutoFeatureExtractor
@@ -101,8 +128,9 @@ def _sub_processor(attribute: str, path: Path) -> Any:
         return pil_video_processor(path)
     loaders = {
         "tokenizer": AutoTokenizer,
-        "image_processor": AutoImageProcessor,
+        "image_processor": _own_image_processor(path) or AutoImageProcessor,
         "feature_extractor": AutoFeatureExtractor,
+        "audio_processor": AutoFeatureExtractor,
     }
     if attribute not in loaders:
         raise Unsupported(

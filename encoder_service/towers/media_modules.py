@@ -5,7 +5,9 @@ The language model is found from the model class (its `language_model` / `text_m
 not from a list of weight prefixes, and stays on the meta device: it is never run here, and a
 feature function that touched it would fail loudly instead of using random weights. A base that
 IS the decoder (Chameleon: its layers sit next to its VQ model) has no such child: its media
-modules are then the children built from one of the config's media sub-configs.
+modules are then the children built from one of the config's media sub-configs. A class with
+no feature functions at all (Phi-4-multimodal) gets an adapter (`_FEATURE_ADAPTERS`) that
+defines them over HF's own media modules and names its roots (`media_roots`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from encoder_service.towers.phi4mm_features import Phi4MultimodalFeatures
 from encoder_service.weights import build_on_meta, load_tower_weights
 from protos.errors import Unsupported
 
 _LANGUAGE_MODEL_CHILDREN = ("language_model", "text_model")
 _FEATURE_METHODS = ("get_image_features", "get_video_features", "get_audio_features")
+# HF classes without feature functions -> the module that gives their media modules some
+_FEATURE_ADAPTERS: dict[str, type[nn.Module]] = {
+    "Phi4MultimodalForCausalLM": Phi4MultimodalFeatures,
+}
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -65,6 +72,8 @@ def _model_class(architecture: str) -> type[nn.Module]:
 def _feature_module(model: nn.Module, architecture: str) -> nn.Module:
     """The module that defines the feature functions and holds the media children."""
     inner = getattr(model, "model", None)
+    if architecture in _FEATURE_ADAPTERS:
+        return _FEATURE_ADAPTERS[architecture](inner)
     for candidate in (inner, model):
         if isinstance(candidate, nn.Module) and _children_defining_features(candidate):
             return candidate
@@ -80,6 +89,8 @@ def _children_defining_features(module: nn.Module) -> bool:
 
 def media_roots(base: nn.Module, config: Any = None) -> tuple[str, ...]:
     """The base's direct children and parameters that are not the language model."""
+    if declared := getattr(base, "media_roots", None):  # a feature adapter names its own
+        return tuple(declared)
     language = [name for name in _LANGUAGE_MODEL_CHILDREN if hasattr(base, name)]
     if not language:
         return _sub_config_children(base, config)

@@ -3,8 +3,8 @@ equal HF `generate` on an image the test makes, and our prompt ids equal the HF 
 
 Gemma 3 (bidirectional attention inside each image), PaliGemma (bidirectional prefix),
 Mistral 3 and LLaVA with a Pixtral tower ([IMG_BREAK] rows), BLIP-2 (image tokens before the
-prompt) and Chameleon (images become VQ token ids). Fuyu and Phi-4-multimodal skip, with the
-reason, where HF's own processor cannot run here.
+prompt) and Chameleon (images become VQ token ids). Fuyu skips, with the reason, where HF's own
+processor cannot run here. Phi-4-multimodal: test_generic_multimodal_phi4mm.py.
 """
 
 from __future__ import annotations
@@ -251,15 +251,3 @@ def test_fuyu_skips_while_hf_processor_is_broken() -> None:
             f"(FuyuImageProcessorPil.patchify_image: {error}); the torchvision one cannot load"
         )
     pytest.fail("HF's Fuyu processor runs now: add Fuyu to ROWS")
-
-
-def test_phi4_multimodal_skips_without_torchvision() -> None:
-    try:
-        import transformers.models.phi4_multimodal.image_processing_phi4_multimodal  # noqa: F401
-    except ImportError as error:
-        pytest.skip(
-            "Phi4MultimodalProcessor needs Phi4MultimodalImageProcessor, which imports "
-            f"torchvision at module level (no PIL variant in transformers 5.24): {error}; so "
-            "neither its image nor its audio rows can run here"
-        )
-    pytest.fail("Phi-4-multimodal's image processor loads now: build its tiny model")

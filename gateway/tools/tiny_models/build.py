@@ -27,6 +27,7 @@ from gateway.tools.tiny_models.encoder_decoder import (
 from gateway.tools.tiny_models.generic_vlm import GENERIC_VLM_BUILDERS, GENERIC_VLM_MODELS
 from gateway.tools.tiny_models.mllama import MLLAMA_MODELS, build_mllama
 from gateway.tools.tiny_models.more_text import MORE_TEXT_MODELS, build_more_text
+from gateway.tools.tiny_models.phi4mm import build_phi4mm
 from gateway.tools.tiny_models.pooling import build_bert, build_qwen2_cls
 from gateway.tools.tiny_models.text import TEXT_MODELS, build_text
 from gateway.tools.tiny_models.vision import build_llava, build_qwen2_vl
@@ -52,6 +53,7 @@ GENERIC_MULTIMODAL_MODELS: tuple[str, ...] = (
     "aya_vision",
     "got_ocr2",
     "audioflamingo3",
+    "phi4mm",
 )
 OTHER_MODELS: tuple[str, ...] = ("whisper", "bert", "bert_cls", "qwen2_cls")
 ALL_MODELS: tuple[str, ...] = (
@@ -88,6 +90,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "aya_vision": build_aya_vision,
     "got_ocr2": build_got_ocr2,
     "audioflamingo3": build_audioflamingo3,
+    "phi4mm": build_phi4mm,
     "whisper": build_whisper,
     "bart": build_bart,
     "florence2": build_florence2,

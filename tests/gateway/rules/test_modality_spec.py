@@ -170,7 +170,9 @@ def test_hf_class_names_get_their_seed_rows() -> None:
         SPECS["Mistral3ForConditionalGeneration", "generate"]
         == SPECS["PixtralForConditionalGeneration", "generate"]
     )
-    assert SPECS["Phi4MultimodalForCausalLM", "generate"] == SPECS["Phi4MMForCausalLM", "generate"]
+    # NOTE: Phi4MM's row less I+ + A+, which the generic path cannot match HF on (see the table)
+    assert str(SPECS["Phi4MultimodalForCausalLM", "generate"]) == "T + I+ / T + A+"
+    assert str(SPECS["Phi4MMForCausalLM", "generate"]) == "T + I+ / T + A+ / I+ + A+"
 
 
 @pytest.mark.parametrize(
