@@ -185,12 +185,19 @@ class PagedAttention(torch.nn.Module):
         write_kv_cache(key, value, k_cache, v_cache, meta.slot_mapping)
         if self.backend is None:
             self.backend = select_backend(query, k_cache, self.logits_soft_cap)
-        attend = (
-            flash.paged_attention
-            if self.backend is AttentionBackend.FLASH_ATTN
-            else paged_attention
-        )
-        return attend(
+        if self.backend is AttentionBackend.FLASH_ATTN:
+            return flash.paged_attention(
+                query,
+                k_cache,
+                v_cache,
+                meta,
+                scale=self.scale,
+                sliding_window=self.sliding_window,
+                logits_soft_cap=self.logits_soft_cap,
+            )
+        # the fresh rows equal what the cache now holds only in the cache's dtype
+        same_dtype = key.dtype == k_cache.dtype and value.dtype == v_cache.dtype
+        return paged_attention(
             query,
             k_cache,
             v_cache,
@@ -198,6 +205,7 @@ class PagedAttention(torch.nn.Module):
             scale=self.scale,
             sliding_window=self.sliding_window,
             logits_soft_cap=self.logits_soft_cap,
+            new_kv=(key, value) if same_dtype else None,
         )
 
     def extra_repr(self) -> str:

@@ -27,10 +27,15 @@ def rms_norm(
     """
     input_dtype = x.dtype
     hidden = x.to(torch.float32)
+    # NOTE: `hidden` may be `x` itself (float32 input), so the first product is out of place;
+    # the later ones write into fresh temporaries in place (same values: `*` commutes exactly)
     hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + eps)
     if offset == 0.0:
-        return (weight * hidden.to(input_dtype)).to(input_dtype)
-    return (hidden * (offset + weight.float())).to(input_dtype)
+        normed = hidden.to(input_dtype)
+        if weight.dtype != input_dtype:
+            return (weight * normed).to(input_dtype)
+        return normed.mul_(weight)
+    return hidden.mul_(offset + weight.float()).to(input_dtype)
 
 
 def fused_add_rms_norm(

@@ -166,6 +166,9 @@ class RotaryEmbedding(torch.nn.Module):
         long = None if long_inv_freq is None else long_inv_freq.detach().float().cpu()
         cpu_tables = _RopeTables(inv_freq.detach().float().cpu(), long, axes)
         self._tables_by_device: dict[torch.device, _RopeTables] = {torch.device("cpu"): cpu_tables}
+        # every layer of a step rotates by the same positions tensor: the first computes
+        # cos/sin [T, 1, rotary_dim], the rest reuse them (see `_step_cos_sin`)
+        self._memo: tuple[torch.Tensor, torch.dtype, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def inv_freq(self) -> torch.Tensor:
@@ -239,9 +242,25 @@ class RotaryEmbedding(torch.nn.Module):
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate query `[T, H, D]` and key `[T, Hkv, D]` by `positions` (`[T]` or `[3, T]`)."""
-        cos, sin = self.cos_sin(positions, query.dtype)
-        cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1, rotary_dim]
+        cos, sin = self._step_cos_sin(positions, query.dtype)  # [T, 1, rotary_dim] each
         return self._rotate(query, cos, sin), self._rotate(key, cos, sin)
+
+    def _step_cos_sin(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`cos_sin` memoised on the positions tensor itself: the same object and dtype give
+        the same values, so the later layers of a step skip it.
+
+        NOTE: identity, not contents (inference tensors have no version counter): positions
+        are never written in place; the runner builds a fresh tensor every step.
+        """
+        memo = self._memo
+        if memo is not None and memo[0] is positions and memo[1] == dtype:
+            return memo[2], memo[3]
+        cos, sin = self.cos_sin(positions, dtype)
+        cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1, rotary_dim]
+        self._memo = (positions, dtype, cos, sin)
+        return cos, sin
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         if self.rotary_dim == x.shape[-1]:

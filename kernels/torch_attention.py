@@ -80,6 +80,7 @@ def paged_attention(
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
     alibi_slopes: torch.Tensor | None = None,
+    new_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Causal attention of each request's new tokens over its whole cached sequence.
 
@@ -93,6 +94,9 @@ def paged_attention(
             `p - k < sliding_window`. None: unlimited.
         logits_soft_cap: Gemma2's `cap * tanh(scores / cap)` before the softmax. None: off.
         alibi_slopes: `[num_heads]` float32 ALiBi slopes (after any scaling). None: off.
+        new_kv: this step's key `[T, Hkv, D]` and value `[T, Hkv, Dv]` rows, in the caches'
+            dtypes: a prefill chunk that is its whole sequence attends them directly instead
+            of gathering the same values back out of the cache. None: always gather.
 
     Returns:
         `[T, num_heads, v_head_dim]`.
@@ -112,7 +116,7 @@ def paged_attention(
         _decode_into(out, query, k_cache, v_cache, meta, plan, options)
     for chunk in plan.prefills:
         out[chunk.row_start : chunk.row_end] = _prefill_chunk(
-            query[chunk.row_start : chunk.row_end], k_cache, v_cache, meta, chunk, options
+            query[chunk.row_start : chunk.row_end], k_cache, v_cache, meta, chunk, options, new_kv
         )
     return out
 
@@ -215,12 +219,17 @@ def _prefill_chunk(
     meta: AttentionMetadata,
     chunk: _PrefillChunk,
     options: _Options,
+    new_kv: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> torch.Tensor:
     q_len, seq_len = query.shape[0], chunk.seq_len
-    num_blocks = -(-seq_len // k_cache.shape[1])
-    block_ids = meta.block_table[chunk.req, :num_blocks]
-    keys = _gather_blocks(k_cache, block_ids)[:seq_len].transpose(0, 1)  # [Hkv, S, D]
-    values = _gather_blocks(v_cache, block_ids)[:seq_len].transpose(0, 1)  # [Hkv, S, Dv]
+    if new_kv is not None and q_len == seq_len:  # the cache holds just these rows
+        rows = slice(chunk.row_start, chunk.row_end)
+        keys, values = new_kv[0][rows].transpose(0, 1), new_kv[1][rows].transpose(0, 1)
+    else:
+        num_blocks = -(-seq_len // k_cache.shape[1])
+        block_ids = meta.block_table[chunk.req, :num_blocks]
+        keys = _gather_blocks(k_cache, block_ids)[:seq_len].transpose(0, 1)  # [Hkv, S, D]
+        values = _gather_blocks(v_cache, block_ids)[:seq_len].transpose(0, 1)  # [Hkv, S, Dv]
     window = options.sliding_window
     ranges = meta.bidirectional_of(chunk.req)
     whole = q_len == seq_len and (window is None or window >= seq_len) and not ranges

@@ -251,3 +251,24 @@ def test_built_on_meta_device_still_has_real_frequencies():
 def test_mrope_section_must_cover_the_rotary_half():
     with pytest.raises(ValueError, match="mrope_section"):
         RotaryEmbedding(torch.ones(8), mrope_section=[2, 2, 2])
+
+
+def test_layers_of_a_step_share_cos_sin(monkeypatch):
+    """cos/sin are computed once per positions tensor (every layer of a step passes the same
+    one) and again for a new tensor or dtype, with the same result as computing them afresh."""
+    rope = RotaryEmbedding.from_config(llama_config(dict(ROPE_TYPES["default"])))
+    calls = []
+    original = rope.cos_sin
+    monkeypatch.setattr(rope, "cos_sin", lambda *a: calls.append(a) or original(*a))
+    positions = torch.tensor([0, 5, 1, 31])
+    query, key = qk(len(positions))
+    first = rope(positions, query, key)
+    torch.testing.assert_close(rope(positions, query, key), first, rtol=0, atol=0)
+    assert len(calls) == 1
+    moved = torch.tensor([1, 6, 2, 32])
+    got = rope(moved, query, key)
+    assert len(calls) == 2
+    fresh = RotaryEmbedding.from_config(llama_config(dict(ROPE_TYPES["default"])))
+    torch.testing.assert_close(got, fresh(moved, query, key), rtol=0, atol=0)
+    rope(moved, query.bfloat16(), key.bfloat16())
+    assert len(calls) == 3

@@ -223,3 +223,35 @@ def test_empty_step():
     cache = torch.zeros(2, 4, 1, HEAD_DIM)
     out = paged_attention(torch.zeros(0, 2, HEAD_DIM), cache, cache, meta, scale=1.0)
     assert out.shape == (0, 2, HEAD_DIM)
+
+
+@pytest.mark.parametrize("soft_cap", [None, 20.0])
+def test_whole_prefills_attend_the_new_rows(soft_cap):
+    """With `new_kv`, a whole-sequence prefill reads the step's rows, not the cache; chunks with
+    a prefix and decodes still gather from the cache."""
+    batch = make_batch(*MIXED, 16, 8, 2, seed=5)
+    rows_k, rows_v = [], []
+    for req, (q_len, k, v) in enumerate(
+        zip(batch.query_lens, batch.keys, batch.values, strict=True)
+    ):
+        if q_len > 1 and q_len == k.shape[0]:  # whole prefill: its cache blocks turn garbage
+            blocks = batch.meta.block_table[req, : -(-q_len // 16)].long()
+            batch.k_cache[blocks] = 1e4
+            batch.v_cache[blocks] = 1e4
+            rows_k.append(k)
+            rows_v.append(v)
+        else:  # read from the cache: garbage rows here must not be used
+            rows_k.append(torch.full_like(k[-q_len:], 1e4))
+            rows_v.append(torch.full_like(v[-q_len:], 1e4))
+    out = paged_attention(
+        batch.query,
+        batch.k_cache,
+        batch.v_cache,
+        batch.meta,
+        scale=0.25,
+        logits_soft_cap=soft_cap,
+        new_kv=(torch.cat(rows_k), torch.cat(rows_v)),  # [T, Hkv, D] each
+    )
+    torch.testing.assert_close(
+        out.double(), expected(batch, 0.25, None, soft_cap), atol=1e-5, rtol=1e-5
+    )
