@@ -17,9 +17,8 @@ import torch
 
 from gateway.tools.demo.synthetic import corpus
 from gateway.tools.tiny_models.audio import (
-    AUDIO_MEL_BINS,
-    AUDIO_SOURCE_POSITIONS,
     QWEN2_AUDIO_SPECIALS,
+    qwen2_audio_encoder_config,
     whisper_feature_extractor,
 )
 from gateway.tools.tiny_models.chat_template import (
@@ -41,6 +40,7 @@ from gateway.tools.tiny_models.vision import (
     QWEN2_VL_MIN_PIXELS,
     QWEN2_VL_SPECIALS,
     qwen2_vl_video_preprocessor_config,
+    qwen2_vl_vision_config,
 )
 from gateway.tools.tiny_models.weights import generation_config, model_seed, save_checkpoint
 
@@ -94,16 +94,7 @@ def build_qwen2_vl(out: Path) -> Any:
         text_config=_text_config(
             len(tokenizer), max_position_embeddings=1024, rope_parameters=rope
         ),
-        vision_config=dict(
-            depth=VISION_DEPTH,
-            embed_dim=VISION_SIZE,
-            hidden_size=HIDDEN_SIZE,
-            num_heads=4,
-            mlp_ratio=2,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
+        vision_config=qwen2_vl_vision_config(VISION_DEPTH, VISION_SIZE, HIDDEN_SIZE),
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
@@ -138,14 +129,7 @@ def build_qwen2_audio(out: Path) -> Any:
     template = build_chat_template(bos=False, audio=QWEN2_AUDIO_PART)
     tokenizer = _tokenizer(QWEN2_AUDIO_SPECIALS, template)
     config = Qwen2AudioConfig(
-        audio_config=dict(
-            num_mel_bins=AUDIO_MEL_BINS,
-            encoder_layers=2,
-            encoder_attention_heads=4,
-            encoder_ffn_dim=128,
-            d_model=64,
-            max_source_positions=AUDIO_SOURCE_POSITIONS,
-        ),
+        audio_config=qwen2_audio_encoder_config(),
         text_config=dict(
             model_type="qwen2", **_text_config(len(tokenizer), rope_parameters=dict(QWEN_ROPE))
         ),

@@ -56,6 +56,18 @@ def whisper_feature_extractor() -> Any:
     )
 
 
+def qwen2_audio_encoder_config() -> dict[str, Any]:
+    """The tiny Qwen2-Audio encoder: 2 layers, width 64, this file's mel bins and 30 s window."""
+    return dict(
+        num_mel_bins=AUDIO_MEL_BINS,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        d_model=64,
+        max_source_positions=AUDIO_SOURCE_POSITIONS,
+    )
+
+
 def build_qwen2_audio(out: Path) -> None:
     from transformers import (
         Qwen2AudioConfig,
@@ -67,14 +79,7 @@ def build_qwen2_audio(out: Path) -> None:
     spec = TokenizerSpec(extra_specials=QWEN2_AUDIO_SPECIALS, add_bos=False)
     tokenizer = build_bpe_tokenizer(spec, template)
     config = Qwen2AudioConfig(
-        audio_config=dict(
-            num_mel_bins=AUDIO_MEL_BINS,
-            encoder_layers=2,
-            encoder_attention_heads=4,
-            encoder_ffn_dim=128,
-            d_model=64,
-            max_source_positions=AUDIO_SOURCE_POSITIONS,
-        ),
+        audio_config=qwen2_audio_encoder_config(),
         text_config=dict(
             model_type="qwen2", **llama_like(len(tokenizer), rope_parameters=dict(QWEN_ROPE))
         ),

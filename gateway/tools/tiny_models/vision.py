@@ -120,6 +120,20 @@ def qwen2_vl_video_preprocessor_config() -> dict[str, Any]:
     }
 
 
+def qwen2_vl_vision_config(depth: int = 2, width: int = 64, out_size: int = 64) -> dict[str, Any]:
+    """A tiny Qwen2-VL vision tower: 14-pixel patches, 2x2 merge, 2 frames per temporal patch."""
+    return dict(
+        depth=depth,
+        embed_dim=width,
+        hidden_size=out_size,
+        num_heads=4,
+        mlp_ratio=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+
+
 def build_qwen2_vl(out: Path) -> None:
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
@@ -133,16 +147,7 @@ def build_qwen2_vl(out: Path) -> None:
     ids = tokenizer.convert_tokens_to_ids
     config = Qwen2VLConfig(
         text_config=llama_like(len(tokenizer), max_position_embeddings=1024, rope_parameters=rope),
-        vision_config=dict(
-            depth=2,
-            embed_dim=64,
-            hidden_size=64,
-            num_heads=4,
-            mlp_ratio=2,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
+        vision_config=qwen2_vl_vision_config(),
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
