@@ -14,6 +14,7 @@ import torch
 from kernels.attention import AttentionBackend, backend_for
 from kernels.cpu_allocator import tune_cpu_allocator
 from lm_service.config import EngineConfig
+from lm_service.engine.cache_memory import MemoryMeter, measure_caches
 from lm_service.engine.counters import EngineCounters
 from lm_service.engine.cross_kv_cache import allocate_cross_kv_caches, num_encoder_blocks_for
 from lm_service.engine.kv_cache import allocate_kv_caches, bytes_per_block, num_blocks_for
@@ -74,6 +75,7 @@ class Engine:
             config.max_num_seqs,
             self._kv_bytes_per_request(),
         )
+        meter = MemoryMeter(self.device)
         cross_caches = None
         if self.cross_spec is not None:
             memory -= num_encoder_blocks * self.cross_spec.bytes_per_block(config.block_size)
@@ -85,6 +87,12 @@ class Engine:
         if state_spec is not None:
             state_caches = allocate_state_caches(state_spec, num_slots, self.device)
             self._log_state_cache(num_slots, state_bytes)
+        others = [t for pair in cross_caches or [] for t in pair]
+        others += [t for tensors in state_caches or () for t in tensors]
+        self.cache_memory = measure_caches(
+            meter, kv_caches, others, memory, config.kv_cache_memory, config.block_size
+        )
+        logger.info("%s", self.cache_memory.describe())  # a box is sized by this flag
         self.runner = ModelRunner(
             self.loaded.model,
             kv_caches,

@@ -53,7 +53,10 @@ def allocate_kv_caches(
     for a latent cache (`spec.values_in_keys`) v_cache is a view of k_cache's first lanes.
 
     NOTE: zeroed, not empty: padded block-table entries gather these rows, and garbage NaNs
-    there would leak through a masked softmax (0 * NaN = NaN).
+    there would leak through a masked softmax (0 * NaN = NaN). Zeroing also touches every
+    page now (vLLM zero-fills too): `torch.empty` on CPU maps pages only when first written,
+    so RSS would not show the cache a user sized the box for, and each page faulted in
+    mid-serving would be a latency spike (`lm_service.engine.cache_memory` measures it).
     """
 
     def zeros(head_dim: int) -> torch.Tensor:
