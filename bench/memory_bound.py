@@ -6,6 +6,8 @@ import time
 
 import torch
 
+from lm_service.engine.cache_memory import CacheMemory
+
 
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of every parameter and buffer, each counted once (tied weights share storage).
@@ -31,6 +33,20 @@ def kv_bytes_per_token(kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> in
             slots = cache.shape[0] * cache.shape[1]
             total += cache.numel() * cache.element_size() // slots
     return total
+
+
+def kv_memory_line(report: CacheMemory) -> str:
+    """--kv-cache-memory honoured? The engine's allocation against it, and the device's growth
+    (RSS on CPU, CUDA max_memory_allocated) against the allocation; both 1.0 within 5%."""
+    growth = "not measurable here"
+    if report.measured is not None:
+        growth = f"{report.measured / 2**20:.1f} MiB, ratio {report.measured_ratio:.3f}"
+    capped = "  (capped: max_num_seqs x max_model_len use no more)" if report.is_capped else ""
+    return (
+        f"{report.kv_bytes_per_token} bytes per token, {report.num_blocks} blocks; budget "
+        f"{report.budget / 2**20:.1f} MiB, allocated {report.allocated / 2**20:.1f} MiB "
+        f"(ratio {report.allocated_share:.3f}); measured growth {growth}{capped}"
+    )
 
 
 def copy_bandwidth(device: torch.device | str = "cpu", num_bytes: int = 256 << 20) -> float:

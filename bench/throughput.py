@@ -200,6 +200,9 @@ def print_memory_bound(engine: object, decode_ms: float) -> None:
         f"KV cache        {kv_per_token} bytes per token; {engine.num_blocks} blocks, "
         f"{kv_total / 2**20:.0f} MiB of --kv-cache-memory {budget / 2**20:.0f} MiB"
     )
+    from bench.memory_bound import kv_memory_line
+
+    print(f"KV memory       {kv_memory_line(engine.cache_memory)}")
 
 
 if __name__ == "__main__":
