@@ -245,12 +245,12 @@ def report_cpu(ours: RunStats, mesh: RunStats) -> None:
     }
     ((name, seconds),) = ours.cpu_s.items()
     print(f"CPU per streamed token (us): {name} alone {seconds / ours.num_tokens * 1e6:.0f}")
-    print(f"  {'':<30} {'total':>8} {'idle rate':>10}  (the idle rate's share: background work)")
+    print(f"  {'':<38} {'total':>8} {'idle rate':>10}  (the idle rate's share: background work)")
     for name, us in per_token.items():
-        print(f"  {name:<30} {us:8.0f} {idle.get(name, 0.0):10.0f}")
+        print(f"  {name:<38} {us:8.0f} {idle.get(name, 0.0):10.0f}")
     if "lm" in per_token:
         non_engine = per_token["  lm event loop"] + per_token["  lm grpc threads"]
-        print(f"  {'lm non-engine threads':<30} {non_engine:8.0f}")
+        print(f"  {'lm non-engine threads':<38} {non_engine:8.0f}")
     if "encoder-image" in mesh.cpu_s:
         ms = mesh.cpu_s["encoder-image"] / mesh.num_requests * 1e3
         print(f"image encoder CPU per request: {ms:.1f} ms ({mesh.num_requests} requests)")

@@ -1,0 +1,76 @@
+"""bench/mesh.py's pieces: its rounds' requests, pooling rounds, and the in-process baseline
+run as a fresh `python -m bench.mesh_engine` (the bench itself is not run in tests)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoTokenizer
+
+from bench.mesh import ROOT, service_env
+from bench.mesh_engine import RESULT_PREFIX
+from bench.mesh_stats import RunStats, merged
+from bench.mesh_workload import IMAGE_PLACEHOLDER, Workload, make_workload
+from gateway.tools.tiny_models import tiny_model_path
+
+SIDE = 56  # the tiny Qwen2-VL processor's smallest image: 4 image tokens
+
+
+def _args(workload: str) -> argparse.Namespace:
+    shape = dict(streams=3, prompt_len=12, batch1=2, batch1_prompt=6, max_tokens=4)
+    return argparse.Namespace(workload=workload, **shape)
+
+
+def _workload(model: str, kind: str, round_index: int = 0) -> Workload:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path(model))
+    return make_workload(tokenizer, _args(kind), round_index, SIDE)
+
+
+def test_rounds_draw_new_requests_that_survive_json() -> None:
+    first, second = _workload("qwen2", "text", 0), _workload("qwen2", "text", 1)
+    assert Workload.from_json(first.to_json()) == first
+    texts = [r.text for r in (first.warmup, *first.streams, *first.batch1)]
+    assert len(set(texts)) == len(texts)  # no request served from another's prefix cache
+    assert not set(texts) & {r.text for r in second.streams}  # nor from the last round's
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path("qwen2"))
+    for request in first.streams:
+        assert request.prompt_ids == tokenizer(request.text, add_special_tokens=False)["input_ids"]
+
+
+def test_image_requests_hold_one_placeholder_and_their_own_image() -> None:
+    workload = _workload("qwen2_vl", "image")
+    requests = (workload.warmup, *workload.streams, *workload.batch1)
+    assert all(r.text.count("<|image_pad|>") == 1 for r in requests)
+    assert all(r.text.startswith(IMAGE_PLACEHOLDER) for r in requests)
+    assert len({r.image_png for r in requests}) == len(requests)  # no encoder cache hit
+    assert requests[0].image_png.startswith(b"\x89PNG")
+
+
+def test_rounds_pool_by_tokens() -> None:
+    a = RunStats(num_tokens=10, wall_s=1.0, ttft_s=[0.1], cpu_s={"lm": 1.0})
+    b = RunStats(num_tokens=30, wall_s=1.0, ttft_s=[0.3], cpu_s={"lm": 2.0})
+    pooled = merged([a, b])
+    assert pooled.tokens_per_s == 20.0 and pooled.ttft_s == [0.1, 0.3]
+    assert pooled.cpu_s == {"lm": 3.0}
+
+
+@pytest.mark.parametrize(("model", "kind"), [("qwen2", "text"), ("qwen2_vl", "image")])
+def test_the_baseline_runs_in_a_fresh_process(model: str, kind: str) -> None:
+    workload = _workload(model, kind)
+    engine = dict(max_num_seqs=8, max_num_batched_tokens=256, kv_cache_memory=4 << 20)
+    job = {"model": str(tiny_model_path(model)), "engine": engine, "workload": workload.to_json()}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.mesh_engine"],
+        input=json.dumps(job), capture_output=True, text=True, env=service_env(), cwd=ROOT,
+        timeout=300,
+    )  # fmt: skip
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    assert done.returncode == 0 and lines, done.stderr[-2000:]
+    stats = RunStats.from_json(lines[0][len(RESULT_PREFIX) :])
+    assert stats.num_tokens == 3 * 4 and stats.num_requests == 3  # ignore_eos: all of them
+    assert len(stats.ttft_s) == len(stats.itl_s) == 3 and len(stats.batch1_ttft_s) == 2
+    assert "bytes per token" in stats.kv_memory
