@@ -298,6 +298,13 @@ def build_model(out: Path, args: argparse.Namespace) -> Path:
     return build_qwen2_shaped(out, args.layers, args.dtype)
 
 
+def _prompt_size(workload: Workload) -> str:
+    if workload.kind == "text":
+        return f"{sum(len(r.prompt_ids) for r in workload.streams)} prompt tokens"
+    images = len(workload.streams)
+    return f"{sum(len(r.text) for r in workload.streams)} prompt characters, {images} images"
+
+
 def main() -> None:
     args = parse_args()
     from transformers import AutoTokenizer
@@ -310,7 +317,7 @@ def main() -> None:
         print(
             f"model: Qwen2-0.5B shape, {args.layers} layers{vision}, {args.dtype} on "
             f"{args.device}; {args.workload}: {args.streams} streams, "
-            f"{sum(len(r.text) for r in workloads[0].streams)} prompt characters a round; "
+            f"{_prompt_size(workloads[0])} a round; "
             f"{load_average()}",
             flush=True,
         )

@@ -89,7 +89,8 @@ def measure_caches(
         num_blocks=num_blocks,
         block_size=block_size,
         # another block would still have fit: the cap or --num-blocks decided, not the budget;
-        # with no KV at all (Mamba) the states' one slot per max_num_seqs is the cap
+        # with no KV at all (Mamba) the states, at most one slot per max_num_seqs, are all it
+        # holds: reported as capped, since blocks are not what the budget buys there
         is_capped=kv_bytes + block_bytes <= kv_memory if block_bytes else True,
     )
 
