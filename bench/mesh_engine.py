@@ -21,6 +21,7 @@ import json
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench.mesh_stats import RunStats
@@ -28,13 +29,18 @@ from bench.mesh_workload import Request, Workload
 
 RESULT_PREFIX = "mesh_engine result: "
 _IDS = itertools.count()
+_LOADER = ThreadPoolExecutor(1, thread_name_prefix="load")  # stays up, as asyncio's does
 
 
 def run_text(model: str, engine_kwargs: dict[str, Any], workload: Workload) -> RunStats:
     from bench.memory_bound import kv_memory_line
     from lm_service import Engine, EngineConfig, SamplingParams
 
-    engine = Engine(EngineConfig(model=model, **engine_kwargs))
+    # NOTE: loaded on another thread than the stepping one, as the LM service loads it in
+    # asyncio.to_thread: the weights then sit in that thread's malloc arena, apart from the
+    # step temporaries
+    config = EngineConfig(model=model, **engine_kwargs)
+    engine = _LOADER.submit(Engine, config).result()
     stats = RunStats(kv_memory=kv_memory_line(engine.cache_memory))
     params = SamplingParams(max_tokens=workload.max_tokens, temperature=0.0, ignore_eos=True)
     engine.generate([workload.warmup.prompt_ids], SamplingParams(max_tokens=2, temperature=0.0))
