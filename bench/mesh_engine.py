@@ -144,7 +144,9 @@ def main() -> None:
         except BaseException as error:  # noqa: BLE001 - re-raised on the main thread
             outcome.append(error)
 
-    thread = threading.Thread(target=target, name="engine-loop")
+    # the names of the threads the LM service and the LLM API run these on
+    name = "engine-loop" if workload.kind == "text" else "llm-loop"
+    thread = threading.Thread(target=target, name=name)
     thread.start()
     thread.join()
     if isinstance(outcome[0], BaseException):
