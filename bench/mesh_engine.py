@@ -37,8 +37,9 @@ def run_text(model: str, engine_kwargs: dict[str, Any], workload: Workload) -> R
     from lm_service import Engine, EngineConfig, SamplingParams
 
     # NOTE: loaded on another thread than the stepping one, as the LM service loads it in
-    # asyncio.to_thread: the weights then sit in that thread's malloc arena, apart from the
-    # step temporaries
+    # asyncio.to_thread. It matters: loaded on the stepping thread the engine burned 15-18 ms
+    # of CPU per token here against 10-11 ms (the LM service's figure), on 2 shared cores; not
+    # malloc arenas (MALLOC_ARENA_MAX=1 kept it) nor torch's thread count, which stays 2
     config = EngineConfig(model=model, **engine_kwargs)
     engine = _LOADER.submit(Engine, config).result()
     stats = RunStats(kv_memory=kv_memory_line(engine.cache_memory))
