@@ -170,13 +170,10 @@ class RemoteLMBackend(LMBackend):
 
     async def _next(self, outputs: RequestOutputs, replica: Replica, deadline: float | None) -> Any:
         """The request's next output, within the stall timeout and the client's deadline."""
-        wait = self.stall_timeout
-        if deadline is not None:
-            wait = min(wait, deadline - asyncio.get_running_loop().time())
         try:
-            return await outputs.next(max(wait, 0.0))
+            return await outputs.next(self.stall_timeout, deadline)
         except TimeoutError:
-            if wait < self.stall_timeout:
+            if outputs.deadline_passed():
                 raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
             raise Unavailable(
                 f"the {self.replicas.service} service at {replica.target} sent nothing for "
