@@ -16,8 +16,9 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from gateway.backends.base import EncoderBackend, LMBackend, LMInfo, LMRequest
-from gateway.backends.lm_stream import LMStreamMux, RequestOutputs, rpc_error
+from gateway.backends.lm_stream import NUM_CALLS, LMStreamMux, RequestOutputs, rpc_error
 from gateway.backends.replicas import Replica, ReplicaSet, is_unavailable
+from protos.channels import is_balanced
 from protos.encoder_codec import encode_request_to_pb, encode_results_from_pb
 from protos.errors import Unavailable
 from protos.lm_codec import (
@@ -148,7 +149,7 @@ class RemoteLMBackend(LMBackend):
         tried: list[Replica] = []
         while True:
             replica = self.replicas.pick(exclude=tried)
-            mux = self._muxes.setdefault(replica.target, LMStreamMux(replica.stub))
+            mux = self._muxes.get(replica.target) or self._mux(replica)
             outputs = mux.start(message)
             got_any = False
             try:
@@ -167,6 +168,13 @@ class RemoteLMBackend(LMBackend):
                     _raise_failure(self.replicas, replica, exc, got_any)
             finally:
                 mux.end(request.request_id, outputs)  # aborts it on the LM if still running
+
+    def _mux(self, replica: Replica) -> LMStreamMux:
+        # NOTE: a plain HOST:PORT channel sends every call to one address (pick_first): more
+        # calls would only split each engine step's message into several
+        num_calls = NUM_CALLS if is_balanced(replica.target) else 1
+        mux = self._muxes[replica.target] = LMStreamMux(replica.stub, num_calls)
+        return mux
 
     async def _next(self, outputs: RequestOutputs, replica: Replica, deadline: float | None) -> Any:
         """The request's next output, within the stall timeout and the client's deadline."""
