@@ -35,9 +35,14 @@ BALANCED_SERVICE_CONFIG = json.dumps(
 )
 
 
+def is_balanced(target: str) -> bool:
+    """Whether the channel to `target` spreads its calls over several addresses."""
+    return target.startswith(("dns:", "ipv4:", "ipv6:"))
+
+
 def channel_options(target: str) -> list[tuple[str, int | str]]:
     options: list[tuple[str, int | str]] = [*CHANNEL_OPTIONS, *RECONNECT_OPTIONS]
-    if target.startswith(("dns:", "ipv4:", "ipv6:")):
+    if is_balanced(target):
         options.append(("grpc.service_config", BALANCED_SERVICE_CONFIG))
     return options
 

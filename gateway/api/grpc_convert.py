@@ -112,13 +112,14 @@ def _skip_special(sampling: common_pb2.SamplingParams) -> bool:
 
 def chunk_to_pb(chunk: GenerationChunk) -> gateway_pb2.GenerateResponse:
     reply = gateway_pb2.GenerateResponse(
-        request_id=chunk.request_id,
-        text=chunk.text,
-        token_ids=list(chunk.token_ids),
-        logprobs=[_logprobs(e) for e in chunk.logprobs if e is not None],
-        finish_reason=FINISH_CODES[chunk.finish_reason],
-        media_cache_hits=list(chunk.media_cache_hits),
+        request_id=chunk.request_id, text=chunk.text, token_ids=chunk.token_ids
     )
+    if chunk.logprobs:  # NOTE: once per token per stream: set only what the chunk has
+        reply.logprobs.extend(_logprobs(e) for e in chunk.logprobs if e is not None)
+    if chunk.finish_reason is None:
+        return reply
+    reply.finish_reason = FINISH_CODES[chunk.finish_reason]
+    reply.media_cache_hits.extend(chunk.media_cache_hits)
     if chunk.usage is not None:
         reply.usage.CopyFrom(
             common_pb2.Usage(

@@ -60,25 +60,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def _require_generate(self) -> None:
         require_generate(self.orchestrator.served)
 
+    # NOTE: Generate and Chat write their replies (context.write) rather than yield them: a
+    # servicer async generator is one more generator level per token under each of the
+    # wrappers protos.status adds, resumed twice per reply.
     async def Generate(
         self, request: gateway_pb2.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
+    ) -> None:
         self._require_generate()
         generation = generate_from_pb(request, context.time_remaining())
-        replies = _replies(self.orchestrator, generation, self.metrics)
-        async with contextlib.aclosing(replies):
-            async for reply in replies:
-                yield reply
+        await _write_replies(self.orchestrator, generation, self.metrics, context)
 
     async def Chat(
         self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
+    ) -> None:
         self._require_generate()
         generation = chat_from_pb(request, context.time_remaining())
-        replies = _replies(self.orchestrator, generation, self.metrics)
-        async with contextlib.aclosing(replies):
-            async for reply in replies:
-                yield reply
+        await _write_replies(self.orchestrator, generation, self.metrics, context)
 
     async def PutMedia(
         self, request: gateway_pb2.PutMediaRequest, context: grpc.aio.ServicerContext
@@ -189,13 +186,16 @@ def _usage_to_pb(usage: Usage) -> common_pb2.Usage:
     )
 
 
-async def _replies(
-    orchestrator: Orchestrator, request: GenerationRequest, metrics: StreamMetrics
-) -> AsyncIterator[gateway_pb2.GenerateResponse]:
-    """The stream's replies; closing it (client gone) closes the LM stream at once, not at GC."""
-    chunks = orchestrator.generate(request)
+async def _write_replies(
+    orchestrator: Orchestrator,
+    request: GenerationRequest,
+    metrics: StreamMetrics,
+    context: grpc.aio.ServicerContext,
+) -> None:
+    """Writes the stream's replies; the client gone (this task cancelled) closes the LM stream
+    at once, not at GC."""
     with metrics.stream() as tracker:
-        async with contextlib.aclosing(chunks):
+        async with contextlib.aclosing(orchestrator.generate(request)) as chunks:
             async for chunk in chunks:
                 tracker.on_tokens(len(chunk.token_ids), chunk.finish_reason)
-                yield chunk_to_pb(chunk)
+                await context.write(chunk_to_pb(chunk))

@@ -41,44 +41,75 @@ class RequestOutputs:
     """What the LM sent one request: LMStreamOutput messages, then maybe the call's error."""
 
     def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._items: collections.deque[Any] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self.call: _Call | None = None  # the call that carries it (None: never sent)
         self.is_done = False  # the LM ended it (finished, refused) or its call failed
+        self._heard_at = self._loop.time()  # the last output (or the start)
+        self._silence = 0.0  # how long it may stay silent, and its deadline (loop time)
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def push(self, item: lm_pb2.LMStreamOutput | BaseException) -> None:
         self._items.append(item)
+        self._heard_at = self._loop.time()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def next(self, timeout: float | None) -> lm_pb2.LMStreamOutput:
-        """The next output; TimeoutError after `timeout` seconds of silence; the LM's status
-        for this request (or the call's failure) as grpc.aio.AioRpcError."""
+    async def next(self, silence: float, deadline: float | None = None) -> lm_pb2.LMStreamOutput:
+        """The next output; TimeoutError after `silence` seconds without one, or once the
+        loop's clock passes `deadline`; the LM's status for this request (or the call's
+        failure) as grpc.aio.AioRpcError."""
         if not self._items:
-            # NOTE: a bare timer, not asyncio.wait_for: this runs once per token per request
-            loop = asyncio.get_running_loop()
-            self._waiter = waiter = loop.create_future()
-            timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
+            self._waiter = waiter = self._loop.create_future()
+            self._silence, self._deadline = silence, deadline
+            if self._timer is None:
+                # NOTE: one timer re-armed when it fires, not one per token: this waits once
+                # per token per request
+                self._timer = self._loop.call_at(self._due(), self._check_silence)
             try:
                 await waiter
             finally:
                 self._waiter = None
-                if timer is not None:
-                    timer.cancel()
         item = self._items.popleft()
         if isinstance(item, BaseException):
-            self.is_done = True
+            self._end()
             raise item
         if item.error_code:
-            self.is_done = True
+            self._end()
             raise rpc_error(_CODES[item.error_code], item.error_message)
-        self.is_done = item.step.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
+        if item.step.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED:
+            self._end()
         return item
 
+    def deadline_passed(self) -> bool:
+        return self._deadline is not None and self._loop.time() >= self._deadline
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+    def close(self) -> None:
+        """Its reader is gone: no timer stays behind."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _end(self) -> None:
+        self.is_done = True
+        self.close()
+
+    def _due(self) -> float:
+        due = self._heard_at + self._silence
+        return due if self._deadline is None else min(due, self._deadline)
+
+    def _check_silence(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting: its next wait arms the timer again
+        due = self._due()
+        if self._loop.time() >= due:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._timer = self._loop.call_at(due, self._check_silence)
 
 
 class _Call:
@@ -192,6 +223,7 @@ class LMStreamMux:
 
     def end(self, request_id: str, outputs: RequestOutputs) -> None:
         """The reader is done with the request: abort it on the LM unless the LM ended it."""
+        outputs.close()
         call = outputs.call
         if call is None or call.requests.get(request_id) is not outputs:
             return  # its call failed (nothing left to abort) or it was never sent

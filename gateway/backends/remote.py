@@ -16,8 +16,9 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from gateway.backends.base import EncoderBackend, LMBackend, LMInfo, LMRequest
-from gateway.backends.lm_stream import LMStreamMux, RequestOutputs, rpc_error
+from gateway.backends.lm_stream import NUM_CALLS, LMStreamMux, RequestOutputs, rpc_error
 from gateway.backends.replicas import Replica, ReplicaSet, is_unavailable
+from protos.channels import is_balanced
 from protos.encoder_codec import encode_request_to_pb, encode_results_from_pb
 from protos.errors import Unavailable
 from protos.lm_codec import (
@@ -148,7 +149,7 @@ class RemoteLMBackend(LMBackend):
         tried: list[Replica] = []
         while True:
             replica = self.replicas.pick(exclude=tried)
-            mux = self._muxes.setdefault(replica.target, LMStreamMux(replica.stub))
+            mux = self._muxes.get(replica.target) or self._mux(replica)
             outputs = mux.start(message)
             got_any = False
             try:
@@ -168,15 +169,19 @@ class RemoteLMBackend(LMBackend):
             finally:
                 mux.end(request.request_id, outputs)  # aborts it on the LM if still running
 
+    def _mux(self, replica: Replica) -> LMStreamMux:
+        # NOTE: a plain HOST:PORT channel sends every call to one address (pick_first): more
+        # calls would only split each engine step's message into several
+        num_calls = NUM_CALLS if is_balanced(replica.target) else 1
+        mux = self._muxes[replica.target] = LMStreamMux(replica.stub, num_calls)
+        return mux
+
     async def _next(self, outputs: RequestOutputs, replica: Replica, deadline: float | None) -> Any:
         """The request's next output, within the stall timeout and the client's deadline."""
-        wait = self.stall_timeout
-        if deadline is not None:
-            wait = min(wait, deadline - asyncio.get_running_loop().time())
         try:
-            return await outputs.next(max(wait, 0.0))
+            return await outputs.next(self.stall_timeout, deadline)
         except TimeoutError:
-            if wait < self.stall_timeout:
+            if outputs.deadline_passed():
                 raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
             raise Unavailable(
                 f"the {self.replicas.service} service at {replica.target} sent nothing for "

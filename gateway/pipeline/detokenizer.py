@@ -10,10 +10,15 @@ NOTE: offsets index `self._ids`, which starts with a few prompt tokens (context 
 that drop a word's leading space at the start of a text) followed by every output token.
 `read_offset` is always a token boundary where the text decoded so far ended cleanly, so the
 deltas concatenate to `tokenizer.decode(output_ids)` for byte-level tokenizers.
+
+A fast tokenizer whose Rust `decode` is the whole of its decoding (`_backend_of`) streams
+through the Rust `DecodeStream`, which runs the same window algorithm natively: one call per
+output instead of two decodes per token (this runs for every token of every stream).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 REPLACEMENT_CHAR = "\ufffd"
@@ -47,10 +52,26 @@ class IncrementalDetokenizer:
         self.prefix_offset = 0
         self.read_offset = len(self._ids)
         self.num_output_tokens = 0
+        self._stream = None
+        if self._backend is not None:
+            from tokenizers.decoders import DecodeStream
 
-    def push(self, token_ids: list[int]) -> str:
+            self._stream = DecodeStream(list(self._ids), skip_special_tokens)
+
+    def push(self, token_ids: Sequence[int]) -> str:
         """Add output tokens; return the text that is now final (maybe "")."""
-        return "".join(self._push_one(token_id) for token_id in token_ids)
+        if self._stream is None:
+            return "".join(self._push_one(token_id) for token_id in token_ids)
+        pieces = []
+        for token_id in token_ids:  # one at a time: text is released as soon as it is whole
+            self._ids.append(token_id)
+            piece = self._stream.step(self._backend, token_id)
+            if piece:
+                # where `finish` decodes from: a token boundary where the text ended cleanly
+                self.prefix_offset, self.read_offset = self.read_offset, len(self._ids)
+                pieces.append(piece)
+        self.num_output_tokens += len(token_ids)
+        return "".join(pieces)
 
     def finish(self) -> str:
         """Flush the held-back tail (an incomplete character decodes as U+FFFD, as decode does)."""
@@ -97,9 +118,13 @@ def _decode_kwargs(
 
 
 def _backend_of(tokenizer: Any) -> Any:
-    """The Rust `tokenizers.Tokenizer` whose `decode` gives exactly what the transformers
+    """The Rust `tokenizers.Tokenizer` (itself, or the one) whose `decode` gives exactly what the transformers
     tokenizer's `decode` gives (a fast tokenizer that neither overrides decoding nor cleans
     up spaces afterwards), or None: then every decode goes through the wrapper."""
+    from tokenizers import Tokenizer
+
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
     try:
         from transformers.tokenization_utils_base import PreTrainedTokenizerBase
         from transformers.tokenization_utils_tokenizers import TokenizersBackend

@@ -15,16 +15,14 @@ from typing import Any
 
 from gateway.backends.base import EncoderBackend, LMBackend, LMRequest
 from gateway.pipeline.cross_attention import cross_attention_inputs
-from gateway.pipeline.detokenizer import IncrementalDetokenizer
 from gateway.pipeline.media_store import MediaStore
-from gateway.pipeline.stop import StopChecker
+from gateway.pipeline.output_stream import OutputStream
 from gateway.pipeline.transcription import Transcriber
 from gateway.pipeline.types import (
     GenerationChunk,
     GenerationRequest,
     MediaInput,
     StageTimings,
-    Usage,
 )
 from gateway.prompt.builder import PromptBuilder
 from gateway.prompt.slots import BuiltPrompt, MediaSlot
@@ -93,13 +91,30 @@ class Orchestrator:
             cross_windows=windows,
         )
         timings = StageTimings(validate_ms=validate_ms, encode_ms=encode_ms, prompt_ms=prompt_ms)
-        hits = tuple(bool(e.cache_hit) for e in encoded)
+        outputs = OutputStream(
+            request,
+            lm_request.prompt_token_ids,
+            self.prompts.tokenizer,
+            timings,
+            clock.total,
+            tuple(bool(e.cache_hit) for e in encoded),
+            self.stream_interval,
+        )
         # NOTE: every stream on the request path is closed explicitly: when our consumer stops
         # (aclose(), a cancelled client), the LM stream closes now, not when asyncio collects it
         async with contextlib.aclosing(
-            self._stream(request, lm_request, clock, timings, hits)
-        ) as chunks:
-            async for chunk in chunks:
+            self.lm.generate(lm_request, clock.left("generating"))
+        ) as stream:
+            async for out in stream:
+                chunk = outputs.on_output(out)
+                if chunk is None:
+                    continue
+                if chunk.finish_reason is not None:
+                    # the LM request ends (a stop string aborts it) before the client even
+                    # reads the last chunk
+                    await stream.aclose()
+                    yield chunk
+                    return
                 yield chunk
 
     def validate(self, request: GenerationRequest) -> None:
@@ -201,93 +216,6 @@ class Orchestrator:
                 **request.chat_template_kwargs,
             )
         return self.prompts.build(text, _slots(request.media, encoded))
-
-    async def _stream(
-        self,
-        request: GenerationRequest,
-        lm_request: LMRequest,
-        clock: _Clock,
-        timings: StageTimings,
-        hits: tuple[bool, ...],
-    ) -> AsyncIterator[GenerationChunk]:
-        params = request.sampling_params
-        detok = IncrementalDetokenizer(
-            self.prompts.tokenizer, lm_request.prompt_token_ids, request.skip_special_tokens
-        )
-        stop = StopChecker(params.stop, request.include_stop_str_in_output)
-        num_out = 0
-        ttft_ms = 0.0
-        held = _Held()  # what --stream-interval holds back for the next chunk
-        lm_stream = self.lm.generate(lm_request, clock.left("generating"))
-        async with contextlib.aclosing(lm_stream) as stream:
-            async for out in stream:
-                num_out += len(out.new_token_ids)
-                ttft_ms = ttft_ms or clock.total()
-                text, hit = _apply_stop(stop, detok.push(list(out.new_token_ids)))
-                if out.finish_reason is not None and not hit:
-                    # the last held-back bytes may still complete a stop string
-                    text += _apply_stop(stop, detok.finish())[0] + stop.flush()
-                    hit = stop.is_stopped
-                reason = "stop" if hit else out.finish_reason
-                text, token_ids, logprobs = held.add(text, out.new_token_ids, out.new_logprobs)
-                if reason is None:
-                    if len(token_ids) >= self.stream_interval:
-                        held.clear()
-                        yield GenerationChunk(request.request_id, text, token_ids, logprobs)
-                    continue
-                # finished: the LM request ends (a stop string aborts it) before the client
-                # even reads the last chunk
-                await stream.aclose()
-                usage = Usage(len(lm_request.prompt_token_ids), num_out, out.num_cached_tokens)
-                yield GenerationChunk(
-                    request.request_id,
-                    text,
-                    token_ids,
-                    logprobs,
-                    finish_reason=reason,
-                    usage=usage,
-                    timings=_final(timings, ttft_ms, clock),
-                    media_cache_hits=hits,
-                    prompt_token_ids=tuple(lm_request.prompt_token_ids),
-                )
-                return
-
-
-class _Held:
-    """Text, token ids and logprobs of outputs not streamed yet (--stream-interval > 1)."""
-
-    def __init__(self) -> None:
-        self.clear()
-
-    def clear(self) -> None:
-        self._text = ""
-        self._token_ids: tuple[int, ...] = ()
-        self._logprobs: tuple[Any, ...] = ()
-
-    def add(
-        self, text: str, token_ids: tuple[int, ...], logprobs: tuple[Any, ...]
-    ) -> tuple[str, tuple[int, ...], tuple[Any, ...]]:
-        """Holds one more output; returns everything held (the next chunk's content)."""
-        if self._token_ids:
-            text, token_ids = self._text + text, self._token_ids + tuple(token_ids)
-            logprobs = self._logprobs + tuple(logprobs)
-        self._text, self._token_ids, self._logprobs = text, tuple(token_ids), tuple(logprobs)
-        return self._text, self._token_ids, self._logprobs
-
-
-def _final(timings: StageTimings, ttft_ms: float, clock: _Clock) -> StageTimings:
-    return StageTimings(
-        validate_ms=timings.validate_ms,
-        encode_ms=timings.encode_ms,
-        prompt_ms=timings.prompt_ms,
-        time_to_first_token_ms=ttft_ms,
-        total_ms=clock.total(),
-    )
-
-
-def _apply_stop(stop: StopChecker, delta: str) -> tuple[str, bool]:
-    result = stop.process(delta)
-    return result.text, result.stopped
 
 
 def _has_text(request: GenerationRequest) -> bool:

@@ -28,10 +28,12 @@ class FakeLM(lm_pb2_grpc.LanguageModelServicer):
         self.num_cancelled = 0  # requests aborted by the gateway, or cut with the stream
         self.aborted: list[str] = []  # the abort messages received, by request id
         self.stop_server: asyncio.Event | None = None
+        self.num_calls = 0  # GenerateStream calls opened
 
     async def GenerateStream(
         self, requests: AsyncIterator[lm_pb2.LMStreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[lm_pb2.LMStreamResponse]:
+        self.num_calls += 1
         async for message in requests:
             if message.WhichOneof("action") != "generate":
                 continue
@@ -145,3 +147,23 @@ def test_a_stopped_lm_fails_new_requests_with_a_sentence(lm: Replica) -> None:
     assert isinstance(error, Unavailable)
     assert str(error).startswith(f"the language model service at {address} failed; retry")
     assert "UNAVAILABLE: " in str(error)
+
+
+@pytest.mark.parametrize(("scheme", "num_calls"), [("", 1), ("ipv4:", 4)])
+def test_calls_per_target(lm: Replica, scheme: str, num_calls: int) -> None:
+    """A plain HOST:PORT channel reaches one address: its requests share one call (one LM
+    message per engine step); a balanced target rotates over several, for the pods behind it."""
+    backend = RemoteLMBackend([scheme + lm.address], stall_timeout=30)
+
+    async def one(i: int) -> list[int]:
+        request = LMRequest(f"r{i}", [1, 2], SamplingParams(max_tokens=4))
+        return [t async for out in backend.generate(request) for t in out.new_token_ids]
+
+    async def run() -> list[list[int]]:
+        try:
+            return await asyncio.gather(*(one(i) for i in range(8)))
+        finally:
+            await backend.close()
+
+    assert asyncio.run(run()) == [[7, 8]] * 8
+    assert lm.fake.num_calls == num_calls

@@ -233,16 +233,27 @@ def test_closing_the_grpc_stream_closes_the_lm_stream_at_once() -> None:
     servicer = GatewayServicer(_orchestrator(lm))
 
     class Context:
+        def __init__(self) -> None:
+            self.written: asyncio.Future[gateway_pb2.GenerateResponse] | None = None
+
         def time_remaining(self) -> None:
             return None
+
+        async def write(self, reply: gateway_pb2.GenerateResponse) -> None:
+            self.written.set_result(reply)
+            await asyncio.Event().wait()  # the client reads no more
 
     async def stop_after_one() -> None:
         request = gateway_pb2.GenerateRequest(
             prompt="Hello", sampling=common_pb2.SamplingParams(max_tokens=50)
         )
-        replies = servicer.Generate(request, Context())
-        await anext(replies)
-        await replies.aclose()  # what grpc.aio does when the client goes away
+        context = Context()
+        context.written = asyncio.get_running_loop().create_future()
+        call = asyncio.create_task(servicer.Generate(request, context))
+        assert (await context.written).token_ids
+        call.cancel()  # what grpc.aio does when the client goes away
+        with pytest.raises(asyncio.CancelledError):
+            await call
         assert lm.closed_early == lm.request_ids
 
     asyncio.run(stop_after_one())
