@@ -1,0 +1,110 @@
+"""The packed CPU linear path against F.linear, and that it really runs from the packed copy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels.packed_linear import (
+    FP32_PACKED_ROWS,
+    PackedHead,
+    PackedLinear,
+    can_pack,
+    cpu_linear,
+    pack_linears,
+    pack_weight,
+)
+
+pytestmark = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN"
+)
+IN, OUT = 96, 200
+ROWS = [1, 3, 64, 700]  # one row, a decode batch, the layout hint, past fp32's packed rows
+
+
+def _linear(dtype: torch.dtype, bias: bool) -> PackedLinear:
+    torch.manual_seed(0)
+    layer = PackedLinear(IN, OUT, bias=bias, dtype=dtype)
+    with torch.no_grad():
+        layer.weight.normal_(0, 0.1)
+        if bias:
+            layer.bias.normal_(0, 0.1)
+    return layer
+
+
+def _input(rows: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(rows, IN, generator=torch.Generator().manual_seed(rows)).to(dtype)
+
+
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_bf16_is_bit_identical_to_f_linear(rows, bias):
+    layer = _linear(torch.bfloat16, bias)
+    assert layer.pack()
+    x = _input(rows, torch.bfloat16)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_fp32_matches_f_linear_to_rounding(rows, bias):
+    layer = _linear(torch.float32, bias)
+    assert layer.pack()
+    x = _input(rows, torch.float32)
+    # NOTE: oneDNN's sgemm sums in another order than MKL's: outputs of magnitude ~1 differ
+    # by a few float32 ulps over 96 products (measured 2e-6 at 896 inputs); 1e-5 is ~100 ulps
+    torch.testing.assert_close(
+        layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_runs_from_the_packed_copy(dtype):
+    layer = _linear(dtype, bias=True)
+    layer.pack()
+    rows = 3  # packed in both dtypes
+    assert dtype != torch.float32 or rows in FP32_PACKED_ROWS
+    x = _input(rows, dtype)
+    expected = F.linear(x, layer.weight, layer.bias)
+    with torch.no_grad():
+        layer.weight.zero_()  # a layer still reading the plain weight now outputs its bias
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fp32_keeps_mkl_for_one_row_and_prefill_sized_batches():
+    layer = _linear(torch.float32, bias=False)
+    layer.pack()
+    with torch.no_grad():
+        layer.weight.zero_()
+    for rows in (1, FP32_PACKED_ROWS.stop):
+        assert layer(_input(rows, torch.float32)).abs().max() == 0  # F.linear on the zeros
+
+
+def test_unpacked_layer_and_empty_batch_are_f_linear():
+    layer = _linear(torch.bfloat16, bias=True)
+    x = _input(5, torch.bfloat16)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
+    layer.pack()
+    assert layer(x[:0]).shape == (0, OUT)
+
+
+def test_what_cannot_be_packed_stays_on_f_linear():
+    assert not can_pack(torch.empty(4, 4, dtype=torch.float16))
+    assert not can_pack(torch.empty(4, 4, device="meta"))
+    half = PackedLinear(IN, OUT, bias=False, dtype=torch.float16)
+    assert not half.pack() and half.packed_weight is None
+    assert cpu_linear(torch.ones(2, IN), torch.ones(OUT, IN), None, None).shape == (2, OUT)
+
+
+def test_head_packs_a_shared_weight_and_pack_linears_counts():
+    embed = torch.nn.Embedding(OUT, IN).to(torch.bfloat16)
+    head = PackedHead(embed.weight)
+    assert head.packed_weight is not None
+    x = _input(4, torch.bfloat16)
+    torch.testing.assert_close(head(x), F.linear(x, embed.weight), rtol=0, atol=0)
+    model = torch.nn.Sequential(
+        _linear(torch.float32, True), torch.nn.ReLU(), _linear(torch.float32, False)
+    )
+    assert pack_linears(model) == 2
+    assert pack_weight(model[0].weight).is_mkldnn
