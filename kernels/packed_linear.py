@@ -5,8 +5,9 @@ it each time (bf16: oneDNN reorders the whole matrix into its AMX layout; fp32: 
 panels as it goes). Reordering once into the blocked layout oneDNN's matmul reads
 (`torch.ops.mkldnn._reorder_linear_weight`, what inductor's CPU weight freezing uses) and
 calling `torch.ops.mkldnn._linear_pointwise` skips that work on every step. Measured on the
-bench's Qwen2-0.5B shapes, 2 threads (ms, F.linear -> packed): bf16 LM head [64 rows] 120 -> 53,
-gate/up [1024 rows] 78 -> 35; fp32 LM head [16 rows] 191 -> 128, gate/up [64 rows] 21 -> 9.
+bench's Qwen2-0.5B shapes, 2 threads, best of interleaved repeats on a shared machine (ms,
+F.linear -> packed): bf16 LM head [64 rows] 120 -> 53, gate/up [1024 rows] 78 -> 35; fp32 LM
+head [16 rows] 191 -> 128, gate/up [64 rows] 21 -> 9.
 
 - bf16: every row count runs packed; outputs are bit-identical to `F.linear` (the same
   oneDNN kernel, minus the reorder);
