@@ -6,18 +6,17 @@ panels as it goes). Reordering once into the blocked layout oneDNN's matmul read
 (`torch.ops.mkldnn._reorder_linear_weight`, what inductor's CPU weight freezing uses) and
 calling `torch.ops.mkldnn._linear_pointwise` skips that work on every step. Measured on the
 bench's Qwen2-0.5B shapes, 2 threads, best of interleaved repeats on a shared machine (ms,
-F.linear -> packed): bf16 LM head [64 rows] 120 -> 53, gate/up [1024 rows] 78 -> 35; fp32 LM
-head [16 rows] 191 -> 128, gate/up [64 rows] 21 -> 9.
+F.linear -> packed): bf16 LM head [64 rows] 120 -> 53, gate/up [1024 rows] 78 -> 35.
 
-- bf16: every row count runs packed; outputs are bit-identical to `F.linear` (the same
-  oneDNN kernel, minus the reorder);
-- fp32: rows in `FP32_PACKED_ROWS` run packed (oneDNN's sgemm: another summation order, so
-  outputs differ from `F.linear` by float32 rounding); one row (batch-1 decode) and prefill-sized
-  batches stay on MKL's `F.linear`, which measured as fast or faster there;
-- the checkpoint's `weight` Parameter stays (fp32 falls back to it; state dicts, tied
-  embeddings and shard slices read it), so packing costs one more copy of each packed weight:
-  for the 4-layer bench model +747 MiB in fp32, +374 MiB in bf16;
-- CPU only, and only where oneDNN is built in; elsewhere (CUDA, float16, no oneDNN) `pack`
+- bf16 only: outputs are bit-identical to `F.linear` (the same oneDNN kernel, minus the
+  reorder), for every row count;
+- fp32 stays on MKL's `F.linear`: oneDNN's packed sgemm won in kernel timings at 2..512 rows
+  (and cut the bench engine's CPU time 61.6 -> 52.9 s on one thread), but the 2-thread bench
+  ran slower with it (28.3, 29.3, 46.4 s against 25.8, 31.7 s without, on a shared machine);
+- the checkpoint's `weight` Parameter stays (state dicts, tied embeddings and shard slices read
+  it), so packing costs one more copy of each packed weight: +374 MiB for the 4-layer bf16
+  bench model;
+- CPU only, and only where oneDNN is built in; elsewhere (CUDA, float16/32, no oneDNN) `pack`
   leaves the layer on `F.linear`.
 
 NOTE: MKL's own packed sgemm (`torch.ops.mkl._mkl_linear`) is not used: it reads its packed
@@ -31,15 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+PACKABLE_DTYPES = (torch.bfloat16,)
 # oneDNN picks its blocked layout for this many rows; the layout serves every row count
 PACK_ROWS_HINT = 64
-# fp32 row counts where oneDNN's packed sgemm beat MKL's F.linear (2 threads, bench shapes)
-FP32_PACKED_ROWS = range(2, 513)
 
 
 def can_pack(weight: torch.Tensor) -> bool:
-    """Whether `weight` [out, in] can take the packed path here (CPU, fp32/bf16, oneDNN)."""
+    """Whether `weight` [out, in] can take the packed path here (CPU, bf16, oneDNN)."""
     return (
         weight.device.type == "cpu"
         and weight.dtype in PACKABLE_DTYPES
@@ -56,7 +53,7 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
 def cpu_linear(
     x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor | None, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, from `packed = pack_weight(weight)` where that is faster.
+    """`F.linear(x, weight, bias)`, from `packed = pack_weight(weight)` when there is one.
 
     Args:
         x: `[..., in]`.
@@ -67,12 +64,7 @@ def cpu_linear(
     Returns:
         `[..., out]` in the weight's dtype.
     """
-    rows = x.numel() // x.shape[-1]
-    if (
-        packed is None
-        or not rows
-        or (weight.dtype == torch.float32 and rows not in FP32_PACKED_ROWS)
-    ):
+    if packed is None or not x.numel():
         return F.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
