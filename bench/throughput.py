@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from bench.flops import gemm_ceiling, linear_flops
 from bench.memory_bound import copy_bandwidth, kv_bytes_per_token, weight_bytes
 
 
@@ -174,6 +175,7 @@ def main() -> None:
                     pad_token_id=2,
                 )
 
+        print_compute_bound(engine, requests, ours_s, args.dtype)
         ours_ms = decode_ms_per_token(ours_gen, 128, 32)
         hf_ms = decode_ms_per_token(hf_gen, 128, 32)
         print(
@@ -181,6 +183,26 @@ def main() -> None:
             f"ratio (ours/HF) {ours_ms / hf_ms:.2f}"
         )
         print_memory_bound(engine, ours_ms)
+
+
+def print_compute_bound(
+    engine: object, requests: list[tuple[list[int], int]], seconds: float, dtype: str
+) -> None:
+    """The throughput run's linear FLOPs per second against the GEMM's large-matrix rate."""
+    model = engine.runner.model
+    num_sampled = sum(m for _, m in requests)
+    # every prompt token and every output token but the last goes through the decoder once
+    num_tokens = sum(len(p) for p, _ in requests) + num_sampled - len(requests)
+    flops = linear_flops(model, num_tokens, num_sampled)
+    ceiling = gemm_ceiling(
+        model.args.hidden_size, model.args.intermediate_size, getattr(torch, dtype), engine.device
+    )
+    print(
+        f"compute         linears {flops / 1e12:.2f} TFLOP in {seconds:.1f}s = "
+        f"{flops / seconds / 1e9:.0f} GFLOP/s; F.linear [1024 x {model.args.hidden_size}] x "
+        f"[{2 * model.args.intermediate_size} x {model.args.hidden_size}]^T reaches "
+        f"{ceiling / 1e9:.0f} GFLOP/s ({flops / seconds / ceiling:.2f} of it)"
+    )
 
 
 def print_memory_bound(engine: object, decode_ms: float) -> None:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import torch
 
+from kernels.greedy import first_argmax
 from lm_service.engine.counters import EngineCounters
 from lm_service.engine.request import LogprobEntry, Request
 from protos.sampling_params import SamplingParams
@@ -282,7 +283,7 @@ class Sampler:
         logits = logits.float()
         raw_logprobs = logits.log_softmax(dim=-1) if metadata.wants_logprobs else None
         if metadata.is_plain_greedy:
-            token_ids = logits.argmax(dim=-1)
+            token_ids = first_argmax(logits)
         else:
             token_ids = self._sample(self._constrain(logits, metadata), metadata)
         if raw_logprobs is None:
@@ -303,7 +304,7 @@ class Sampler:
 
     @staticmethod
     def _sample(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
-        greedy_ids = logits.argmax(dim=-1)  # [B]
+        greedy_ids = first_argmax(logits)  # [B]
         if metadata.all_greedy:
             return greedy_ids
         logits = logits / metadata.temperature.unsqueeze(1)
@@ -323,7 +324,7 @@ def exponential_race(probs: torch.Tensor, generators: dict[int, torch.Generator]
     q = torch.empty_like(probs).exponential_()
     for row, generator in generators.items():
         q[row].exponential_(generator=generator)
-    return probs.div(q).argmax(dim=-1)
+    return first_argmax(probs.div(q))
 
 
 def logprob_entries(

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from kernels.activation import silu_and_mul
 from kernels.attention import PagedAttention
 from kernels.norms import fused_add_rms_norm, rms_norm
+from kernels.packed_linear import PackedHead, PackedLinear, pack_linears
 from kernels.rotary import RotaryEmbedding
 from lm_service.models.base import BaseCausalLM, KVCacheSpec, sliding_windows_of
 from protos.errors import InvalidRequest
@@ -107,7 +107,7 @@ def is_llama_family(text_config: Any) -> bool:
 # ----------------------------------------------------------------------------- layers
 
 
-class MergedLinear(nn.Linear):
+class MergedLinear(PackedLinear):
     """A Linear whose output rows stack several checkpoint Linears (q/k/v, gate/up)."""
 
     def __init__(
@@ -151,7 +151,7 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = MergedLinear(
             args.hidden_size, (q_size, kv_size, kv_size), bias=args.qkv_bias, dtype=dtype
         )
-        self.o_proj = nn.Linear(
+        self.o_proj = PackedLinear(
             q_size, args.hidden_size, bias=args.o_bias, device="meta", dtype=dtype
         )
         self.rotary_emb = rotary_emb
@@ -182,7 +182,7 @@ class LlamaMLP(nn.Module):
         self.gate_up_proj = MergedLinear(
             args.hidden_size, (size, size), bias=args.mlp_bias, dtype=dtype
         )
-        self.down_proj = nn.Linear(
+        self.down_proj = PackedLinear(
             size, args.hidden_size, bias=args.mlp_bias, device="meta", dtype=dtype
         )
         self.hidden_act = args.hidden_act
@@ -280,8 +280,9 @@ class LlamaForCausalLM(BaseCausalLM):
         rotary_emb = RotaryEmbedding.from_config(text_config, device=self.device)
         self.model = LlamaModel(self.args, rotary_emb, dtype)
         self.lm_head = None
+        self.head: PackedHead | None = None  # set by load_weights
         if not self.args.tie_word_embeddings:
-            self.lm_head = nn.Linear(
+            self.lm_head = PackedLinear(
                 self.args.hidden_size, self.args.vocab_size, bias=False, device="meta", dtype=dtype
             )
 
@@ -301,8 +302,8 @@ class LlamaForCausalLM(BaseCausalLM):
         return self.model(hidden.to(self.dtype), positions)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden_states, weight).float()  # [N, vocab]
+        head = self.head if self.lm_head is None else self.lm_head
+        return head(hidden_states).float()  # [N, vocab]
 
     def kv_cache_spec(self) -> KVCacheSpec:
         return KVCacheSpec(
@@ -336,6 +337,9 @@ class LlamaForCausalLM(BaseCausalLM):
         missing = sorted(f"{p}[{s}]" if s is not None else p for p, s in expected - loaded)
         if missing:
             raise InvalidRequest(f"checkpoint lacks weights for: {', '.join(missing[:8])}")
+        pack_linears(self)
+        if self.lm_head is None:
+            self.head = PackedHead(self.model.embed_tokens.weight)
         return names
 
     def _skips(self, name: str) -> bool:
