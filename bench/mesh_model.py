@@ -38,6 +38,14 @@ def build_qwen2_shaped(out: Path, layers: int, dtype: str, vocab: int = QWEN2_0_
 
 
 def _qwen2_0_5b_text_config(tokenizer: object, layers: int, vocab: int = QWEN2_0_5B_VOCAB) -> dict:
+    return qwen2_0_5b_config(
+        layers, vocab, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
+
+
+def qwen2_0_5b_config(layers: int, vocab: int, bos: int, eos: int, pad: int) -> dict:
+    """Qwen2-0.5B's text shape (hidden 896, 14 heads, 2 KV heads), `layers` deep: the one
+    definition every bench model starts from."""
     return dict(
         vocab_size=vocab,
         hidden_size=896,
@@ -48,9 +56,9 @@ def _qwen2_0_5b_text_config(tokenizer: object, layers: int, vocab: int = QWEN2_0
         max_position_embeddings=4096,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6},
         tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
     )
 
 

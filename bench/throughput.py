@@ -22,26 +22,13 @@ import torch
 
 from bench.flops import gemm_ceiling, linear_flops
 from bench.memory_bound import copy_bandwidth, kv_bytes_per_token, weight_bytes
+from bench.mesh_model import qwen2_0_5b_config
 
 
 def build_model(out: Path, layers: int, vocab: int, dtype: str) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    config = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=layers,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-        tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
-        torch_dtype=dtype,
-    )
+    config = Qwen2Config(**qwen2_0_5b_config(layers, vocab, 0, 1, 2), torch_dtype=dtype)
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(getattr(torch, dtype))
     model.generation_config.eos_token_id = 1
