@@ -40,6 +40,24 @@ from protos.modality import Modality
 
 _VIDEO_OPTIONS = ("fps", "num_frames")
 DEFAULT_DECODE_THREADS = min(4, os.cpu_count() or 1)
+# items per tower call when none is configured; see default_max_batch_size
+CPU_MAX_BATCH_SIZE = 4
+ACCELERATOR_MAX_BATCH_SIZE = 32
+
+
+def default_max_batch_size(device: torch.device | str) -> int:
+    """Items per tower call by default: few on a CPU, many on an accelerator.
+
+    NOTE: on a CPU one image's tower call already keeps every core busy (Qwen2-VL's tower
+    costs the same CPU per image from 2 to 16 images a call), so a larger call saves nothing
+    and only holds every result back until the last item is done: 32 images took ~5 s on 2
+    cores, with the LM decoding the one early request alone meanwhile (bench/mesh.py
+    --workload image: mesh share 0.84 with 32 a call, 0.985 with 4). An accelerator needs
+    the larger calls to fill it.
+    """
+    if torch.device(device).type == "cpu":
+        return CPU_MAX_BATCH_SIZE
+    return ACCELERATOR_MAX_BATCH_SIZE
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -63,7 +81,8 @@ class Encoder:
         model_id: the model identity mixed into content hashes.
         limits: hard limits on each media item.
         cache_bytes: embedding cache budget in bytes (0 disables the cache).
-        max_batch_size, max_wait_s: micro-batching of concurrent calls.
+        max_batch_size, max_wait_s: micro-batching of concurrent calls; max_batch_size None:
+            `default_max_batch_size` of the tower's device.
         max_queued_items: most items admitted (`admit`) at once; None: no bound.
         num_decode_threads: threads that decode and preprocess media (see `_prepare_distinct`).
         on_tower_call: called with (num_items, seconds) after each tower call (metrics).
@@ -77,7 +96,7 @@ class Encoder:
         model_id: str,
         limits: MediaLimits = MediaLimits(),
         cache_bytes: int = 256 << 20,
-        max_batch_size: int = 32,
+        max_batch_size: int | None = None,
         max_wait_s: float = 0.005,
         max_queued_items: int | None = None,
         num_decode_threads: int = DEFAULT_DECODE_THREADS,
@@ -93,6 +112,8 @@ class Encoder:
         self.model_id = model_id
         self.limits = limits
         self.cache = EmbeddingCache(cache_bytes)
+        if max_batch_size is None:
+            max_batch_size = default_max_batch_size(tower.device)
         self.max_batch_size = max_batch_size
         self._batcher: MicroBatcher[tuple[str, TowerInput], torch.Tensor] = MicroBatcher(
             self._run_tower,
@@ -120,7 +141,7 @@ class Encoder:
         cache_bytes: int = 256 << 20,
         limits: MediaLimits = MediaLimits(),
         model_id: str | None = None,
-        max_batch_size: int = 32,
+        max_batch_size: int | None = None,
         max_wait_s: float = 0.005,
         tower: Tower | None = None,
         mm_processor_kwargs: Mapping[str, Any] | None = None,

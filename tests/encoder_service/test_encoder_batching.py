@@ -52,3 +52,42 @@ def test_concurrent_callers_of_the_same_image_run_it_once(llava_path: Path) -> N
         info = encoder.info()
     assert all(torch.equal(result, results[0]) for result in results)
     assert info.num_encoded < 4  # deduplicated inside the shared batch(es)
+
+
+def test_a_cpu_tower_call_holds_at_most_the_cpu_default(llava_path: Path) -> None:
+    """On a CPU, a burst of concurrent callers runs in calls of at most CPU_MAX_BATCH_SIZE
+    items (results come back call by call); an explicit max_batch_size still rules."""
+    from encoder_service.encoder import CPU_MAX_BATCH_SIZE, default_max_batch_size
+
+    assert default_max_batch_size("cpu") == CPU_MAX_BATCH_SIZE
+    assert default_max_batch_size("cuda:1") > CPU_MAX_BATCH_SIZE
+    images = [
+        encode_image(Image.fromarray(random_frames(1, 32, 32, seed=s)[0]), "PNG") for s in range(12)
+    ]
+    sizes: list[int] = []
+    for limit in (None, 12):
+        sizes.clear()
+        with Encoder.from_pretrained(
+            llava_path,
+            "image",
+            cache_bytes=0,
+            max_wait_s=0.2,
+            max_batch_size=limit,
+            on_tower_call=lambda n, _s: sizes.append(n),
+        ) as encoder:
+            barrier = threading.Barrier(len(images))
+
+            def call(
+                data: bytes, encoder: Encoder = encoder, barrier: threading.Barrier = barrier
+            ) -> None:
+                barrier.wait()
+                encoder.encode([MediaItem(data=data)])
+
+            with ThreadPoolExecutor(len(images)) as pool:
+                list(pool.map(call, images))
+        assert sum(sizes) == len(images)
+        if limit is None:
+            assert encoder.max_batch_size == CPU_MAX_BATCH_SIZE
+            assert max(sizes) == CPU_MAX_BATCH_SIZE
+        else:
+            assert max(sizes) > CPU_MAX_BATCH_SIZE  # the burst shares calls past the default
