@@ -8,11 +8,15 @@ calling `torch.ops.mkldnn._linear_pointwise` skips that work on every step. Meas
 bench's Qwen2-0.5B shapes, 2 threads, best of interleaved repeats on a shared machine (ms,
 F.linear -> packed): bf16 LM head [64 rows] 120 -> 53, gate/up [1024 rows] 78 -> 35.
 
-- bf16 only: outputs are bit-identical to `F.linear` (the same oneDNN kernel, minus the
+- bf16: outputs are bit-identical to `F.linear` (the same oneDNN kernel, minus the
   reorder), for every row count;
-- fp32 stays on MKL's `F.linear`: oneDNN's packed sgemm won in kernel timings at 2..512 rows
-  (and cut the bench engine's CPU time 61.6 -> 52.9 s on one thread), but the 2-thread bench
-  ran slower with it (28.3, 29.3, 46.4 s against 25.8, 31.7 s without, on a shared machine);
+- fp32: only the LM head (`PackedHead`, `HeadLinear`) packs. Its [151936 x 896] weight is
+  re-packed by MKL on every call, which at a step's 8..64 rows costs more than the product:
+  oneDNN's packed sgemm took 32 / 56 / 88 ms against F.linear's 53 / 79 / 127 ms at 8 / 32 /
+  64 rows (2 threads), and the bench's fp32 engine run went 26.8, 25.2 s -> 23.9, 24.7 s.
+  Its sums run in another order: logits differ from F.linear's by ~1e-6 (parity with HF is
+  checked on logprobs, not bits). The decoder's fp32 linears stay on MKL: packing them too
+  won in kernel timings but not in the 2-thread bench (25.5, 24.5 s with, on a shared machine);
 - the checkpoint's `weight` Parameter stays (state dicts, tied embeddings and shard slices read
   it), so packing costs one more copy of each packed weight: +374 MiB for the 4-layer bf16
   bench model;
@@ -26,20 +30,23 @@ the plain weight otherwise, and a serving step's row count changes every step.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 PACKABLE_DTYPES = (torch.bfloat16,)
+HEAD_PACKABLE_DTYPES = (torch.bfloat16, torch.float32)  # see the module's docstring
 # oneDNN picks its blocked layout for this many rows; the layout serves every row count
 PACK_ROWS_HINT = 64
 
 
-def can_pack(weight: torch.Tensor) -> bool:
-    """Whether `weight` [out, in] can take the packed path here (CPU, bf16, oneDNN)."""
+def can_pack(weight: torch.Tensor, dtypes: tuple[torch.dtype, ...] = PACKABLE_DTYPES) -> bool:
+    """Whether `weight` [out, in] can take the packed path here (CPU, `dtypes`, oneDNN)."""
     return (
         weight.device.type == "cpu"
-        and weight.dtype in PACKABLE_DTYPES
+        and weight.dtype in dtypes
         and weight.dim() == 2
         and torch.backends.mkldnn.is_available()
     )
@@ -78,14 +85,22 @@ class PackedLinear(nn.Linear):
     """
 
     packed_weight: torch.Tensor | None = None
+    pack_dtypes: ClassVar[tuple[torch.dtype, ...]] = PACKABLE_DTYPES
 
     def pack(self) -> bool:
         """Reorders the loaded weight; True when the layer now runs packed."""
-        self.packed_weight = pack_weight(self.weight) if can_pack(self.weight) else None
+        packable = can_pack(self.weight, self.pack_dtypes)
+        self.packed_weight = pack_weight(self.weight) if packable else None
         return self.packed_weight is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return cpu_linear(x, self.weight, self.packed_weight, self.bias)
+
+
+class HeadLinear(PackedLinear):
+    """An untied LM head: packs in fp32 too (see the module's docstring)."""
+
+    pack_dtypes = HEAD_PACKABLE_DTYPES
 
 
 class PackedHead:
@@ -94,7 +109,8 @@ class PackedHead:
 
     def __init__(self, weight: torch.Tensor) -> None:
         self.weight = weight
-        self.packed_weight = pack_weight(weight) if can_pack(weight) else None
+        packable = can_pack(weight, HEAD_PACKABLE_DTYPES)
+        self.packed_weight = pack_weight(weight) if packable else None
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> logits [N, vocab] in the weight's dtype."""

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.packed_linear import (
+    HeadLinear,
     PackedHead,
     PackedLinear,
     can_pack,
@@ -62,6 +63,23 @@ def test_fp32_stays_on_f_linear():
     torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("rows", [1, 7, 64, 130])
+def test_fp32_heads_pack_and_match_f_linear_to_rounding(rows):
+    """The LM heads pack in fp32 too; oneDNN sums in another order than MKL, so the logits
+    match F.linear to fp32 rounding of an IN-term dot product, not bit for bit."""
+    head_linear = HeadLinear(IN, OUT, bias=False, dtype=torch.float32)
+    torch.nn.init.normal_(head_linear.weight, std=0.05)
+    assert head_linear.pack() and head_linear.packed_weight is not None
+    shared = PackedHead(head_linear.weight)
+    assert shared.packed_weight is not None
+    x = _input(rows, torch.float32)
+    expected = F.linear(x, head_linear.weight)
+    with torch.no_grad():
+        for out in (head_linear(x), shared(x)):
+            assert out.dtype == torch.float32
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_unpacked_layer_and_empty_batch_are_f_linear():
     layer = _linear(torch.bfloat16, bias=True)
     x = _input(5, torch.bfloat16)
@@ -88,5 +106,5 @@ def test_head_packs_a_shared_weight_and_pack_linears_counts():
     model = torch.nn.Sequential(
         _linear(torch.bfloat16, True), _linear(torch.float32, False), _linear(torch.bfloat16, False)
     )
-    assert pack_linears(model) == 2  # the fp32 one stays on F.linear
+    assert pack_linears(model) == 2  # the fp32 one stays on F.linear (only heads pack fp32)
     assert pack_weight(model[0].weight).is_mkldnn
