@@ -102,6 +102,10 @@ class Mesh:
             "--log-dir", str(log_dir),
             *args.up_flag,
         ]  # fmt: skip
+        # the gateway's metrics on `base`, the backends' after it in plan order (LM first)
+        base = free_port_run(8)  # gateway, LM, encoders
+        flags += ["--metrics-port", str(base)]
+        self.metrics_ports = {"gateway": base, "lm": base + 1}
         command = [sys.executable, "-m", "gateway.tools.cli", "up", "--model", str(path)]
         self.log_dir = log_dir
         self.process = subprocess.Popen(
@@ -136,6 +140,11 @@ class Mesh:
                 if "bytes per token" in line:
                     return line.split(": ", 1)[-1]
         return "not found in the LM service's log"
+
+    def ttft_totals(self) -> dict[str, tuple[float, float]]:
+        """Each service's own time to first token so far (its receipt of a request -> its
+        first output): the histogram's (sum seconds, count), from its /metrics."""
+        return {name: ttft_histogram(port) for name, port in self.metrics_ports.items()}
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -189,11 +198,52 @@ async def run_mesh_streams(mesh: Mesh, workload: Workload, args: argparse.Namesp
         stats.cpu_s = {name: after[name] - before.get(name, 0.0) for name in after}
         stats.cpu_s["bench client"] = time.process_time() - cpu0
         stats.num_tokens, stats.num_requests = sum(counts), len(streams)
+        before = mesh.ttft_totals()
         for request in workload.batch1:
             one = RunStats()
             await _stream(stub, request, 2, one)
             stats.batch1_ttft_s.append(one.ttft_s[0])
+        after = mesh.ttft_totals()
+        stats.batch1_service_ttft = {
+            name: (after[name][0] - before[name][0], after[name][1] - before[name][1])
+            for name in after
+        }
     return stats
+
+
+def free_port_run(n: int) -> int:
+    """The first of `n` consecutive free loopback ports (`up --metrics-port` takes a run)."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        if first + n > 65536:
+            continue
+        try:
+            for port in range(first, first + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+def ttft_histogram(port: int) -> tuple[float, float]:
+    """(sum seconds, count) of meshserve:time_to_first_token_seconds at a /metrics port."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "meshserve:time_to_first_token_seconds":
+            values = {sample.name.rsplit("_", 1)[-1]: sample.value for sample in family.samples}
+            return values["sum"], values["count"]
+    raise RuntimeError(f"no time_to_first_token histogram at port {port}")
 
 
 def _mesh_cpu(mesh: Mesh) -> dict[str, float]:
@@ -235,7 +285,26 @@ def report_latency(ours: RunStats, mesh: RunStats) -> None:
             f"{name:<16} p50 {p50[0]:7.2f} -> {p50[1]:7.2f} ms (added {p50[1] - p50[0]:+6.2f})"
             f"   p99 {p99[0]:7.2f} -> {p99[1]:7.2f} ms (added {p99[1] - p99[0]:+6.2f})"
         )
+    report_batch1_layers(ours, mesh)
     print(f"stream messages per token: mesh {mesh.num_messages / mesh.num_tokens:.3f}")
+
+
+def report_batch1_layers(ours: RunStats, mesh: RunStats) -> None:
+    """Batch-1 TTFT means at each layer of the mesh, from the same requests: the client's
+    minus the LM service's own is what the mesh adds around the engine, free of the engine
+    step's run-to-run spread that the p50 difference above carries."""
+    means = {"in process": statistics.fmean(ours.batch1_ttft_s) * 1e3}
+    means["client"] = statistics.fmean(mesh.batch1_ttft_s) * 1e3
+    for name, (seconds, count) in mesh.batch1_service_ttft.items():
+        means[name] = seconds / count * 1e3 if count else float("nan")
+    print(
+        f"batch-1 TTFT mean  in process {means['in process']:.2f} ms; mesh: client "
+        f"{means['client']:.2f}, gateway {means['gateway']:.2f}, LM service {means['lm']:.2f} ms"
+    )
+    print(
+        f"batch-1 TTFT added around the LM service {means['client'] - means['lm']:+.2f} ms "
+        f"(client - LM service; of it client <-> gateway {means['client'] - means['gateway']:+.2f})"
+    )
 
 
 def report_cpu(ours: RunStats, mesh: RunStats) -> None:

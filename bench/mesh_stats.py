@@ -20,6 +20,8 @@ class RunStats:
     itl_s: list[float] = field(default_factory=list)
     num_messages: int = 0
     batch1_ttft_s: list[float] = field(default_factory=list)
+    # mesh: each service's own batch-1 TTFT, (sum seconds, count) from its /metrics
+    batch1_service_ttft: dict[str, tuple[float, float]] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)  # process or thread -> CPU seconds
     idle_cpu_per_s: dict[str, float] = field(default_factory=dict)  # the same, idle, per second
     kv_memory: str = ""  # the engine's --kv-cache-memory line (bench.memory_bound)
@@ -54,6 +56,9 @@ def merged(runs: list[RunStats]) -> RunStats:
         out.ttft_s += run.ttft_s
         out.itl_s += run.itl_s
         out.batch1_ttft_s += run.batch1_ttft_s
+        for name, (seconds, count) in run.batch1_service_ttft.items():
+            total = out.batch1_service_ttft.get(name, (0.0, 0.0))
+            out.batch1_service_ttft[name] = (total[0] + seconds, total[1] + count)
         for name, seconds in run.cpu_s.items():
             out.cpu_s[name] = out.cpu_s.get(name, 0.0) + seconds
     for name in runs[0].idle_cpu_per_s:
