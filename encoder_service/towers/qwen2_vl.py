@@ -13,6 +13,7 @@ from torch import nn
 from encoder_service.errors import MediaError
 from encoder_service.media import VideoClip
 from encoder_service.towers.base import DEFAULT_VIDEO_FPS, Tower, TowerInput
+from encoder_service.towers.patch_projection import project_patches_as_linear
 from encoder_service.towers.qwen2_vl_processing import Qwen2VLVideoConfig, preprocess_video
 from protos.modality import Modality
 
@@ -35,6 +36,7 @@ class Qwen2VLTower(Tower):
 
         self.image_processor = AutoImageProcessor.from_pretrained(self.path, backend="pil")
         self.video_config = Qwen2VLVideoConfig.from_pretrained(self.path)
+        project_patches_as_linear(self.module["visual"].patch_embed)
 
     @staticmethod
     def build_modules(config: Any) -> dict[str, nn.Module]:

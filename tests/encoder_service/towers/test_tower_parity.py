@@ -17,6 +17,11 @@ from protos.encoder_messages import MediaItem
 from tests.encoder_service.samples import encode_image, make_video, random_frames, tone
 
 ATOL = 1e-5
+# NOTE: loosened for Qwen2-VL's image and video paths only. Our patch embedding is a matmul
+# (encoder_service/towers/patch_projection.py) where HF runs a Conv3d: the same 1176 products
+# per channel summed in another order. fp32 rounding of that carries through the blocks and
+# the merger to up to 2.3e-5 here (measured); a wrong weight or layout is off by O(1).
+ATOL_PATCH_MATMUL = 1e-4
 
 
 def _png(frame: np.ndarray) -> bytes:
@@ -104,7 +109,7 @@ def test_qwen2_vl_images_equal_get_image_features(
     for item, grid, reference in zip(out, inputs["image_grid_thw"], expected, strict=True):
         assert item.metadata["grid_thw"] == tuple(grid.tolist())
         assert item.num_tokens == int(grid.prod()) // 4  # <|image_pad|> tokens HF expands
-        torch.testing.assert_close(item.embeddings, reference, rtol=0, atol=ATOL)
+        torch.testing.assert_close(item.embeddings, reference, rtol=0, atol=ATOL_PATCH_MATMUL)
 
 
 def _image_patches_as_video(qwen2_vl_path: Path, frame: np.ndarray, grid_t: int):
@@ -133,7 +138,7 @@ def test_qwen2_vl_video_equals_get_video_features(
     (out,) = qwen2_vl_video_encoder.encode([item])
     assert out.metadata["grid_thw"] == tuple(grid[0].tolist())
     assert out.num_tokens == int(grid.prod()) // 4
-    torch.testing.assert_close(out.embeddings, expected, rtol=0, atol=ATOL)
+    torch.testing.assert_close(out.embeddings, expected, rtol=0, atol=ATOL_PATCH_MATMUL)
 
 
 def test_qwen2_vl_mp4_video_tokens_follow_the_sampled_frames(
