@@ -22,6 +22,7 @@ class RunStats:
     batch1_ttft_s: list[float] = field(default_factory=list)
     # mesh: each service's own batch-1 TTFT, (sum seconds, count) from its /metrics
     batch1_service_ttft: dict[str, tuple[float, float]] = field(default_factory=dict)
+    batch1_has_media: bool = False  # then the LM service's TTFT starts after the encoder's
     cpu_s: dict[str, float] = field(default_factory=dict)  # process or thread -> CPU seconds
     idle_cpu_per_s: dict[str, float] = field(default_factory=dict)  # the same, idle, per second
     kv_memory: str = ""  # the engine's --kv-cache-memory line (bench.memory_bound)
@@ -56,6 +57,7 @@ def merged(runs: list[RunStats]) -> RunStats:
         out.ttft_s += run.ttft_s
         out.itl_s += run.itl_s
         out.batch1_ttft_s += run.batch1_ttft_s
+        out.batch1_has_media = out.batch1_has_media or run.batch1_has_media
         for name, (seconds, count) in run.batch1_service_ttft.items():
             total = out.batch1_service_ttft.get(name, (0.0, 0.0))
             out.batch1_service_ttft[name] = (total[0] + seconds, total[1] + count)

@@ -74,3 +74,30 @@ def test_the_baseline_runs_in_a_fresh_process(model: str, kind: str) -> None:
     assert stats.num_tokens == 3 * 4 and stats.num_requests == 3  # ignore_eos: all of them
     assert len(stats.ttft_s) == len(stats.itl_s) == 3 and len(stats.batch1_ttft_s) == 2
     assert "bytes per token" in stats.kv_memory
+
+
+def test_a_services_ttft_histogram_is_read_from_its_metrics_port() -> None:
+    """bench/mesh.py's batch-1 layers: (sum, count) of a service's TTFT histogram, read from
+    the /metrics it serves, over a run of free consecutive ports as `up --metrics-port` takes."""
+    import socket
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from bench.mesh import free_port_run, ttft_histogram
+    from protos.metrics import StreamMetrics
+
+    first = free_port_run(3)
+    for port in range(first, first + 3):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))  # free, all three
+    registry = CollectorRegistry()
+    metrics = StreamMetrics(registry)
+    metrics.time_to_first_token.observe(0.25)
+    metrics.time_to_first_token.observe(0.5)
+    server, thread = start_http_server(first, addr="127.0.0.1", registry=registry)
+    try:
+        assert ttft_histogram(first) == (0.75, 2.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
