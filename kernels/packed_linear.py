@@ -19,7 +19,7 @@ F.linear -> packed): bf16 LM head [64 rows] 120 -> 53, gate/up [1024 rows] 78 ->
   won in kernel timings but not in the 2-thread bench (25.5, 24.5 s with, on a shared machine);
 - the checkpoint's `weight` Parameter stays (state dicts, tied embeddings and shard slices read
   it), so packing costs one more copy of each packed weight: +374 MiB for the 4-layer bf16
-  bench model;
+  bench model, +519 MiB for its fp32 head (151936 x 896);
 - CPU only, and only where oneDNN is built in; elsewhere (CUDA, float16/32, no oneDNN) `pack`
   leaves the layer on `F.linear`.
 
