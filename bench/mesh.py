@@ -47,6 +47,7 @@ from bench.mesh_model import IMAGE_SIDE, build_qwen2_shaped, build_qwen2_vl_shap
 from bench.mesh_stats import RunStats, merged, quantile_ms
 from bench.mesh_workload import Request, Workload, make_workload
 from bench.proc_cpu import cpu_seconds, load_average, thread_groups
+from protos.ports import free_port_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,26 +211,6 @@ async def run_mesh_streams(mesh: Mesh, workload: Workload, args: argparse.Namesp
             for name in after
         }
     return stats
-
-
-def free_port_run(n: int) -> int:
-    """The first of `n` consecutive free loopback ports (`up --metrics-port` takes a run)."""
-    import socket
-
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = probe.getsockname()[1]
-        if first + n > 65536:
-            continue
-        try:
-            for port in range(first, first + n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
-    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 def ttft_histogram(port: int) -> tuple[float, float]:

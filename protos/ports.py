@@ -12,13 +12,25 @@ _SERVICE_PORTS = range(20000, 32768)
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on right now (the service binds it a moment later)."""
-    for port in random.sample(_SERVICE_PORTS, 200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return port
+    return free_port_run(1, host)
+
+
+def free_port_run(n: int, host: str = "127.0.0.1") -> int:
+    """The first of `n` consecutive ports nobody listens on right now (`meshserve up
+    --metrics-port P` gives the gateway P and its backends the ports after it)."""
+    for first in random.sample(range(_SERVICE_PORTS.start, _SERVICE_PORTS.stop - n + 1), 200):
+        if all(_is_free(host, port) for port in range(first, first + n)):
+            return first
     raise OSError(
-        f"no free port between {_SERVICE_PORTS.start} and {_SERVICE_PORTS.stop} on {host}"
+        f"no {n} free ports in a row between {_SERVICE_PORTS.start} and "
+        f"{_SERVICE_PORTS.stop} on {host}"
     )
+
+
+def _is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True

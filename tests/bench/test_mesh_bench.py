@@ -83,8 +83,9 @@ def test_a_services_ttft_histogram_is_read_from_its_metrics_port() -> None:
 
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from bench.mesh import free_port_run, ttft_histogram
+    from bench.mesh import ttft_histogram
     from protos.metrics import StreamMetrics
+    from protos.ports import free_port_run
 
     first = free_port_run(3)
     for port in range(first, first + 3):
