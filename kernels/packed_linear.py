@@ -10,17 +10,21 @@ F.linear -> packed): bf16 LM head [64 rows] 120 -> 53, gate/up [1024 rows] 78 ->
 
 - bf16: outputs are bit-identical to `F.linear` (the same oneDNN kernel, minus the
   reorder), for every row count;
-- fp32: only the LM head (`PackedHead`, `HeadLinear`) packs. Its [151936 x 896] weight is
-  re-packed by MKL on every call, which at a step's 8..64 rows costs more than the product:
-  oneDNN's packed sgemm took 32 / 56 / 88 ms against F.linear's 53 / 79 / 127 ms at 8 / 32 /
-  64 rows (2 threads), and the bench's fp32 engine run went 26.8, 25.2 s -> 23.9, 24.7 s.
-  Its sums run in another order: logits differ from F.linear's by ~1e-6 (parity with HF is
-  checked on logprobs, not bits). The decoder's fp32 linears stay on MKL: packing them too
-  won in kernel timings but not in the 2-thread bench (25.5, 24.5 s with, on a shared machine);
+- fp32: from 4 rows on, MKL re-packs the plain weight on every call. Against oneDNN's
+  packed sgemm (ms, F.linear -> packed, 2 threads, best of 4): LM head [151936 x 896] at 8 /
+  32 / 64 rows 53 / 79 / 127 -> 32 / 56 / 88; gate/up [9728 x 896] at 32 / 512 rows 3.86 /
+  39.1 -> 2.86 / 36.8; down [896 x 4864] at 32 / 128 rows 1.93 / 6.30 -> 1.55 / 5.09; at 1024
+  rows (a prefill chunk) packed runs from 2% slower (qkv) to 10% faster (gate/up). On the
+  bench workload the engine alone took 114.6 s over four workloads with only the head packed
+  and 108.7 s with every linear packed (same process, alternating order). Below 4 rows MKL
+  streams the plain weight once, and that wins: 1 / 2 / 3 rows of the head took 21.5 / 23.0 /
+  20.1 ms with F.linear against 22.8 / 25.6 / 23.9 packed, and qkv and o half the packed time,
+  so those calls (a batch-1 decode step) stay on F.linear. Packed sums run in another order:
+  outputs differ from F.linear's by ~1e-6 (parity with HF is checked on logprobs, not bits);
 - the checkpoint's `weight` Parameter stays (state dicts, tied embeddings and shard slices read
   it), so packing costs one more copy of each packed weight: +374 MiB for the 4-layer bf16
-  bench model, +519 MiB for its fp32 head (151936 x 896);
-- CPU only, and only where oneDNN is built in; elsewhere (CUDA, float16/32, no oneDNN) `pack`
+  bench model, +747 MiB for its fp32 weights (519 MiB of them the 151936 x 896 head);
+- CPU only, and only where oneDNN is built in; elsewhere (CUDA, float16, no oneDNN) `pack`
   leaves the layer on `F.linear`.
 
 NOTE: MKL's own packed sgemm (`torch.ops.mkl._mkl_linear`) is not used: it reads its packed
@@ -30,23 +34,23 @@ the plain weight otherwise, and a serving step's row count changes every step.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-PACKABLE_DTYPES = (torch.bfloat16,)
-HEAD_PACKABLE_DTYPES = (torch.bfloat16, torch.float32)  # see the module's docstring
+PACKABLE_DTYPES = (torch.bfloat16, torch.float32)
+# fp32 calls with fewer rows stay on F.linear: MKL reads the plain weight once for them (see the
+# module's docstring); from 4 rows on it packs it, and the packed copy wins
+MIN_PACKED_FP32_ROWS = 4
 # oneDNN picks its blocked layout for this many rows; the layout serves every row count
 PACK_ROWS_HINT = 64
 
 
-def can_pack(weight: torch.Tensor, dtypes: tuple[torch.dtype, ...] = PACKABLE_DTYPES) -> bool:
-    """Whether `weight` [out, in] can take the packed path here (CPU, `dtypes`, oneDNN)."""
+def can_pack(weight: torch.Tensor) -> bool:
+    """Whether `weight` [out, in] can take the packed path here (CPU, bf16/fp32, oneDNN)."""
     return (
         weight.device.type == "cpu"
-        and weight.dtype in dtypes
+        and weight.dtype in PACKABLE_DTYPES
         and weight.dim() == 2
         and torch.backends.mkldnn.is_available()
     )
@@ -71,9 +75,13 @@ def cpu_linear(
     Returns:
         `[..., out]` in the weight's dtype.
     """
-    if packed is None or not x.numel():
+    if packed is None or not x.numel() or _mkl_reads_it_once(x):
         return F.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def _mkl_reads_it_once(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float32 and x.numel() < MIN_PACKED_FP32_ROWS * x.shape[-1]
 
 
 class PackedLinear(nn.Linear):
@@ -85,22 +93,14 @@ class PackedLinear(nn.Linear):
     """
 
     packed_weight: torch.Tensor | None = None
-    pack_dtypes: ClassVar[tuple[torch.dtype, ...]] = PACKABLE_DTYPES
 
     def pack(self) -> bool:
         """Reorders the loaded weight; True when the layer now runs packed."""
-        packable = can_pack(self.weight, self.pack_dtypes)
-        self.packed_weight = pack_weight(self.weight) if packable else None
+        self.packed_weight = pack_weight(self.weight) if can_pack(self.weight) else None
         return self.packed_weight is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return cpu_linear(x, self.weight, self.packed_weight, self.bias)
-
-
-class HeadLinear(PackedLinear):
-    """An untied LM head: packs in fp32 too (see the module's docstring)."""
-
-    pack_dtypes = HEAD_PACKABLE_DTYPES
 
 
 class PackedHead:
@@ -109,8 +109,7 @@ class PackedHead:
 
     def __init__(self, weight: torch.Tensor) -> None:
         self.weight = weight
-        packable = can_pack(weight, HEAD_PACKABLE_DTYPES)
-        self.packed_weight = pack_weight(weight) if packable else None
+        self.packed_weight = pack_weight(weight) if can_pack(weight) else None
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> logits [N, vocab] in the weight's dtype."""

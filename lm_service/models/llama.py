@@ -19,7 +19,7 @@ from torch import nn
 from kernels.activation import silu_and_mul
 from kernels.attention import PagedAttention
 from kernels.norms import fused_add_rms_norm, rms_norm
-from kernels.packed_linear import HeadLinear, PackedHead, PackedLinear, pack_linears
+from kernels.packed_linear import PackedHead, PackedLinear, pack_linears
 from kernels.rotary import RotaryEmbedding
 from lm_service.models.base import BaseCausalLM, KVCacheSpec, sliding_windows_of
 from protos.errors import InvalidRequest
@@ -282,7 +282,7 @@ class LlamaForCausalLM(BaseCausalLM):
         self.lm_head = None
         self.head: PackedHead | None = None  # set by load_weights
         if not self.args.tie_word_embeddings:
-            self.lm_head = HeadLinear(
+            self.lm_head = PackedLinear(
                 self.args.hidden_size, self.args.vocab_size, bias=False, device="meta", dtype=dtype
             )
 

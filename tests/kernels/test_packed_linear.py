@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.packed_linear import (
-    HeadLinear,
+    MIN_PACKED_FP32_ROWS,
     PackedHead,
     PackedLinear,
     can_pack,
@@ -56,28 +56,34 @@ def test_runs_from_the_packed_copy():
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
 
 
-def test_fp32_stays_on_f_linear():
-    layer = _linear(torch.float32, bias=True)
-    assert not layer.pack() and layer.packed_weight is None
-    x = _input(3, torch.float32)
-    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("rows", [1, 7, 64, 130])
-def test_fp32_heads_pack_and_match_f_linear_to_rounding(rows):
-    """The LM heads pack in fp32 too; oneDNN sums in another order than MKL, so the logits
+@pytest.mark.parametrize("bias", [False, True])
+def test_fp32_packs_and_matches_f_linear_to_rounding(rows, bias):
+    """fp32 packs too (layers and heads); oneDNN sums in another order than MKL, so outputs
     match F.linear to fp32 rounding of an IN-term dot product, not bit for bit."""
-    head_linear = HeadLinear(IN, OUT, bias=False, dtype=torch.float32)
-    torch.nn.init.normal_(head_linear.weight, std=0.05)
-    assert head_linear.pack() and head_linear.packed_weight is not None
-    shared = PackedHead(head_linear.weight)
+    layer = _linear(torch.float32, bias)
+    assert layer.pack() and layer.packed_weight is not None
+    shared = PackedHead(layer.weight)
     assert shared.packed_weight is not None
     x = _input(rows, torch.float32)
-    expected = F.linear(x, head_linear.weight)
     with torch.no_grad():
-        for out in (head_linear(x), shared(x)):
+        outputs = {"layer": (layer(x), layer.bias), "head": (shared(x), None)}
+        for out, bias_term in outputs.values():
             assert out.dtype == torch.float32
+            expected = F.linear(x, layer.weight, bias_term)
             torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fp32_runs_from_the_packed_copy_from_4_rows_on():
+    """Below MIN_PACKED_FP32_ROWS rows MKL's F.linear reads the plain weight, and is faster."""
+    layer = _linear(torch.float32, bias=False)
+    layer.pack()
+    few, many = _input(MIN_PACKED_FP32_ROWS - 1, torch.float32), _input(4, torch.float32)
+    expected = F.linear(many, layer.weight)
+    with torch.no_grad():
+        layer.weight.zero_()  # what still reads the plain weight now outputs zeros
+        torch.testing.assert_close(layer(many), expected, rtol=1e-5, atol=1e-5)
+        assert not layer(few).any()
 
 
 def test_unpacked_layer_and_empty_batch_are_f_linear():
@@ -104,7 +110,9 @@ def test_head_packs_a_shared_weight_and_pack_linears_counts():
     x = _input(4, torch.bfloat16)
     torch.testing.assert_close(head(x), F.linear(x, embed.weight), rtol=0, atol=0)
     model = torch.nn.Sequential(
-        _linear(torch.bfloat16, True), _linear(torch.float32, False), _linear(torch.bfloat16, False)
+        _linear(torch.bfloat16, True),
+        _linear(torch.float32, False),
+        PackedLinear(IN, OUT, bias=False, dtype=torch.float16),
     )
-    assert pack_linears(model) == 2  # the fp32 one stays on F.linear (only heads pack fp32)
+    assert pack_linears(model) == 2  # the float16 one stays on F.linear
     assert pack_weight(model[0].weight).is_mkldnn

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from gateway.tools.tiny_models import tiny_model_path
-from kernels.packed_linear import HeadLinear, PackedHead, PackedLinear
+from kernels.packed_linear import MIN_PACKED_FP32_ROWS, PackedHead, PackedLinear
 from lm_service.models.registry import load_model
 
 pytestmark = pytest.mark.skipif(
@@ -37,12 +37,17 @@ def test_every_linear_runs_packed_from_the_loaded_weights(name):
         torch.testing.assert_close(packed, plain, rtol=0, atol=0)
 
 
-def test_fp32_model_packs_only_its_head():
+def test_fp32_model_packs_every_linear():
     model = _load("llama", "float32")
-    linears = [m for m in model.modules() if isinstance(m, PackedLinear)]
-    assert isinstance(model.lm_head, HeadLinear) and model.lm_head.packed_weight is not None
-    assert all(m.packed_weight is None for m in linears if m is not model.lm_head)
-    hidden = torch.randn(3, model.args.hidden_size)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert model.lm_head in linears and all(isinstance(m, PackedLinear) for m in linears)
+    for layer in linears:
+        assert layer.packed_weight is not None
+        x = torch.randn(MIN_PACKED_FP32_ROWS, layer.in_features)
+        with torch.no_grad():
+            expected = F.linear(x, layer.weight, layer.bias)
+            torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    hidden = torch.randn(MIN_PACKED_FP32_ROWS, model.args.hidden_size)
     expected = F.linear(hidden, model.lm_head.weight)
     torch.testing.assert_close(model.compute_logits(hidden), expected, rtol=1e-5, atol=1e-5)
 
