@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from protos.errors import InvalidRequest
 
@@ -16,9 +17,8 @@ _GREEDY_EPSILON = 1e-5
 MAX_LOGPROBS = 20
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise InvalidRequest(message)
+def _refuse(message: str) -> NoReturn:
+    raise InvalidRequest(message)
 
 
 def _is_int(value: object) -> bool:
@@ -94,77 +94,57 @@ class SamplingParams:
             or self.frequency_penalty != 0.0
         )
 
+    # NOTE: each message is formatted only when its check fails: every request builds its
+    # params at least once on the gateway, and formatting them all took most of the time
     def _validate_lengths(self) -> None:
         if self.max_tokens is not None:
-            _check(
-                _is_int(self.max_tokens), f"max_tokens must be an integer, got {self.max_tokens!r}"
-            )
-            _check(self.max_tokens >= 1, f"max_tokens must be at least 1, got {self.max_tokens}")
-        _check(_is_int(self.min_tokens), f"min_tokens must be an integer, got {self.min_tokens!r}")
-        _check(self.min_tokens >= 0, f"min_tokens must be >= 0, got {self.min_tokens}")
-        if self.max_tokens is not None:
-            _check(
-                self.min_tokens <= self.max_tokens,
-                f"min_tokens must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}",
-            )
+            if not _is_int(self.max_tokens):
+                _refuse(f"max_tokens must be an integer, got {self.max_tokens!r}")
+            if self.max_tokens < 1:
+                _refuse(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if not _is_int(self.min_tokens):
+            _refuse(f"min_tokens must be an integer, got {self.min_tokens!r}")
+        if self.min_tokens < 0:
+            _refuse(f"min_tokens must be >= 0, got {self.min_tokens}")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            _refuse(f"min_tokens must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}")
 
     def _validate_sampling(self) -> None:
-        _check(
-            _is_number(self.temperature), f"temperature must be a number, got {self.temperature!r}"
-        )
-        _check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
-        _check(_is_int(self.top_k), f"top_k must be an integer, got {self.top_k!r}")
-        _check(
-            self.top_k >= -1,
-            f"top_k must be -1 or 0 (disabled) or at least 1, got {self.top_k}",
-        )
-        _check(
-            _is_number(self.top_p) and 0 < self.top_p <= 1,
-            f"top_p must be in (0, 1], got {self.top_p}",
-        )
-        _check(
-            _is_number(self.min_p) and 0 <= self.min_p <= 1,
-            f"min_p must be in [0, 1], got {self.min_p}",
-        )
+        if not _is_number(self.temperature):
+            _refuse(f"temperature must be a number, got {self.temperature!r}")
+        if self.temperature < 0:
+            _refuse(f"temperature must be >= 0, got {self.temperature}")
+        if not _is_int(self.top_k):
+            _refuse(f"top_k must be an integer, got {self.top_k!r}")
+        if self.top_k < -1:
+            _refuse(f"top_k must be -1 or 0 (disabled) or at least 1, got {self.top_k}")
+        if not (_is_number(self.top_p) and 0 < self.top_p <= 1):
+            _refuse(f"top_p must be in (0, 1], got {self.top_p}")
+        if not (_is_number(self.min_p) and 0 <= self.min_p <= 1):
+            _refuse(f"min_p must be in [0, 1], got {self.min_p}")
         if self.seed is not None:
-            _check(_is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
-            _check(
-                -(2**63) <= self.seed < 2**64,
-                f"seed must fit in 64 bits (-2**63 <= seed < 2**64), got {self.seed}",
-            )
+            if not _is_int(self.seed):
+                _refuse(f"seed must be an integer, got {self.seed!r}")
+            if not -(2**63) <= self.seed < 2**64:
+                _refuse(f"seed must fit in 64 bits (-2**63 <= seed < 2**64), got {self.seed}")
 
     def _validate_penalties(self) -> None:
-        _check(
-            _is_number(self.repetition_penalty) and self.repetition_penalty > 0,
-            f"repetition_penalty must be > 0, got {self.repetition_penalty}",
-        )
+        if not (_is_number(self.repetition_penalty) and self.repetition_penalty > 0):
+            _refuse(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
-            _check(
-                _is_number(value) and -2 <= value <= 2,
-                f"{name} must be in [-2, 2], got {value}",
-            )
+            if not (_is_number(value) and -2 <= value <= 2):
+                _refuse(f"{name} must be in [-2, 2], got {value}")
 
     def _validate_outputs(self) -> None:
-        if self.logprobs is not None:
-            _check(
-                _is_int(self.logprobs) and self.logprobs >= 0,
-                f"logprobs must be a non-negative integer, got {self.logprobs!r}",
-            )
-        _check(
-            all(_is_int(token_id) and token_id >= 0 for token_id in self.stop_token_ids),
-            f"stop_token_ids must be non-negative integers, got {list(self.stop_token_ids)}",
-        )
-        for name in ("begin_suppress_token_ids", "allowed_token_ids"):
+        if self.logprobs is not None and not (_is_int(self.logprobs) and self.logprobs >= 0):
+            _refuse(f"logprobs must be a non-negative integer, got {self.logprobs!r}")
+        for name in ("stop_token_ids", "begin_suppress_token_ids", "allowed_token_ids"):
             ids = getattr(self, name)
-            _check(
-                all(_is_int(token_id) and token_id >= 0 for token_id in ids),
-                f"{name} must be non-negative integers, got {list(ids)}",
-            )
-        _check(
-            all(isinstance(text, str) and text for text in self.stop),
-            f"stop must be non-empty strings, got {list(self.stop)}",
-        )
+            if ids and not all(_is_int(token_id) and token_id >= 0 for token_id in ids):
+                _refuse(f"{name} must be non-negative integers, got {list(ids)}")
+        if not all(isinstance(text, str) and text for text in self.stop):
+            _refuse(f"stop must be non-empty strings, got {list(self.stop)}")
 
 
 def per_prompt(
@@ -180,7 +160,5 @@ def per_prompt(
 
 def check_client_logprobs(logprobs: int | None, name: str = "logprobs") -> None:
     """InvalidRequest for a client asking more than MAX_LOGPROBS top logprobs per token."""
-    _check(
-        logprobs is None or not _is_int(logprobs) or 0 <= logprobs <= MAX_LOGPROBS,
-        f"{name} must be between 0 and {MAX_LOGPROBS}, got {logprobs}",
-    )
+    if logprobs is not None and _is_int(logprobs) and not 0 <= logprobs <= MAX_LOGPROBS:
+        _refuse(f"{name} must be between 0 and {MAX_LOGPROBS}, got {logprobs}")

@@ -107,6 +107,9 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, on_status: OnStatus | None = None) -> None:
         self.on_status = on_status
+        # method -> (its handler, the wrapped one): a server hands out the same handler object
+        # for every call of a method, and wrapping it anew cost ~12 us per call
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -116,7 +119,13 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return with_status(handler, handler_call_details.method, self.on_status)
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = with_status(handler, method, self.on_status)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
 
 _KINDS = {

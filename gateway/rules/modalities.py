@@ -128,31 +128,35 @@ class ModalitySpec:
             EmptyPrompt, ModalityNotAccepted (InvalidRequest), TooManyItems (LimitExceeded).
         """
         prompt = PromptModalities.build(counts, has_text, embeds)
-        rule = f"{owner_name(architecture, task)} accepts {self}"
         if not prompt.used:
             raise EmptyPrompt("The prompt is empty: provide text or at least one media item")
-        self._check_rule(prompt, rule)
+        try:
+            self._check_rule(prompt)
+        except (ModalityNotAccepted, TooManyItems) as exc:
+            # NOTE: named here, on refusal only: every request passes this check
+            raise type(exc)(f"{owner_name(architecture, task)} accepts {self}: {exc}") from None
         _check_limits(prompt, limits or {})
 
-    def _check_rule(self, prompt: PromptModalities, rule: str) -> None:
+    def _check_rule(self, prompt: PromptModalities) -> None:
+        """Refuses `prompt` with what breaks the rule (the caller names the rule)."""
         unsupported = [m for m in _ordered(prompt.used) if m not in self.modalities]
         if unsupported:
             verb = "is" if len(unsupported) == 1 else "are"
-            raise ModalityNotAccepted(f"{rule}: {_join(unsupported)} {verb} not supported")
+            raise ModalityNotAccepted(f"{_join(unsupported)} {verb} not supported")
         candidates = [alt for alt in self.alternatives if prompt.used <= _modalities_of(alt)]
         if not candidates:
             combo = _join(_ordered(prompt.used))
-            raise ModalityNotAccepted(f"{rule}: {combo} cannot be combined in one prompt")
+            raise ModalityNotAccepted(f"{combo} cannot be combined in one prompt")
         fitting = [alt for alt in candidates if _embeds_fit(alt, prompt)]
         if not fitting:
             refused = _join(_embeds_offenders(candidates, prompt))
             raise ModalityNotAccepted(
-                f"{rule}: {refused} cannot be given as precomputed embeddings"
+                f"{refused} cannot be given as precomputed embeddings"
             )
         candidates = fitting
         if not any(_multiple_fits(alt, prompt) for alt in candidates):
             raise TooManyItems(
-                f"{rule}: at most {_items(1, _single_item_offender(candidates, prompt))}"
+                f"at most {_items(1, _single_item_offender(candidates, prompt))}"
             )
 
 
