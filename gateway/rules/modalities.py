@@ -150,14 +150,10 @@ class ModalitySpec:
         fitting = [alt for alt in candidates if _embeds_fit(alt, prompt)]
         if not fitting:
             refused = _join(_embeds_offenders(candidates, prompt))
-            raise ModalityNotAccepted(
-                f"{refused} cannot be given as precomputed embeddings"
-            )
+            raise ModalityNotAccepted(f"{refused} cannot be given as precomputed embeddings")
         candidates = fitting
         if not any(_multiple_fits(alt, prompt) for alt in candidates):
-            raise TooManyItems(
-                f"at most {_items(1, _single_item_offender(candidates, prompt))}"
-            )
+            raise TooManyItems(f"at most {_items(1, _single_item_offender(candidates, prompt))}")
 
 
 @dataclass(frozen=True, slots=True)
