@@ -1,0 +1,21 @@
+"""bench/throughput.py's batch-1 timing: both sides take turns, the least time of each is kept."""
+
+from __future__ import annotations
+
+from bench.throughput import best_decode_ms
+
+
+def test_batch1_samples_take_turns_and_keep_each_sides_least_time():
+    calls: list[tuple[str, int]] = []
+
+    def recorder(name: str):
+        def generate(prompt_len: int, tokens: int) -> None:
+            calls.append((name, tokens))
+
+        return generate
+
+    best = best_decode_ms({"ours": recorder("ours"), "hf": recorder("hf")}, 8, 5, repeats=3)
+    assert set(best) == {"ours", "hf"}
+    sides = [name for name, tokens in calls if tokens == 5]  # one timed long run per sample
+    assert sides == ["ours", "hf"] * 3
+    assert len(calls) == 3 * 2 * 3  # warm-up, 1 token, 5 tokens
