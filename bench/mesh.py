@@ -22,8 +22,10 @@ Printed: tokens/s of each and the mesh's share per round, TTFT p50/p99 and inter
 each process spends per streamed token (from /proc utime+stime before/after the timed
 phases), the image encoder's CPU per request, and the KV cache's --kv-cache-memory check
 (bytes per token, blocks, budget, measured growth) of the in-process engine and the LM
-service. The LM server's non-engine CPU is its event-loop thread (the main thread, where
-grpc.aio runs) and gRPC's threads.
+service. The LM server's non-engine CPU is all of it but the "engine-loop" thread and the torch
+workers it started: the event loop (the main thread, where grpc.aio runs), gRPC's threads,
+and the other Python threads (grpc.aio's poller among them; until this wave the poller was
+counted with the engine).
 
 The model is random-weight Qwen2-0.5B-shaped (bench.mesh_model), `--layers` 4 by default on
 these small CPUs; pass `--layers 24 --dtype bfloat16 --device cuda` for the real shape on a GPU.
@@ -304,7 +306,7 @@ def report_cpu(ours: RunStats, mesh: RunStats) -> None:
     for name, us in per_token.items():
         print(f"  {name:<38} {us:8.0f} {idle.get(name, 0.0):10.0f}")
     if "lm" in per_token:
-        non_engine = per_token["  lm event loop"] + per_token["  lm grpc threads"]
+        non_engine = per_token["lm"] - per_token["  lm engine loop"]
         print(f"  {'lm non-engine threads':<38} {non_engine:8.0f}")
     if "encoder-image" in mesh.cpu_s:
         ms = mesh.cpu_s["encoder-image"] / mesh.num_requests * 1e3

@@ -27,10 +27,12 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
 
 
 def thread_groups(pid: int) -> dict[str, float]:
-    """CPU seconds of `pid`'s threads in three groups: its main thread (a grpc.aio server's
-    event loop), gRPC core's own threads (named grpc_*, event_engine, ...), and the rest
-    (the "engine-loop" thread and torch's workers, which inherit the name "python")."""
-    groups = {"event loop": 0.0, "grpc threads": 0.0, "engine + torch threads": 0.0}
+    """CPU seconds of `pid`'s threads in four groups: its main thread (a grpc.aio server's
+    event loop), gRPC core's own threads (named grpc_*, event_engine, ...), the LM's
+    "engine-loop" thread with the torch workers it started (they inherit its name), and the
+    other Python threads (named "python": grpc.aio's completion-queue poller, the metrics
+    server, the torch workers of the main thread)."""
+    groups = {"event loop": 0.0, "grpc threads": 0.0, "engine loop": 0.0, "python threads": 0.0}
     for tid, seconds in thread_cpu_seconds(pid).items():
         try:
             name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
@@ -38,8 +40,10 @@ def thread_groups(pid: int) -> dict[str, float]:
             continue
         if tid == pid:
             groups["event loop"] += seconds
-        elif name in ("python", "engine-loop") or name.startswith("python"):
-            groups["engine + torch threads"] += seconds
+        elif name.startswith("engine-loop"):
+            groups["engine loop"] += seconds
+        elif name.startswith("python"):
+            groups["python threads"] += seconds
         else:
             groups["grpc threads"] += seconds
     return groups
