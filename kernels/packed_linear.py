@@ -14,7 +14,7 @@ F.linear -> packed): bf16 LM head [64 rows] 120 -> 53, gate/up [1024 rows] 78 ->
   packed sgemm (ms, F.linear -> packed, 2 threads, best of 4): LM head [151936 x 896] at 8 /
   32 / 64 rows 53 / 79 / 127 -> 32 / 56 / 88; gate/up [9728 x 896] at 32 / 512 rows 3.86 /
   39.1 -> 2.86 / 36.8; down [896 x 4864] at 32 / 128 rows 1.93 / 6.30 -> 1.55 / 5.09; at 1024
-  rows (a prefill chunk) packed runs from 2% slower (qkv) to 10% faster (gate/up). On the
+  rows (half of a default prefill chunk) packed runs from 2% slower (qkv) to 10% faster (gate/up). On the
   bench workload the engine alone took 114.6 s over four workloads with only the head packed
   and 108.7 s with every linear packed (same process, alternating order). Below 4 rows MKL
   streams the plain weight once, and that wins: 1 / 2 / 3 rows of the head took 21.5 / 23.0 /
@@ -64,7 +64,8 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
 def cpu_linear(
     x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor | None, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, from `packed = pack_weight(weight)` when there is one.
+    """`F.linear(x, weight, bias)`, from `packed = pack_weight(weight)` when there is one
+    (fp32 calls with under MIN_PACKED_FP32_ROWS rows still take F.linear, which wins there).
 
     Args:
         x: `[..., in]`.
@@ -95,7 +96,8 @@ class PackedLinear(nn.Linear):
     packed_weight: torch.Tensor | None = None
 
     def pack(self) -> bool:
-        """Reorders the loaded weight; True when the layer now runs packed."""
+        """Reorders the loaded weight; True when the layer now runs packed (fp32 calls under
+        MIN_PACKED_FP32_ROWS rows stay on F.linear)."""
         self.packed_weight = pack_weight(self.weight) if can_pack(self.weight) else None
         return self.packed_weight is not None
 
