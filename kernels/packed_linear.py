@@ -14,8 +14,8 @@ F.linear -> packed): bf16 LM head [64 rows] 120 -> 53, gate/up [1024 rows] 78 ->
   packed sgemm (ms, F.linear -> packed, 2 threads, best of 4): LM head [151936 x 896] at 8 /
   32 / 64 rows 53 / 79 / 127 -> 32 / 56 / 88; gate/up [9728 x 896] at 32 / 512 rows 3.86 /
   39.1 -> 2.86 / 36.8; down [896 x 4864] at 32 / 128 rows 1.93 / 6.30 -> 1.55 / 5.09; at 1024
-  rows (half of a default prefill chunk) packed runs from 2% slower (qkv) to 10% faster (gate/up). On the
-  bench workload the engine alone took 114.6 s over four workloads with only the head packed
+  rows (half a default prefill chunk) packed runs from 2% slower (qkv) to 10% faster (gate/up).
+  On the bench workload the engine alone took 114.6 s over four workloads with only the head packed
   and 108.7 s with every linear packed (same process, alternating order). Below 4 rows MKL
   streams the plain weight once, and that wins: 1 / 2 / 3 rows of the head took 21.5 / 23.0 /
   20.1 ms with F.linear against 22.8 / 25.6 / 23.9 packed, and qkv and o half the packed time,
