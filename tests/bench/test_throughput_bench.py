@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import bench.throughput
 from bench.throughput import best_decode_ms
 
 
-def test_batch1_samples_take_turns_and_keep_each_sides_least_time():
+def test_batch1_samples_take_turns_and_keep_each_sides_least_time(monkeypatch):
     calls: list[tuple[str, int]] = []
 
     def recorder(name: str):
@@ -19,3 +20,8 @@ def test_batch1_samples_take_turns_and_keep_each_sides_least_time():
     sides = [name for name, tokens in calls if tokens == 5]  # one timed long run per sample
     assert sides == ["ours", "hf"] * 3
     assert len(calls) == 3 * 2 * 3  # warm-up, 1 token, 5 tokens
+
+    samples = iter([40.0, 50.0, 38.0, 55.0, 42.0, 47.0])  # ours, hf, ours, hf, ours, hf
+    monkeypatch.setattr(bench.throughput, "decode_ms_per_token", lambda *_: next(samples))
+    best = best_decode_ms({"ours": recorder("ours"), "hf": recorder("hf")}, 8, 5, repeats=3)
+    assert best == {"ours": 38.0, "hf": 47.0}

@@ -56,7 +56,7 @@ def test_runs_from_the_packed_copy():
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("rows", [1, 7, 64, 130])
+@pytest.mark.parametrize("rows", [MIN_PACKED_FP32_ROWS, 7, 64, 130])  # fewer: F.linear itself
 @pytest.mark.parametrize("bias", [False, True])
 def test_fp32_packs_and_matches_f_linear_to_rounding(rows, bias):
     """fp32 packs too (layers and heads); oneDNN sums in another order than MKL, so outputs
@@ -78,7 +78,8 @@ def test_fp32_runs_from_the_packed_copy_from_4_rows_on():
     """Below MIN_PACKED_FP32_ROWS rows MKL's F.linear reads the plain weight, and is faster."""
     layer = _linear(torch.float32, bias=False)
     layer.pack()
-    few, many = _input(MIN_PACKED_FP32_ROWS - 1, torch.float32), _input(4, torch.float32)
+    few = _input(MIN_PACKED_FP32_ROWS - 1, torch.float32)
+    many = _input(MIN_PACKED_FP32_ROWS, torch.float32)
     expected = F.linear(many, layer.weight)
     with torch.no_grad():
         layer.weight.zero_()  # what still reads the plain weight now outputs zeros
