@@ -9,6 +9,11 @@ gateway runs as `meshserve gateway` in its own process; its CPU comes from /proc
 `--relay` runs, in the gateway's place, the least a gRPC relay can do: one GenerateStream from
 the LM fanned out to the client streams, one reply per token, nothing else. That is the floor
 grpc.aio sets on this machine (a sendmsg per reply, a completion per write).
+
+`--beside-engine N` runs a busy N-layer bench engine (bench/engine_load.py) in a process of
+its own during the measurement: the contention the gateway meets in the mesh, where the engine
+keeps both cores busy, without the rest of the mesh. Run it with and without `--relay` to see
+what of the gateway's cost there is grpc.aio's.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import grpc
 from grpc_health.v1 import _async as aio_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.engine_load import READY
 from bench.proc_cpu import cpu_seconds, load_average
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, lm_pb2, lm_pb2_grpc
 
@@ -157,23 +163,50 @@ async def measure(address: str, pid: int, args: argparse.Namespace) -> list[tupl
     return rounds
 
 
+async def start_engine_load(layers: int, vocab: int | None) -> asyncio.subprocess.Process:
+    """bench/engine_load.py as a child process, once its engine is up."""
+    command = [sys.executable, "-m", "bench.engine_load", "--layers", str(layers)]
+    if vocab is not None:
+        command += ["--vocab", str(vocab)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
+    while line := (await process.stdout.readline()).decode():
+        if READY in line:
+            asyncio.create_task(_drain(process.stdout))  # noqa: RUF006 - ends with the process
+            return process
+    raise RuntimeError("the engine load exited before it was ready")
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(process.wait(), 30)
+
+
 async def run(args: argparse.Namespace) -> None:
     server, lm_port = await serve_lm(args.step_ms / 1e3)
+    children: list[asyncio.subprocess.Process] = []
     with tempfile.TemporaryDirectory() as tmp:
-        process, address = await start_gateway(build_model_dir(Path(tmp)), lm_port, args)
         try:
+            if args.beside_engine:
+                children.append(await start_engine_load(args.beside_engine, args.engine_vocab))
+            process, address = await start_gateway(build_model_dir(Path(tmp)), lm_port, args)
+            children.append(process)
             rounds = await measure(address, process.pid, args)
         finally:
-            process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(process.wait(), 30)
+            for child in reversed(children):
+                await stop(child)
             await server.stop(0)
     per_token = sorted(r[0] for r in rounds)
     name = "minimal relay" if args.relay else "gateway"
+    beside = f"beside a busy {args.beside_engine}-layer engine; " if args.beside_engine else ""
     print(
         f"{name} CPU per streamed token: min {per_token[0]:.1f} us, median "
         f"{per_token[len(per_token) // 2]:.1f} us over {args.rounds} rounds of {args.streams} "
         f"streams x {args.max_tokens} tokens, a step every {args.step_ms:g} ms; messages per "
-        f"token {rounds[0][1]:.3f}; {load_average()}"
+        f"token {rounds[0][1]:.3f}; {beside}{load_average()}"
     )
 
 
@@ -187,6 +220,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--stream-interval", type=int, default=1)
     parser.add_argument("--relay", action="store_true", help="measure the minimal relay instead")
+    parser.add_argument(
+        "--beside-engine",
+        type=int,
+        default=0,
+        metavar="LAYERS",
+        help="run a busy bench engine of this many layers beside it (0: none)",
+    )
+    parser.add_argument("--engine-vocab", type=int, default=None, help=argparse.SUPPRESS)
     asyncio.run(run(parser.parse_args()))
 
 
