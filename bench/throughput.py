@@ -9,9 +9,9 @@ pairs). Both count only the tokens each request asked for.
 
 The two take `--turns` turns each (ours, HF, ours, HF: a fresh engine per turn, so no prefix
 cache carries over; the first one's KV memory is reported) and the ratio is of each side's best
-turn: the same engine's time for this
-workload moved from 21.8 to 26.8 s between two runs on this shared machine, and one sample of
-each decided the ratio until this wave. Every turn is printed.
+turn: the same engine's time for this workload moved from 21.8 to 26.8 s between two runs on
+this shared machine, and one sample of each decided the ratio until this wave. Every turn is
+printed.
 
 The model is a random-weight Qwen2-0.5B-shaped config (hidden 896, 14 heads, 2 KV heads,
 vocab 151936). On 2 CPU cores the full 24 layers take too long, so `--layers` defaults to a
