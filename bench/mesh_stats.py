@@ -68,6 +68,15 @@ def merged(runs: list[RunStats]) -> RunStats:
     return out
 
 
+def cpu_share(ours: RunStats, mesh: RunStats) -> float:
+    """In-process CPU per token over the mesh's, every process of it and the bench client
+    counted (thread groups, named with a leading space, are parts of their process): the
+    tokens/s share cores kept busy in both would show, free of the wall clock's spread."""
+    ours_s = sum(s for name, s in ours.cpu_s.items() if not name.startswith(" "))
+    mesh_s = sum(s for name, s in mesh.cpu_s.items() if not name.startswith(" "))
+    return (ours_s / ours.num_tokens) / (mesh_s / mesh.num_tokens)
+
+
 def quantile_ms(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
