@@ -21,9 +21,9 @@ one kind decided the median.
 Printed: tokens/s of each and the mesh's share per round, TTFT p50/p99 and inter-token latency
 (in process, through the mesh, added; over all rounds), stream messages per token, the CPU
 each process spends per streamed token (from /proc utime+stime before/after the timed
-phases), the image encoder's CPU per request, the CPU share (in-process CPU per token over
-the mesh's, every service and the bench client counted: the tokens/s share that cores busy in
-both would show, which the wall clock's spread between rounds does not move), and the KV
+phases), the image encoder's CPU per request, the engine's CPU share (the LM engine loop's
+part of the CPU every service and the bench client took: on busy cores, what the mesh leaves
+the engine; the wall clock's spread between rounds does not move it), and the KV
 cache's --kv-cache-memory check (bytes per token, blocks, budget, measured growth) of the
 in-process engine and the LM service. The LM server's non-engine CPU is all of it but the "engine-loop" thread and the torch
 workers it started: the event loop (the main thread, where grpc.aio runs), gRPC's threads,
@@ -51,7 +51,7 @@ from pathlib import Path
 
 from bench.mesh_engine import RESULT_PREFIX
 from bench.mesh_model import IMAGE_SIDE, build_qwen2_shaped, build_qwen2_vl_shaped
-from bench.mesh_stats import RunStats, cpu_share, merged, quantile_ms
+from bench.mesh_stats import RunStats, engine_cpu_share, merged, quantile_ms
 from bench.mesh_workload import Request, Workload, make_workload
 from bench.proc_cpu import cpu_seconds, load_average, thread_groups
 from protos.ports import free_port_run
@@ -314,10 +314,12 @@ def report_cpu(ours: RunStats, mesh: RunStats) -> None:
     if "encoder-image" in mesh.cpu_s:
         ms = mesh.cpu_s["encoder-image"] / mesh.num_requests * 1e3
         print(f"image encoder CPU per request: {ms:.1f} ms ({mesh.num_requests} requests)")
-    print(
-        f"CPU share {cpu_share(ours, mesh):.3f}: in-process CPU per token over the mesh's "
-        "(every service and the bench client); the tokens/s share when the cores stay busy"
-    )
+    if "  lm engine loop" in mesh.cpu_s:
+        print(
+            f"engine's CPU share {engine_cpu_share(mesh):.3f}: the LM engine loop's part of "
+            "the CPU of every service and the bench client (on busy cores, what the mesh "
+            "leaves the engine)"
+        )
 
 
 def report(rounds: list[tuple[RunStats, RunStats]], args: argparse.Namespace) -> None:

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from bench.mesh import ROOT, service_env
 from bench.mesh_engine import RESULT_PREFIX
-from bench.mesh_stats import RunStats, cpu_share, merged
+from bench.mesh_stats import RunStats, engine_cpu_share, merged
 from bench.mesh_workload import IMAGE_PLACEHOLDER, Workload, make_workload
 from gateway.tools.tiny_models import tiny_model_path
 
@@ -58,14 +58,13 @@ def test_rounds_pool_by_tokens() -> None:
     assert pooled.cpu_s == {"lm": 3.0}
 
 
-def test_the_cpu_share_counts_whole_processes_and_the_client_once() -> None:
-    ours = RunStats(num_tokens=100, cpu_s={"engine process": 0.8})
+def test_the_engines_cpu_share_counts_whole_processes_and_the_client_once() -> None:
     mesh = RunStats(
         num_tokens=200,
         cpu_s={"lm": 1.6, "  lm engine loop": 1.5, "gateway": 0.3, "bench client": 0.1},
     )
-    # 8 ms per token alone against (1.6 + 0.3 + 0.1) s / 200 = 10 ms through the mesh
-    assert cpu_share(ours, mesh) == pytest.approx(0.8)
+    # the engine loop's 1.5 s of the 1.6 + 0.3 + 0.1 s that the processes took
+    assert engine_cpu_share(mesh) == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize(("model", "kind"), [("qwen2", "text"), ("qwen2_vl", "image")])
