@@ -21,9 +21,9 @@ one kind decided the median.
 Printed: tokens/s of each and the mesh's share per round, TTFT p50/p99 and inter-token latency
 (in process, through the mesh, added; over all rounds), stream messages per token, the CPU
 each process spends per streamed token (from /proc utime+stime before/after the timed
-phases), the image encoder's CPU per request, the engine's CPU share (the LM engine loop's
-part of the CPU every service and the bench client took: on busy cores, what the mesh leaves
-the engine; the wall clock's spread between rounds does not move it), and the KV
+phases), the image encoder's CPU per request, for text the engine's CPU share (the LM engine
+loop's part of the CPU every service and the bench client took: on busy cores, what the mesh
+leaves the engine; the wall clock's spread between rounds does not move it), and the KV
 cache's --kv-cache-memory check (bytes per token, blocks, budget, measured growth) of the
 in-process engine and the LM service. The LM server's non-engine CPU is all of it but the "engine-loop" thread and the torch
 workers it started: the event loop (the main thread, where grpc.aio runs), gRPC's threads,
@@ -314,7 +314,8 @@ def report_cpu(ours: RunStats, mesh: RunStats) -> None:
     if "encoder-image" in mesh.cpu_s:
         ms = mesh.cpu_s["encoder-image"] / mesh.num_requests * 1e3
         print(f"image encoder CPU per request: {ms:.1f} ms ({mesh.num_requests} requests)")
-    if "  lm engine loop" in mesh.cpu_s:
+    # NOTE: text only: with encoders, their towers' CPU is model work as much as the engine's
+    if "  lm engine loop" in mesh.cpu_s and not any(n.startswith("encoder") for n in mesh.cpu_s):
         print(
             f"engine's CPU share {engine_cpu_share(mesh):.3f}: the LM engine loop's part of "
             "the CPU of every service and the bench client (on busy cores, what the mesh "
