@@ -25,7 +25,6 @@ from bench.gateway import TOKENS, build_model_dir
 from bench.proc_cpu import load_average
 from gateway.api.grpc_convert import chunk_to_pb
 from gateway.app import build_orchestrator, served_model
-from gateway.backends.lm_stream import LMStreamMux
 from gateway.backends.remote import RemoteEncoderBackend, RemoteLMBackend
 from gateway.pipeline.orchestrator import Orchestrator
 from gateway.pipeline.types import GenerationRequest
@@ -107,8 +106,8 @@ class Streams:
 async def one_round(model: Path, num_streams: int, max_tokens: int) -> float:
     """CPU seconds per streamed token, over the steps after the first WARM_STEPS."""
     stub = FakeStub()
-    lm = RemoteLMBackend(["127.0.0.1:9"])  # never dialled: its one mux is the fake call's
-    lm._muxes[lm.replicas.pick().target] = LMStreamMux(stub, num_calls=1)
+    lm = RemoteLMBackend(["127.0.0.1:9"])  # never dialled: its replica's stub is the fake
+    lm.replicas.replicas[0].stub = stub  # a plain host:port: one GenerateStream call
     orchestrator = build_orchestrator(served_model(str(model)), RemoteEncoderBackend({}), lm)
     streams = Streams(orchestrator, num_streams, max_tokens)
     while not stub.calls or len(stub.calls[0].request_ids) < num_streams:

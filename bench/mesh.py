@@ -25,10 +25,10 @@ phases), the image encoder's CPU per request, for text the engine's CPU share (t
 loop's part of the CPU every service and the bench client took: on busy cores, what the mesh
 leaves the engine; the wall clock's spread between rounds does not move it), and the KV
 cache's --kv-cache-memory check (bytes per token, blocks, budget, measured growth) of the
-in-process engine and the LM service. The LM server's non-engine CPU is all of it but the "engine-loop" thread and the torch
-workers it started: the event loop (the main thread, where grpc.aio runs), gRPC's threads,
-and the other Python threads (grpc.aio's poller among them; until this wave the poller was
-counted with the engine).
+in-process engine and the LM service. The LM server's non-engine CPU is all of it but the
+"engine-loop" thread and the torch workers it started: the event loop (the main thread, where
+grpc.aio runs), gRPC's threads, and the other Python threads (grpc.aio's poller among them;
+until this wave the poller was counted with the engine).
 
 The model is random-weight Qwen2-0.5B-shaped (bench.mesh_model), `--layers` 4 by default on
 these small CPUs; pass `--layers 24 --dtype bfloat16 --device cuda` for the real shape on a GPU.
