@@ -22,6 +22,7 @@ def test_a_step_message_gives_every_request_one_token_and_the_last_ends_them() -
 
 def test_every_stream_builds_a_reply_per_token(capsys: pytest.CaptureFixture) -> None:
     args = argparse.Namespace(streams=3, max_tokens=5, rounds=1)
-    (per_token,) = asyncio.run(gateway_pipeline.run(args))  # one_round checks the replies
+    # one_round checks the replies; a mux that never closed would hang here, so it times out
+    (per_token,) = asyncio.run(asyncio.wait_for(gateway_pipeline.run(args), 60))
     assert per_token > 0
     assert "gateway pipeline (no gRPC) CPU per streamed token" in capsys.readouterr().out
