@@ -4,7 +4,9 @@ bench/mesh.py measures the gateway beside a real LM service, whose engine shares
 the caches; here the LM is a scripted GenerateStream server in this process that answers every
 live request with one token per `--step-ms` (one message per step for all of a call's
 requests, as the LM service does), so the gateway's own cost per token shows alone. The
-gateway runs as `meshserve gateway` in its own process; its CPU comes from /proc.
+gateway runs as `meshserve gateway` in its own process; its CPU comes from /proc, and so do
+its context switches per token (each a thread of it put to sleep and woken, or preempted): a
+count the machine's speed does not move, where the CPU figure moves with it.
 
 `--relay` runs, in the gateway's place, the least a gRPC relay can do: one GenerateStream from
 the LM fanned out to the client streams, one reply per token, nothing else. That is the floor
@@ -32,7 +34,7 @@ from grpc_health.v1 import _async as aio_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.engine_load import READY
-from bench.proc_cpu import cpu_seconds, load_average
+from bench.proc_cpu import context_switches, cpu_seconds, load_average
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, lm_pb2, lm_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,19 +149,23 @@ async def one_stream(stub: object, max_tokens: int) -> tuple[int, int]:
     return tokens, messages
 
 
-async def measure(address: str, pid: int, args: argparse.Namespace) -> list[tuple[float, float]]:
-    """Per round: (CPU us per token, messages per token)."""
+async def measure(
+    address: str, pid: int, args: argparse.Namespace
+) -> list[tuple[float, float, float]]:
+    """Per round: (CPU us per token, messages per token, context switches per token)."""
     rounds = []
     async with grpc.aio.insecure_channel(address) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
         await one_stream(stub, 4)  # warm-up: the LM call, the first tokenizations
         for _ in range(args.rounds):
-            before = cpu_seconds(pid)
+            before, switches = cpu_seconds(pid), context_switches(pid)
             counts = await asyncio.gather(
                 *(one_stream(stub, args.max_tokens) for _ in range(args.streams))
             )
             tokens, messages = map(sum, zip(*counts, strict=True))
-            rounds.append(((cpu_seconds(pid) - before) / tokens * 1e6, messages / tokens))
+            cpu_us = (cpu_seconds(pid) - before) / tokens * 1e6
+            woken = (context_switches(pid) - switches) / tokens
+            rounds.append((cpu_us, messages / tokens, woken))
     return rounds
 
 
@@ -200,13 +206,15 @@ async def run(args: argparse.Namespace) -> None:
                 await stop(child)
             await server.stop(0)
     per_token = sorted(r[0] for r in rounds)
+    switches = sorted(r[2] for r in rounds)
     name = "minimal relay" if args.relay else "gateway"
     beside = f"beside a busy {args.beside_engine}-layer engine; " if args.beside_engine else ""
     print(
         f"{name} CPU per streamed token: min {per_token[0]:.1f} us, median "
         f"{per_token[len(per_token) // 2]:.1f} us over {args.rounds} rounds of {args.streams} "
         f"streams x {args.max_tokens} tokens, a step every {args.step_ms:g} ms; messages per "
-        f"token {rounds[0][1]:.3f}; {beside}{load_average()}"
+        f"token {rounds[0][1]:.3f}; context switches per token {switches[len(switches) // 2]:.2f} "
+        f"(median; its threads woken or preempted); {beside}{load_average()}"
     )
 
 

@@ -49,6 +49,22 @@ def thread_groups(pid: int) -> dict[str, float]:
     return groups
 
 
+def context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of `pid`'s live threads so far: each one a
+    thread that slept and was woken (or was preempted). A count, not a clock, so the
+    machine's speed does not move it; a thread that has ended is no longer counted."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended meanwhile
+        for line in status.splitlines():
+            if "ctxt_switches:" in line:  # voluntary_... and nonvoluntary_...
+                total += int(line.split(":")[1])
+    return total
+
+
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"

@@ -12,6 +12,21 @@ from bench import gateway
 from protos.meshserve.v1 import common_pb2
 
 
+def test_context_switches_grow_as_a_thread_sleeps_and_is_woken() -> None:
+    import os
+    import threading
+
+    from bench.proc_cpu import context_switches
+
+    before = context_switches(os.getpid())
+    ready = threading.Event()
+    for _ in range(20):  # each wait puts this thread to sleep; the set wakes it
+        threading.Thread(target=ready.set).start()
+        ready.wait()
+        ready.clear()
+    assert context_switches(os.getpid()) > before
+
+
 def test_a_scripted_step_gives_each_live_request_its_next_token() -> None:
     live = {"a": [0, 2], "b": [1, 2]}
     step = gateway._step(live)
@@ -31,6 +46,7 @@ def test_the_bench_streams_every_token(relay: bool, capsys: pytest.CaptureFixtur
     asyncio.run(gateway.run(args))
     out = capsys.readouterr().out
     assert "CPU per streamed token" in out and "messages per token 1.000" in out
+    assert "context switches per token" in out
     assert "beside" not in out
 
 
@@ -48,7 +64,7 @@ def test_beside_an_engine_the_load_runs_during_the_measure_and_stops(
     async def measure(address: str, pid: int, args: argparse.Namespace) -> list:
         (load,) = started
         assert load.returncode is None  # busy while the gateway is measured
-        return [(1.0, 1.0)]
+        return [(1.0, 1.0, 1.0)]
 
     monkeypatch.setattr(gateway, "start_engine_load", recording_start)
     monkeypatch.setattr(gateway, "measure", measure)
