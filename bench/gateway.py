@@ -164,7 +164,7 @@ async def measure(
             )
             tokens, messages = map(sum, zip(*counts, strict=True))
             cpu_us = (cpu_seconds(pid) - before) / tokens * 1e6
-            woken = (context_switches(pid) - switches) / tokens
+            woken = (sum(context_switches(pid)) - sum(switches)) / tokens
             rounds.append((cpu_us, messages / tokens, woken))
     return rounds
 
@@ -214,7 +214,7 @@ async def run(args: argparse.Namespace) -> None:
         f"{per_token[len(per_token) // 2]:.1f} us over {args.rounds} rounds of {args.streams} "
         f"streams x {args.max_tokens} tokens, a step every {args.step_ms:g} ms; messages per "
         f"token {rounds[0][1]:.3f}; context switches per token {switches[len(switches) // 2]:.2f} "
-        f"(median; its threads woken or preempted); {beside}{load_average()}"
+        f"(median; its threads woken, or preempted); {beside}{load_average()}"
     )
 
 

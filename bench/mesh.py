@@ -21,7 +21,8 @@ one kind decided the median.
 Printed: tokens/s of each and the mesh's share per round, TTFT p50/p99 and inter-token latency
 (in process, through the mesh, added; over all rounds), stream messages per token, the CPU
 each process spends per streamed token (from /proc utime+stime before/after the timed
-phases), the image encoder's CPU per request, for text the engine's CPU share (the LM engine
+phases) and each one's context switches per streamed token (a count, which the machine's speed
+does not move), the image encoder's CPU per request, for text the engine's CPU share (the LM engine
 loop's part of the CPU every service and the bench client took: on busy cores, what the mesh
 leaves the engine; the wall clock's spread between rounds does not move it), and the KV
 cache's --kv-cache-memory check (bytes per token, blocks, budget, measured growth) of the
@@ -53,7 +54,7 @@ from bench.mesh_engine import RESULT_PREFIX
 from bench.mesh_model import IMAGE_SIDE, build_qwen2_shaped, build_qwen2_vl_shaped
 from bench.mesh_stats import RunStats, engine_cpu_share, merged, quantile_ms
 from bench.mesh_workload import Request, Workload, make_workload
-from bench.proc_cpu import cpu_seconds, load_average, thread_groups
+from bench.proc_cpu import context_switches, cpu_seconds, load_average, thread_groups
 from protos.ports import free_port_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,7 +193,7 @@ async def run_mesh_streams(mesh: Mesh, workload: Workload, args: argparse.Namesp
         await _stream(stub, workload.warmup, 2, RunStats())  # connections, first step, tower
         idle_before = _mesh_cpu(mesh)
         await asyncio.sleep(args.idle_seconds)  # what the services burn doing nothing
-        before = _mesh_cpu(mesh)
+        before, switches = _mesh_cpu(mesh), _mesh_switches(mesh)
         stats.idle_cpu_per_s = {
             name: (before[name] - idle_before[name]) / args.idle_seconds for name in before
         }
@@ -205,6 +206,10 @@ async def run_mesh_streams(mesh: Mesh, workload: Workload, args: argparse.Namesp
         after = _mesh_cpu(mesh)
         stats.cpu_s = {name: after[name] - before.get(name, 0.0) for name in after}
         stats.cpu_s["bench client"] = time.process_time() - cpu0
+        stats.switches = {
+            n: [c[0] - switches[n][0], c[1] - switches[n][1]]
+            for n, c in _mesh_switches(mesh).items()
+        }
         stats.num_tokens, stats.num_requests = sum(counts), len(streams)
         before = mesh.ttft_totals()
         for request in workload.batch1:
@@ -243,6 +248,11 @@ def _mesh_cpu(mesh: Mesh) -> dict[str, float]:
         for group, seconds in thread_groups(pid).items():
             out[f"  {name} {group}"] = seconds
     return out
+
+
+def _mesh_switches(mesh: Mesh) -> dict[str, tuple[int, int]]:
+    """Context switches of each service so far (bench.proc_cpu)."""
+    return {name: context_switches(pid) for name, pid in mesh.pids.items()}
 
 
 # ----------------------------------------------------------------------------- report
@@ -311,6 +321,14 @@ def report_cpu(ours: RunStats, mesh: RunStats) -> None:
     if "lm" in per_token:
         non_engine = per_token["lm"] - per_token["  lm engine loop"]
         print(f"  {'lm non-engine threads':<38} {non_engine:8.0f}")
+    if mesh.switches:
+        counts = ", ".join(
+            f"{n} {w / mesh.num_tokens:.2f} woken + {p / mesh.num_tokens:.2f} preempted"
+            for n, (w, p) in mesh.switches.items()
+        )
+        print(
+            f"context switches per streamed token (counts the machine's speed does not move): {counts}"
+        )
     if "encoder-image" in mesh.cpu_s:
         ms = mesh.cpu_s["encoder-image"] / mesh.num_requests * 1e3
         print(f"image encoder CPU per request: {ms:.1f} ms ({mesh.num_requests} requests)")

@@ -25,6 +25,8 @@ class RunStats:
     batch1_has_media: bool = False  # then the LM service's TTFT starts after the encoder's
     cpu_s: dict[str, float] = field(default_factory=dict)  # process or thread -> CPU seconds
     idle_cpu_per_s: dict[str, float] = field(default_factory=dict)  # the same, idle, per second
+    # service -> its context switches: [voluntary (woken), involuntary (preempted)]
+    switches: dict[str, list[int]] = field(default_factory=dict)
     kv_memory: str = ""  # the engine's --kv-cache-memory line (bench.memory_bound)
 
     @property
@@ -46,7 +48,8 @@ class RunStats:
 
 
 def merged(runs: list[RunStats]) -> RunStats:
-    """Rounds pooled: samples concatenated, counts, wall time and CPU seconds summed (idle
+    """Rounds pooled: samples concatenated, counts, wall time, CPU seconds and context
+    switches summed (idle
     rates averaged), so per-token figures weigh every round by its tokens."""
     out = RunStats(kv_memory=runs[0].kv_memory)
     for run in runs:
@@ -63,6 +66,9 @@ def merged(runs: list[RunStats]) -> RunStats:
             out.batch1_service_ttft[name] = (total[0] + seconds, total[1] + count)
         for name, seconds in run.cpu_s.items():
             out.cpu_s[name] = out.cpu_s.get(name, 0.0) + seconds
+        for name, (woken, preempted) in run.switches.items():
+            total = out.switches.get(name, [0, 0])
+            out.switches[name] = [total[0] + woken, total[1] + preempted]
     for name in runs[0].idle_cpu_per_s:
         out.idle_cpu_per_s[name] = statistics.fmean(r.idle_cpu_per_s[name] for r in runs)
     return out

@@ -49,20 +49,22 @@ def thread_groups(pid: int) -> dict[str, float]:
     return groups
 
 
-def context_switches(pid: int) -> int:
-    """Voluntary + involuntary context switches of `pid`'s live threads so far: each one a
-    thread that slept and was woken (or was preempted). A count, not a clock, so the
-    machine's speed does not move it; a thread that has ended is no longer counted."""
-    total = 0
+def context_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of `pid`'s live threads so far: a thread that
+    slept until woken, and one preempted while it could run. Counts, not clocks, so the
+    machine's speed does not move them; a thread that has ended is no longer counted."""
+    woken = preempted = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             status = (task / "status").read_text()
         except (FileNotFoundError, ProcessLookupError):
             continue  # the thread ended meanwhile
         for line in status.splitlines():
-            if "ctxt_switches:" in line:  # voluntary_... and nonvoluntary_...
-                total += int(line.split(":")[1])
-    return total
+            if line.startswith("voluntary_ctxt_switches:"):
+                woken += int(line.split(":")[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                preempted += int(line.split(":")[1])
+    return woken, preempted
 
 
 def load_average() -> str:

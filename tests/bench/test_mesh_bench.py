@@ -51,11 +51,16 @@ def test_image_requests_hold_one_placeholder_and_their_own_image() -> None:
 
 
 def test_rounds_pool_by_tokens() -> None:
-    a = RunStats(num_tokens=10, wall_s=1.0, ttft_s=[0.1], cpu_s={"lm": 1.0})
-    b = RunStats(num_tokens=30, wall_s=1.0, ttft_s=[0.3], cpu_s={"lm": 2.0})
+    a = RunStats(
+        num_tokens=10, wall_s=1.0, ttft_s=[0.1], cpu_s={"lm": 1.0}, switches={"lm": [4, 1]}
+    )
+    b = RunStats(
+        num_tokens=30, wall_s=1.0, ttft_s=[0.3], cpu_s={"lm": 2.0}, switches={"lm": [6, 2]}
+    )
     pooled = merged([a, b])
     assert pooled.tokens_per_s == 20.0 and pooled.ttft_s == [0.1, 0.3]
-    assert pooled.cpu_s == {"lm": 3.0}
+    assert pooled.cpu_s == {"lm": 3.0} and pooled.switches == {"lm": [10, 3]}
+    assert RunStats.from_json(pooled.to_json()) == pooled  # as bench.mesh_engine hands it over
 
 
 def test_the_engines_cpu_share_counts_whole_processes_and_the_client_once() -> None:
@@ -111,3 +116,23 @@ def test_a_services_ttft_histogram_is_read_from_its_metrics_port() -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_the_cpu_report_gives_each_services_context_switches_per_token(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from bench.mesh import report_cpu
+
+    ours = RunStats(num_tokens=100, cpu_s={"engine process": 0.5})
+    mesh = RunStats(
+        num_tokens=200,
+        wall_s=1.0,
+        cpu_s={"gateway": 0.02},
+        switches={"gateway": [300, 100], "lm": [40, 10]},
+    )
+    report_cpu(ours, mesh)
+    out = capsys.readouterr().out
+    assert (
+        "context switches per streamed token" in out
+        and "gateway 1.50 woken + 0.50 preempted, lm 0.20 woken + 0.05" in out
+    )
