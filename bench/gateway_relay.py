@@ -1,6 +1,7 @@
 """The least a gRPC relay does (bench/gateway.py --relay): one GenerateStream call to the LM
 fanned out to the Generate streams of its clients, a reply per token, nothing else: no
-tokenizing, detokenizing, metrics or checks. Its CPU per token is grpc.aio's floor here."""
+tokenizing, detokenizing, metrics or checks. Its CPU per token is grpc.aio's floor here. Its
+helper threads run SCHED_BATCH, as the gateway's do (protos.sched)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, lm_pb2, lm_pb2_grpc
+from protos.sched import keep_other_threads_batch
 
 
 class Relay(gateway_pb2_grpc.GatewayServicer):
@@ -65,8 +67,10 @@ async def main(lm_target: str) -> None:
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    helpers = asyncio.create_task(keep_other_threads_batch())  # as the gateway's are
     print(f"relay ready on 127.0.0.1:{port}", flush=True)
     await server.wait_for_termination()
+    helpers.cancel()
 
 
 if __name__ == "__main__":

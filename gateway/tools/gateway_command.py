@@ -12,7 +12,7 @@ from gateway.api.http.options import HttpOptions, parse_domains
 from protos.auth import API_KEY_ENV, resolve_api_key
 from protos.flags import Flag, add_flags, add_server_args, flag, parse_bytes
 from protos.model_source import REVISION_FLAG
-from protos.sched import batch_other_threads
+from protos.sched import keep_other_threads_batch
 from protos.tasks import Task
 
 DEFAULT_PORT = 50051
@@ -199,7 +199,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         )
 
     async def main() -> None:
-        helpers = asyncio.create_task(_batch_helper_threads())
+        helpers = asyncio.create_task(keep_other_threads_batch())
         # grpc.aio channels belong to the event loop they are made in: make them inside it.
         lm_targets = [a for a in args.lm.split(",") if a]
         encoders, lm = remote_backends(lm_targets, targets, args.stall_timeout)
@@ -221,15 +221,6 @@ def run_gateway(args: argparse.Namespace) -> int:
     http = http_options(args)
     asyncio.run(main())
     return 0
-
-
-async def _batch_helper_threads(first_s: float = 1.0, every_s: float = 10.0) -> None:
-    """Keeps every thread of this process but the event loop's SCHED_BATCH (protos.sched):
-    gRPC starts its helper threads as channels and the server come up, so the sweep repeats."""
-    await asyncio.sleep(first_s)
-    while True:
-        batch_other_threads()
-        await asyncio.sleep(every_s)
 
 
 def http_options(args: argparse.Namespace) -> HttpOptions | None:
