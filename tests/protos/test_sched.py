@@ -41,6 +41,17 @@ def test_other_threads_become_batch_and_the_caller_keeps_its_policy() -> None:
     assert again == "0"  # already batch: nothing left to change
 
 
+def _policies(pid: int) -> dict[int, int]:
+    """Each live thread of `pid` and its scheduling policy."""
+    found = {}
+    for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+        try:
+            found[tid] = os.sched_getscheduler(tid)
+        except ProcessLookupError:
+            continue  # the thread ended meanwhile
+    return found
+
+
 def test_the_gateway_process_runs_its_helper_threads_as_batch() -> None:
     from bench.gateway import build_model_dir, serve_lm, start_gateway, stop
 
@@ -53,8 +64,7 @@ def test_the_gateway_process_runs_its_helper_threads_as_batch() -> None:
             try:
                 deadline = time.monotonic() + 30
                 while True:  # the first sweep runs a second after start
-                    found = {int(t): os.sched_getscheduler(int(t))
-                             for t in os.listdir(f"/proc/{process.pid}/task")}  # fmt: skip
+                    found = _policies(process.pid)
                     others = [p for t, p in found.items() if t != process.pid]
                     if all(p == os.SCHED_BATCH for p in others) or time.monotonic() > deadline:
                         return process.pid, found
