@@ -164,8 +164,8 @@ async def measure(
             )
             tokens, messages = map(sum, zip(*counts, strict=True))
             cpu_us = (cpu_seconds(pid) - before) / tokens * 1e6
-            woken = (sum(context_switches(pid)) - sum(switches)) / tokens
-            rounds.append((cpu_us, messages / tokens, woken))
+            switched = (sum(context_switches(pid)) - sum(switches)) / tokens
+            rounds.append((cpu_us, messages / tokens, switched))
     return rounds
 
 

@@ -21,12 +21,12 @@ one kind decided the median.
 Printed: tokens/s of each and the mesh's share per round, TTFT p50/p99 and inter-token latency
 (in process, through the mesh, added; over all rounds), stream messages per token, the CPU
 each process spends per streamed token (from /proc utime+stime before/after the timed
-phases) and each one's context switches per streamed token (a count, which the machine's speed
-does not move), the image encoder's CPU per request, for text the engine's CPU share (the LM engine
-loop's part of the CPU every service and the bench client took: on busy cores, what the mesh
-leaves the engine; the wall clock's spread between rounds does not move it), and the KV
-cache's --kv-cache-memory check (bytes per token, blocks, budget, measured growth) of the
-in-process engine and the LM service. The LM server's non-engine CPU is all of it but the
+phases) and each one's context switches per streamed token, woken and preempted (counts,
+which the machine's speed does not move), the image encoder's CPU per request, for text the
+engine's CPU share (the LM engine loop's part of the CPU every service and the bench client
+took: on busy cores, what the mesh leaves the engine; the wall clock's spread between rounds
+does not move it), and the KV cache's --kv-cache-memory check (bytes per token, blocks,
+budget, measured growth) of the in-process engine and the LM service. The LM server's non-engine CPU is all of it but the
 "engine-loop" thread and the torch workers it started: the event loop (the main thread, where
 grpc.aio runs), gRPC's threads, and the other Python threads (grpc.aio's poller among them;
 until this wave the poller was counted with the engine).
@@ -326,9 +326,7 @@ def report_cpu(ours: RunStats, mesh: RunStats) -> None:
             f"{n} {w / mesh.num_tokens:.2f} woken + {p / mesh.num_tokens:.2f} preempted"
             for n, (w, p) in mesh.switches.items()
         )
-        print(
-            f"context switches per streamed token (counts the machine's speed does not move): {counts}"
-        )
+        print(f"context switches per streamed token (counts, not clocks): {counts}")
     if "encoder-image" in mesh.cpu_s:
         ms = mesh.cpu_s["encoder-image"] / mesh.num_requests * 1e3
         print(f"image encoder CPU per request: {ms:.1f} ms ({mesh.num_requests} requests)")

@@ -49,8 +49,8 @@ class RunStats:
 
 def merged(runs: list[RunStats]) -> RunStats:
     """Rounds pooled: samples concatenated, counts, wall time, CPU seconds and context
-    switches summed (idle
-    rates averaged), so per-token figures weigh every round by its tokens."""
+    switches summed (idle rates averaged), so per-token figures weigh every round by its
+    tokens."""
     out = RunStats(kv_memory=runs[0].kv_memory)
     for run in runs:
         out.num_tokens += run.num_tokens
