@@ -148,16 +148,22 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace, config: EngineConfig) -> None:
     """grpc.aio: one event loop serves every stream, so health answers under any load."""
+    from lm_service.engine_loop import THREAD_NAME
     from lm_service.server import SERVICE_NAME, LanguageModelServicer
     from protos.meshserve.v1 import lm_pb2_grpc
+    from protos.sched import keep_other_threads_batch
     from protos.server import ServerConfig, serve
 
     servicer = LanguageModelServicer(args.model)
+    helpers: list[asyncio.Task[None]] = []
 
     async def load() -> str:
         if args.task == "generate":
             loop = await asyncio.to_thread(_load_engine, config)
             servicer.attach(loop)
+            # NOTE: only once the engine loop runs: it starts from the loading worker and
+            # would inherit that worker's policy; it and its torch workers stay normal
+            helpers.append(asyncio.create_task(keep_other_threads_batch(keep=(THREAD_NAME,))))
             return f"model={args.model}  {_engine_description(loop.engine, config)}"
         model = await asyncio.to_thread(_load_pooling, config, args)
         servicer.attach_pooling(model)
@@ -174,6 +180,8 @@ async def _serve(args: argparse.Namespace, config: EngineConfig) -> None:
         load=load,
         registry=servicer.registry,
     )
+    for task in helpers:
+        task.cancel()
     servicer.close()
 
 

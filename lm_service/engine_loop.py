@@ -24,6 +24,9 @@ from protos.cross_windows import CrossWindow
 from protos.lm_messages import MultiModalSpan, StepOutput
 from protos.sampling_params import SamplingParams
 
+# The loop thread's OS name; the torch workers it starts inherit it (their CPU is the engine's).
+THREAD_NAME = "engine-loop"
+
 logger = logging.getLogger(__name__)
 
 _DONE = object()
@@ -154,7 +157,7 @@ class EngineLoop:
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._streams: dict[str, RequestStream] = {}
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
 
     def start(self) -> EngineLoop:
         self._thread.start()
@@ -242,7 +245,7 @@ class EngineLoop:
         return future
 
     def _run(self) -> None:
-        _name_os_thread("engine-loop")
+        _name_os_thread(THREAD_NAME)
         while not self._stopping.is_set():
             self._run_commands(block=not self.engine.has_unfinished())
             if self.engine.has_unfinished():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -235,6 +237,37 @@ def test_info_load_and_reflection(lm: Service, stub: lm_pb2_grpc.LanguageModelSt
     names = {s.name for s in reply.list_services_response.service}
     assert {"meshserve.v1.LanguageModel", "grpc.health.v1.Health"} <= names
     ch.close()
+
+
+def _policies(pid: int) -> dict[int, tuple[str, int]]:
+    """Each live thread of `pid`: its OS name and scheduling policy."""
+    found = {}
+    for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            found[tid] = (name, os.sched_getscheduler(tid))
+        except (ProcessLookupError, FileNotFoundError):
+            continue  # the thread ended meanwhile
+    return found
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling only")
+def test_helper_threads_run_batch_and_the_engine_threads_do_not(
+    lm: Service, stub: lm_pb2_grpc.LanguageModelStub
+) -> None:
+    list(stub.Generate(_request([1, 2, 3], 4, ignore_eos=True)))  # the engine's workers exist
+    pid, deadline = lm.process.pid, time.monotonic() + 30
+    while True:  # the first sweep runs a second after the model loaded
+        found = _policies(pid)
+        main = found.pop(pid)
+        engine = {t: p for t, (n, p) in found.items() if n.startswith("engine-loop")}
+        helpers = {t: p for t, (n, p) in found.items() if t not in engine}
+        if all(p == os.SCHED_BATCH for p in helpers.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert main[1] == os.SCHED_OTHER  # the event loop: woken, it may preempt
+    assert engine and all(p == os.SCHED_OTHER for p in engine.values()), found
+    assert helpers and all(p == os.SCHED_BATCH for p in helpers.values()), found
 
 
 def test_health_answers_with_more_streams_than_any_thread_pool(

@@ -41,6 +41,34 @@ def test_other_threads_become_batch_and_the_caller_keeps_its_policy() -> None:
     assert again == "0"  # already batch: nothing left to change
 
 
+# NOTE: the helper takes the engine loop's name the way EngineLoop names its thread (prctl)
+KEEP_CHILD = """
+import ctypes, os, threading
+from protos.sched import batch_other_threads
+stop = threading.Event()
+def engine():
+    ctypes.CDLL(None).prctl(15, b"engine-loop", 0, 0, 0)
+    named.set()
+    stop.wait()
+named = threading.Event()
+kept, other = threading.Thread(target=engine), threading.Thread(target=stop.wait)
+kept.start(), other.start(), named.wait()
+changed = batch_other_threads(keep=("engine-loop",))
+print(changed, os.sched_getscheduler(kept.native_id) == os.SCHED_BATCH,
+      os.sched_getscheduler(other.native_id) == os.SCHED_BATCH)
+stop.set()
+"""
+
+
+def test_threads_named_to_keep_keep_their_policy() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", KEEP_CHILD], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    changed, kept_batch, other_batch = done.stdout.split()
+    assert int(changed) >= 1 and kept_batch == "False" and other_batch == "True"
+
+
 def _policies(pid: int) -> dict[int, int]:
     """Each live thread of `pid` and its scheduling policy."""
     found = {}
