@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from protos.meshserve.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, lm_pb2, lm_pb2_grpc
-from protos.sched import keep_other_threads_batch
+from protos.sched import AUTO, keep_thread_policy
 
 
 class Relay(gateway_pb2_grpc.GatewayServicer):
@@ -67,7 +67,7 @@ async def main(lm_target: str) -> None:
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    helpers = asyncio.create_task(keep_other_threads_batch())  # as the gateway's are
+    helpers = asyncio.create_task(keep_thread_policy(cpu=AUTO))  # as the gateway's are
     print(f"relay ready on 127.0.0.1:{port}", flush=True)
     await server.wait_for_termination()
     helpers.cancel()

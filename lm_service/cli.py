@@ -151,7 +151,7 @@ async def _serve(args: argparse.Namespace, config: EngineConfig) -> None:
     from lm_service.engine_loop import THREAD_NAME
     from lm_service.server import SERVICE_NAME, LanguageModelServicer
     from protos.meshserve.v1 import lm_pb2_grpc
-    from protos.sched import keep_other_threads_batch
+    from protos.sched import keep_thread_policy
     from protos.server import ServerConfig, serve
 
     servicer = LanguageModelServicer(args.model)
@@ -163,7 +163,7 @@ async def _serve(args: argparse.Namespace, config: EngineConfig) -> None:
             servicer.attach(loop)
             # NOTE: only once the engine loop runs: it starts from the loading worker and
             # would inherit that worker's policy; it and its torch workers stay normal
-            helpers.append(asyncio.create_task(keep_other_threads_batch(keep=(THREAD_NAME,))))
+            helpers.append(asyncio.create_task(keep_thread_policy(keep=(THREAD_NAME,))))
             return f"model={args.model}  {_engine_description(loop.engine, config)}"
         model = await asyncio.to_thread(_load_pooling, config, args)
         servicer.attach_pooling(model)

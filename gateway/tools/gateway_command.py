@@ -12,7 +12,7 @@ from gateway.api.http.options import HttpOptions, parse_domains
 from protos.auth import API_KEY_ENV, resolve_api_key
 from protos.flags import Flag, add_flags, add_server_args, flag, parse_bytes
 from protos.model_source import REVISION_FLAG
-from protos.sched import keep_other_threads_batch
+from protos.sched import AUTO, keep_thread_policy, parse_pin_cpu
 from protos.tasks import Task
 
 DEFAULT_PORT = 50051
@@ -92,6 +92,18 @@ BACKEND_FLAGS: tuple[Flag, ...] = (
         "the gateway CPU per token, as SGLang's --stream-interval)",
     ),
 )
+PROCESS_FLAGS: tuple[Flag, ...] = (
+    flag(
+        "--pin-cpu",
+        type=parse_pin_cpu,
+        default=AUTO,
+        metavar="{auto,off,CPU}",
+        help="keep every thread of the gateway on one CPU: its Python is one event loop, and "
+        "gRPC's helper threads, on the loop's CPU, hand it their completions in batches rather "
+        "than waking another CPU for each message (default auto: the CPU the loop runs on a "
+        "second after start; off: let the OS place them)",
+    ),
+)
 HTTP_FLAGS: tuple[Flag, ...] = (
     flag(
         "--http-port",
@@ -133,6 +145,7 @@ GATEWAY_FLAGS: tuple[Flag, ...] = (
     REVISION_FLAG,
     *SERVED_MODEL_FLAGS,
     *BACKEND_FLAGS,
+    *PROCESS_FLAGS,
     *HTTP_FLAGS,
     *SECURITY_FLAGS,
 )
@@ -164,6 +177,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_flags(p, (TRUST_REMOTE_CODE_FLAG, REVISION_FLAG))
     add_flags(p.add_argument_group("served model"), SERVED_MODEL_FLAGS)
     add_flags(p.add_argument_group("backends"), BACKEND_FLAGS)
+    add_flags(p.add_argument_group("threads"), PROCESS_FLAGS)
     add_flags(p.add_argument_group("OpenAI HTTP API"), HTTP_FLAGS)
     add_flags(p.add_argument_group("security of the public port"), SECURITY_FLAGS)
     p.set_defaults(func=run_gateway)
@@ -199,7 +213,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         )
 
     async def main() -> None:
-        helpers = asyncio.create_task(keep_other_threads_batch())
+        helpers = asyncio.create_task(keep_thread_policy(cpu=args.pin_cpu))
         # grpc.aio channels belong to the event loop they are made in: make them inside it.
         lm_targets = [a for a in args.lm.split(",") if a]
         encoders, lm = remote_backends(lm_targets, targets, args.stall_timeout)

@@ -14,6 +14,7 @@ from gateway.tools.launcher import plan_stack
 from gateway.tools.stack_flags import stack_flags
 from gateway.tools.up import stack_options
 from protos.flags import flag, json_object, parse_bytes
+from protos.sched import parse_pin_cpu
 
 SERVICE_ARGV = {
     "lm": ("lm", "--model", "m"),
@@ -46,6 +47,7 @@ SAMPLE_VALUES = {
     json_object: '{"sample": 1}',
     positive_seconds: "2.5",
     positive_int: "3",
+    parse_pin_cpu: "off",
     None: "sample",
 }
 
