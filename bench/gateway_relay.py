@@ -1,7 +1,8 @@
 """The least a gRPC relay does (bench/gateway.py --relay): one GenerateStream call to the LM
 fanned out to the Generate streams of its clients, a reply per token, nothing else: no
 tokenizing, detokenizing, metrics or checks. Its CPU per token is grpc.aio's floor here. Its
-helper threads run SCHED_BATCH, as the gateway's do (protos.sched)."""
+helper threads run SCHED_BATCH and all its threads share one CPU, as the gateway's do
+(protos.sched, --pin-cpu auto)."""
 
 from __future__ import annotations
 

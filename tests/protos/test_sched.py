@@ -138,7 +138,6 @@ def _is_swept(pid: int, found: dict[int, tuple[int, frozenset[int]]]) -> bool:
     return all(p == os.SCHED_BATCH for p in others) and len(cpus) == 1 and len(min(cpus)) == 1
 
 
-@needs_two_cpus
 def test_the_gateway_runs_its_helper_threads_as_batch_all_on_its_loops_cpu() -> None:
     from bench.gateway import build_model_dir, serve_lm, start_gateway, stop
 
@@ -162,5 +161,6 @@ def test_the_gateway_runs_its_helper_threads_as_batch_all_on_its_loops_cpu() -> 
     pid, found = asyncio.run(placement())
     policy, cpus = found.pop(pid)
     assert policy == os.SCHED_OTHER  # the event loop: woken, it may preempt
-    assert len(cpus) == 1 and cpus < os.sched_getaffinity(0), cpus  # --pin-cpu auto
+    # --pin-cpu auto: one CPU of those it may run on (with two or more, the pin shows)
+    assert len(cpus) == 1 and cpus <= os.sched_getaffinity(0), cpus
     assert found and all(placed == (os.SCHED_BATCH, cpus) for placed in found.values()), found
